@@ -1,0 +1,83 @@
+# Stage 1 of the CPU demo: DINO pretraining of a tiny EgoAgent on the synthetic world's WalkingTours-style
+# walks and undistorted Ego-Exo4D-style frames (dataset_preprocess/make_synthetic_egoworld.py --out data/synthetic).
+# Same code path as configs/dino_pretrain/*, scaled down to run in minutes on 2 CPU cores.
+
+JOB_NAME = "demo_stage1"
+DATA_ROOT = "data/synthetic"
+
+HIDDEN_SIZE = 128
+NUM_ATTENTION_HEAD = 4
+NUM_LAYER = 4
+OUTPUT_DIM = 1024
+PATCH_SIZE = 8
+IMAGE_SIZE = 64  # global crops; local crops are half
+N_LOCAL_CROPS = 6
+BATCH_SIZE = 32
+TOTAL_STEPS = 200
+
+MODEL = dict(
+    perframe_atten=True,
+    use_cls_token=True,
+    use_multi_crop=True,
+    use_tracking=False,
+    head_type="dino",
+    num_attention_heads=NUM_ATTENTION_HEAD,
+    hidden_size=HIDDEN_SIZE,
+    output_dim=OUTPUT_DIM,
+    num_layers=NUM_LAYER,
+    mlp_ratio=8 / 3,
+    dtype="torch.float32",
+    norm_type="rmsnorm",
+    layer_norm_epsilon=1e-6,
+    use_flash_attn=False,
+    attn_backend="sdpa",
+    return_track=False,
+    causal=True,
+    lvm_config=dict(enable=False, enable_conv_stem=True,
+                    conv_stem_config=dict(img_size=IMAGE_SIZE, patch_size=PATCH_SIZE), enable_encoder=False),
+    head_hidden_dim=512,
+    head_bottleneck_dim=128,
+)
+model_type = "EGOAGENT"
+model = dict(MODEL, teacher=False, checkpoint=False)
+teacher_type = "EGOAGENT"
+teacher = dict(MODEL, teacher=True, checkpoint=False)
+momentum_scheduler = dict(momentum_teacher=0.99)
+
+data = dict(
+    micro_num=BATCH_SIZE,
+    gradient_accumulation=1,
+    total_steps=TOTAL_STEPS,
+    train_folder=[f"{DATA_ROOT}/WTour"],
+    dataset_type="WTVideos",
+    step_between_clips=5,
+    global_crops_scale=(0.4, 1.0),
+    use_local_crop=True,
+    use_egoexo=True,
+    local_crops_scale=(0.05, 0.4),
+    local_crops_number=N_LOCAL_CROPS,
+    init_crop_size=96,
+    vid_crop_size=IMAGE_SIZE,
+    local_crop_size=IMAGE_SIZE // 2,
+    num_frame_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+    egoexo_frames_folder=f"{DATA_ROOT}/egoexo4d_v2/processed_data",
+    egoexo_pose_folder=f"{DATA_ROOT}/egoexo4d_body_pose",
+    pred_img_size=IMAGE_SIZE,
+    num_workers=1,
+)
+
+loss = dict(
+    name="dinoimgcls",
+    out_dim=OUTPUT_DIM,
+    local_crops_number=N_LOCAL_CROPS,
+    warmup_teacher_temp=0.04,
+    teacher_temp=0.04,
+    warmup_teacher_temp_epochs=0,
+)
+
+adam = dict(lr=5e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, weight_decay=0.04, weight_decay_end=0.4)
+lr_scheduler = dict(total_steps=TOTAL_STEPS, warmup_ratio=0.1, eta_min=5e-6)
+hybrid_zero_optimizer = dict(clip_grad_norm=1.0)
+parallel = dict(zero1=1)
+ckpt = dict(save_ckpt_folder=f"save_ckpt/{JOB_NAME}", checkpoint_every=100, auto_resume=True)
+monitor = dict(log_every=10)

@@ -1,0 +1,194 @@
+# Stage 2: representation-prediction-action joint training of EgoAgent-1B on Ego-Exo4D clips, initialised
+# from the stage-1 checkpoint. Paper section 4.2 and Table 9: AdamW (0.9, 0.999), base lr 6e-4, 1,800 warm-up
+# iterations then cosine, weight decay 0.04 -> 0.4, clip 1.0, fp16, global batch 1920 on 48 GPUs, 72,000 iterations.
+# Launch: scripts_train/slurm_train_stage2_contrastive_joint.sh <this file> GPUS SEED
+
+JOB_NAME = "joint_lr6e-04_tmp004_1B"
+STAGE1_JOB_NAME = "dino_lr5e-4_tmp004_1B"
+N_GPUS = 48
+
+HIDDEN_SIZE = 2048
+NUM_ATTENTION_HEAD = 16
+NUM_LAYER = 22
+MLP_RATIO = 8 / 3
+OUTPUT_DIM = 65536
+IMAGE_SIZE = 224
+PATCH_SIZE = 16
+N_FRAME_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 196
+N_LOCAL_TOKENS = (IMAGE_SIZE // 2 // PATCH_SIZE) ** 2  # 49
+N_LOCAL_CROPS = 6
+
+LEARNING_RATE = 6e-4
+LR_ETA_MIN = 6e-6
+WARMUP_STEPS = 1800
+TEMPERATURE = 0.04
+GLOBAL_BATCH = 1920
+BATCH_SIZE = GLOBAL_BATCH // N_GPUS  # 40 clips per GPU per step
+BATCH_ACCUM = 4  # in 4 chunks of 10
+TOTAL_STEPS = 72000
+LEN_DATASET = 1378672  # Ego-Exo4D training clips
+EPOCHS = 100  # 72,000 steps of 1,920 clips ~ 100 passes; only sets the length of the temperature warm-up
+
+SAVE_CKPT_FOLDER = f"local:save_ckpt/{JOB_NAME}"
+
+MODEL = dict(
+    perframe_atten=True,
+    use_cls_token=True,
+    use_multi_crop=True,
+    use_tracking=False,
+    head_type="dino",
+    num_attention_heads=NUM_ATTENTION_HEAD,
+    embed_split_hidden=True,
+    vocab_size=8192,
+    embed_grad_scale=1,
+    parallel_output=True,
+    hidden_size=HIDDEN_SIZE,
+    output_dim=OUTPUT_DIM,
+    num_layers=NUM_LAYER,
+    mlp_ratio=MLP_RATIO,
+    apply_post_layer_norm=False,
+    dtype="torch.float16",
+    norm_type="rmsnorm",
+    layer_norm_epsilon=1e-6,
+    # The joint branch is block-causal (perframe_atten): FlexAttention runs that mask without materialising it.
+    # flash-attn cannot express it; "sdpa" also works (with a dense mask).
+    use_flash_attn=False,
+    attn_backend="flex",
+    return_track=False,
+    causal=True,
+    frames2batch=False,
+    num_chunks=1,
+    lvm_config=dict(
+        enable=False,
+        embedding_cfg=dict(vq_model_path="resources/vqgan_model", embedding_dim=HIDDEN_SIZE, freeze_vq_model=True),
+        enable_conv_stem=True,
+        conv_stem_config=dict(img_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
+        enable_encoder=False,
+        encoder_cfg=dict(vq_model_path="resources/vqgan_model", freeze_vq_model=True),
+    ),
+)
+
+model_type = "INTERNLM_VQGAN"
+model = dict(MODEL, teacher=False, checkpoint=1)  # recompute every block's activations
+
+teacher_type = "INTERNLM_VQGAN"
+teacher_ckpt_folder = f"local:llm_teacher_ckpts/{JOB_NAME}"
+teacher = dict(MODEL, teacher=True, checkpoint=False)
+kd_config = dict(gt_weight=0.0, kd_weight=1.0, type="joint", temperature=0.996)
+momentum_scheduler = dict(momentum_teacher=0.996, epochs=EPOCHS)
+
+data = dict(
+    seq_len=1,
+    micro_num=BATCH_SIZE,
+    micro_bsz=1,
+    valid_micro_num=2,
+    valid_every=0,
+    gradient_accumulation=BATCH_ACCUM,
+    pack_sample_into_one=False,
+    train_one_epoch=False,
+    total_steps=TOTAL_STEPS,
+    skip_batches="",
+    rampup_batch_size="",
+    min_length=50,
+    train_folder=None,
+    valid_folder=None,
+    empty_cache_and_diag_interval=10000,
+    diag_outlier_ratio=1.1,
+    padding_token=8331,
+    frames_per_clip=4,
+    dataset_type="EgoExoClips",
+    step_between_clips=5,
+    global_crops_scale=(0.4, 1.0),
+    use_local_crop=True,
+    use_egoexo=True,
+    local_crops_scale=(0.05, 0.4),
+    local_crops_number=N_LOCAL_CROPS,
+    init_crop_size=300,
+    vid_crop_size=IMAGE_SIZE,
+    local_crop_size=IMAGE_SIZE // 2,
+    norm_vid=True,
+    num_frame_tokens=N_FRAME_TOKENS,
+    egoexo_frames_folder="data/egoexo4d_v2/processed_data",
+    egoexo_pose_folder="data/egoexo4d_body_pose",
+    egoexo_train_split="train",
+    egoexo_valid_split="val",
+    clip_frames=20,
+    clip_steps=4,
+    pred_img_size=IMAGE_SIZE,
+    num_workers=8,
+)
+
+ckpt = dict(
+    enable_save_ckpt=True,
+    save_ckpt_folder=SAVE_CKPT_FOLDER,
+    save_teacher_ckpt_folder=f"local:save_ckpt/{JOB_NAME}_teacher",
+    # initialise student and teacher from the newest stage-1 checkpoint; the new heads start fresh
+    load_ckpt_info=dict(path=f"local:save_ckpt/{STAGE1_JOB_NAME}", content=("model",), ckpt_type="internlm"),
+    checkpoint_every=2000,
+    async_upload=True,
+    async_upload_tmp_folder="internlm_tmp_ckpt/",
+    oss_snapshot_freq=0,
+    auto_resume=True,
+)
+
+grad_scaler = dict(
+    fp16=dict(initial_scale=2**16, min_scale=1, growth_interval=1000),
+    growth_factor=2,
+    backoff_factor=0.5,
+    max_scale=2**24,
+    hysteresis=2,
+)
+
+hybrid_zero_optimizer = dict(
+    overlap_sync_grad=False,
+    overlap_sync_param=False,
+    reduce_bucket_size=512 * 1024 * 1024,
+    clip_grad_norm=1.0,
+)
+
+loss = dict(
+    name="joint",
+    incld_cls_token=True,
+    use_multicrop=True,
+    use_tracking=False,
+    out_dim=OUTPUT_DIM,
+    local_crops_number=N_LOCAL_CROPS,
+    warmup_teacher_temp=TEMPERATURE,
+    teacher_temp=TEMPERATURE,
+    warmup_teacher_temp_epochs=3,
+    epochs=EPOCHS,
+    grad_accum=BATCH_ACCUM,
+    batch_size=BATCH_SIZE // BATCH_ACCUM,
+    global_token_len=N_FRAME_TOKENS,
+    local_token_len=N_LOCAL_TOKENS,
+    nframes=4,
+    rep_weight=1.0,
+    pred_weight=1.0,
+    act_weight=1.0,
+)
+
+adam = dict(
+    lr=LEARNING_RATE,
+    adam_beta1=0.9,
+    adam_beta2=0.999,
+    adam_beta2_c=0,
+    adam_eps=1e-8,
+    weight_decay=0.04,
+    weight_decay_end=0.4,
+)
+
+lr_scheduler = dict(total_steps=TOTAL_STEPS, init_steps=0, warmup_ratio=WARMUP_STEPS / TOTAL_STEPS, eta_min=LR_ETA_MIN,
+                    last_epoch=-1, warmup_steps=WARMUP_STEPS)
+beta2_scheduler = dict(init_beta2=adam["adam_beta2"], c=adam["adam_beta2_c"], cur_iter=-1)
+
+# zero1: 1 = plain data parallel; <= 0 or > 1 = shard the optimizer state (ZeRO-1);
+# dict(size=-1, fsdp=True) = shard parameters too (FSDP2).
+parallel = dict(zero1=-1, pipeline=dict(size=1, interleaved_overlap=True), tensor=1, sequence_parallel=False)
+
+cudnn_deterministic = False
+cudnn_benchmark = False
+
+monitor = dict(
+    alert=dict(enable_feishu_alert=False, feishu_alert_address=None, light_monitor_address=None),
+    log_every=10,
+)

@@ -1,0 +1,91 @@
+"""Load the unsharded weights of a checkpoint into a ready EgoAgent (what every eval tool does first)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+
+from internlm.config import TrainConfig, config_from_resolved
+from internlm.model import EgoAgent
+
+from .layout import CONFIG_FILE, STUDENT_FILE, TEACHER_FILE, resolve_checkpoint
+
+WEIGHT_FILES = {"model": STUDENT_FILE, "student": STUDENT_FILE, "teacher": TEACHER_FILE}
+
+
+def read_checkpoint_config(folder: str) -> TrainConfig:
+    with open(os.path.join(folder, CONFIG_FILE)) as f:
+        return config_from_resolved(json.load(f))
+
+
+def load_state_dict(path: str, which: str = "teacher") -> tuple[dict[str, torch.Tensor], TrainConfig, str]:
+    """-> (state dict, config, step folder) of the student ("model") or teacher weights of a checkpoint or run."""
+    if which not in WEIGHT_FILES:
+        raise ValueError(f"which={which!r}: expected one of {', '.join(WEIGHT_FILES)}")
+    folder = resolve_checkpoint(path)
+    file = os.path.join(folder, WEIGHT_FILES[which])
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file} is missing from the checkpoint {folder}")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return state, read_checkpoint_config(folder), folder
+
+
+def load_model(path: str, which: str = "teacher", device: Optional[torch.device] = None,
+               attn_backend: Optional[str] = None) -> tuple[EgoAgent, TrainConfig, str]:
+    """An eval-mode EgoAgent with the checkpoint's student or teacher weights, its config and the step folder."""
+    state, cfg, folder = load_state_dict(path, which)
+    model_cfg = cfg.model
+    if attn_backend is not None:
+        model_cfg.attn_backend = attn_backend
+    model = EgoAgent(model_cfg, joint=cfg.loss.is_joint)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, cfg, folder
+
+
+def git_commit() -> str:
+    """The commit of the code that wrote a run (with '+dirty' for uncommitted changes), or 'unknown'."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+
+
+def write_weights(folder: str, student_state: dict, teacher_state: dict, cfg: TrainConfig, meta: dict) -> None:
+    """The unsharded part of a checkpoint: both weight files, the resolved config and meta.json (no marker)."""
+    from internlm.config import to_dict
+
+    from .layout import META_FILE
+    from .atomic import atomic_torch_save, atomic_write_text
+
+    os.makedirs(folder, exist_ok=True)
+    atomic_torch_save({k: v.detach().cpu() for k, v in student_state.items()}, os.path.join(folder, STUDENT_FILE))
+    atomic_torch_save({k: v.detach().cpu() for k, v in teacher_state.items()}, os.path.join(folder, TEACHER_FILE))
+    atomic_write_text(os.path.join(folder, CONFIG_FILE), json.dumps(to_dict(cfg), indent=1))
+    atomic_write_text(os.path.join(folder, META_FILE), json.dumps(meta, indent=1))
+
+
+def save_weights_only(save_folder: str, student: torch.nn.Module, teacher: torch.nn.Module, cfg: TrainConfig,
+                      step: int) -> str:
+    """A complete checkpoint holding only the weights (no training state): for tools, tests and exports."""
+    from .atomic import mark_complete
+    from .layout import step_folder
+
+    folder = step_folder(save_folder, step)
+    meta = {"step": step, "consumed_samples": 0, "world_size": 1, "git_commit": git_commit(), "stage": cfg.stage,
+            "weights_only": True}
+    write_weights(folder, student.state_dict(), teacher.state_dict(), cfg, meta)
+    mark_complete(folder)
+    return folder

@@ -1,0 +1,148 @@
+"""EgoAgent: one InternLM transformer that represents frames, predicts the next frame's feature and the next poses.
+
+Token layouts (SPEC section 3):
+- representation branch (one view): [image tokens (N), state query]; the feature is the final-normed output at
+  the state query.
+- joint branch (a clip of T steps), per step t: [image tokens of frame t (N), action query, action token of the
+  poses of step t, future-state query]; N + 3 tokens per step. The action query of step t predicts the poses of
+  step t (it sees frames <= t and poses < t); the future-state query of step t predicts the feature of frame t+1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from internlm.config.schema import ModelConfig
+
+from .attention import MaskLayout
+from .heads import ActionHead, DINOHead
+from .modeling_internlm import InternLMBackbone, init_internlm_weights
+from .projectors import ActionProjector, ImageProjector
+
+TOKENS_PER_STEP_EXTRA = 3  # action query, action token, future-state query
+
+
+@dataclass
+class RepresentationOutput:
+    feature: torch.Tensor  # (B, d) final-normed state-query output
+    logits: torch.Tensor  # (B, K) representation head
+
+
+@dataclass
+class AgentOutput:
+    views: list[RepresentationOutput]  # one per group of same-size views, in the order given
+    joint: Optional["JointOutput"]
+
+
+@dataclass
+class JointOutput:
+    actions: torch.Tensor  # (B, T, 4, 5, 17) predicted pose block of each step
+    future_feature: torch.Tensor  # (B, T, d) final-normed future-state-query output
+    future_logits: Optional[torch.Tensor]  # (B, T, K) state-prediction head (None when not requested)
+
+
+class EgoAgent(nn.Module):
+    """Student and teacher are both this module. ``joint=False`` builds the stage-1 model (no action/prediction
+    parts), ``joint=True`` the stage-2 model."""
+
+    def __init__(self, cfg: ModelConfig, joint: bool):
+        super().__init__()
+        if joint and not cfg.causal:
+            raise ValueError("model.causal=False would let the action query of step t see later frames and poses;"
+                             " the joint model needs causal=True")
+        self.cfg = cfg
+        self.joint = joint
+        d = cfg.hidden_size
+        self.image_projector = ImageProjector(d, cfg.patch_size)
+        self.state_query = nn.Parameter(torch.zeros(d))
+        self.backbone = InternLMBackbone(d, cfg.num_layers, cfg.num_attention_heads, cfg.mlp_ratio,
+                                         cfg.layer_norm_epsilon, cfg.rope_base, cfg.resolved_attn_backend,
+                                         cfg.checkpoint_fraction)
+        self.rep_head = DINOHead(d, cfg.output_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
+                                 cfg.norm_last_layer)
+        if joint:
+            self.action_projector = ActionProjector(d, cfg.pose_channels, cfg.pose_frames, cfg.num_joints)
+            self.action_query = nn.Parameter(torch.zeros(d))
+            self.future_query = nn.Parameter(torch.zeros(d))
+            self.pred_head = DINOHead(d, cfg.output_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
+                                      cfg.norm_last_layer)
+            self.action_head = ActionHead(d, cfg.pose_channels, cfg.pose_frames, cfg.num_joints)
+        self.reset_backbone_and_queries()
+
+    @torch.no_grad()
+    def reset_backbone_and_queries(self) -> None:
+        init_internlm_weights(self.backbone)
+        for q in self.query_parameters():
+            nn.init.trunc_normal_(q, std=0.02)
+
+    def query_parameters(self) -> list[nn.Parameter]:
+        qs = [self.state_query]
+        if self.joint:
+            qs += [self.action_query, self.future_query]
+        return qs
+
+    # ------------------------------------------------------------------------------------ layouts
+
+    def representation_layout(self, num_image_tokens: int) -> MaskLayout:
+        L = num_image_tokens + 1
+        if self.cfg.causal and not self.cfg.perframe_atten:
+            return MaskLayout("causal", L)
+        # block-causal over one frame + a trailing query = every token sees every token
+        return MaskLayout("full", L)
+
+    def joint_layout(self, num_steps: int, num_image_tokens: int) -> MaskLayout:
+        per_step = num_image_tokens + TOKENS_PER_STEP_EXTRA
+        L = num_steps * per_step
+        if not self.cfg.perframe_atten:
+            return MaskLayout("causal", L)
+        blocks = tuple((t * per_step, t * per_step + num_image_tokens) for t in range(num_steps))
+        return MaskLayout("block_causal", L, blocks)
+
+    # ------------------------------------------------------------------------------------ branches
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, d)
+        tokens = self.image_projector(images)  # (B, N, d)
+        B, N, d = tokens.shape
+        x = torch.cat([tokens, self.state_query.to(tokens.dtype).expand(B, 1, d)], dim=1)  # (B, N+1, d)
+        return self.backbone(x, self.representation_layout(N))[:, -1]
+
+    def represent(self, images: torch.Tensor) -> RepresentationOutput:  # (B, 3, H, W)
+        feature = self.encode(images)
+        return RepresentationOutput(feature, self.rep_head(feature))
+
+    def forward_joint(self, frames: torch.Tensor, poses: torch.Tensor, with_logits: bool = True) -> JointOutput:
+        """frames (B, T, 3, P, P), poses (B, T, 4, 5, 17) -> JointOutput."""
+        if not self.joint:
+            raise RuntimeError("this is the stage-1 model (joint=False); it has no action or prediction parts")
+        B, T = frames.shape[:2]
+        img = self.image_projector(frames.flatten(0, 1))  # (B*T, N, d)
+        N, d = img.shape[1:]
+        img = img.view(B, T, N, d)
+        act = self.action_projector(poses.flatten(0, 1).to(img.dtype)).view(B, T, 1, d)
+        aq = self.action_query.to(img.dtype).expand(B, T, 1, d)
+        fq = self.future_query.to(img.dtype).expand(B, T, 1, d)
+        x = torch.cat([img, aq, act, fq], dim=2).reshape(B, T * (N + TOKENS_PER_STEP_EXTRA), d)
+        out = self.backbone(x, self.joint_layout(T, N)).view(B, T, N + TOKENS_PER_STEP_EXTRA, d)
+        actions = self.action_head(out[:, :, N])  # (B, T, 4, 5, 17)
+        future = out[:, :, N + 2]  # (B, T, d)
+        logits = self.pred_head(future) if with_logits else None
+        return JointOutput(actions, future, logits)
+
+    def forward(self, views: Sequence[torch.Tensor] = (), frames: Optional[torch.Tensor] = None,
+                poses: Optional[torch.Tensor] = None) -> AgentOutput:
+        """Everything one training step needs from this model, in one call (DDP and FSDP only see ``forward``).
+
+        views: groups of same-size views, each (B_i, 3, S_i, S_i) -> representation of every view;
+        frames (B, T, 3, P, P) and poses (B, T, 4, 5, 17) -> the joint branch."""
+        outs = [self.represent(v) for v in views]
+        joint = self.forward_joint(frames, poses) if frames is not None else None
+        return AgentOutput(outs, joint)
+
+
+def build_model(cfg: ModelConfig, joint: bool, device: Optional[torch.device] = None) -> EgoAgent:
+    model = EgoAgent(cfg, joint)
+    return model.to(device) if device is not None else model

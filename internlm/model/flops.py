@@ -1,0 +1,106 @@
+"""Analytic FLOP counts of EgoAgent (a multiply-add = 2 FLOPs), for throughput, TFLOP/s and MFU.
+
+Attention counts the (query, key) pairs the mask allows (full: L^2, causal: L(L+1)/2, block-causal: causal plus
+the pairs inside each image block), i.e. the work a mask-aware kernel has to do. Training a module costs 3x its
+forward (forward + backward for activations and weights); recomputation by activation checkpointing is not
+counted (model FLOPs, as MFU is defined).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from internlm.config.schema import TrainConfig
+
+from .attention import MaskLayout
+from .modeling_internlm import swiglu_hidden_size
+
+
+def allowed_pairs(layout: MaskLayout) -> int:
+    L = layout.seq_len
+    if layout.kind == "full":
+        return L * L
+    pairs = L * (L + 1) // 2
+    if layout.kind == "block_causal":
+        for start, end in layout.image_blocks:
+            n = end - start
+            pairs += n * (n - 1) // 2  # the upper triangle of each image block
+    return pairs
+
+
+def backbone_forward_flops(d: int, num_layers: int, mlp_ratio: float, layout: MaskLayout) -> int:
+    """One sequence through the blocks: the linear layers 2 L (4 d^2 + 3 d h) and attention 4 d per allowed pair."""
+    h = swiglu_hidden_size(d, mlp_ratio)
+    L = layout.seq_len
+    linear = 2 * L * (4 * d * d + 3 * d * h)
+    attention = 4 * d * allowed_pairs(layout)  # QK^T and PV
+    return num_layers * (linear + attention)
+
+
+def dino_head_flops(d: int, hidden: int, bottleneck: int, out_dim: int) -> int:
+    return 2 * (d * hidden + hidden * hidden + hidden * bottleneck + bottleneck * out_dim)
+
+
+@dataclass(frozen=True)
+class SampleCost:
+    train_flops: int  # student forward + backward and teacher forward, per sample
+    student_tokens: int  # tokens through the student backbone per sample
+    teacher_tokens: int
+
+
+def _layouts(cfg: TrainConfig):
+    from .egoagent import TOKENS_PER_STEP_EXTRA
+
+    m, data = cfg.model, cfg.data
+    p = m.patch_size
+    n_global = (data.vid_crop_size // p) ** 2
+    n_local = (data.local_crop_size // p) ** 2
+    n_pred = (data.pred_img_size // p) ** 2
+    rep_kind = "causal" if (m.causal and not m.perframe_atten) else "full"
+    T = data.clip_steps
+    per_step = n_pred + TOKENS_PER_STEP_EXTRA
+    if m.perframe_atten:
+        joint = MaskLayout("block_causal", T * per_step, tuple((t * per_step, t * per_step + n_pred)
+                                                                 for t in range(T)))
+    else:
+        joint = MaskLayout("causal", T * per_step)
+    return (MaskLayout(rep_kind, n_global + 1), MaskLayout(rep_kind, n_local + 1), MaskLayout(rep_kind, n_pred + 1),
+            joint, n_global, n_local, n_pred)
+
+
+def sample_cost(cfg: TrainConfig) -> SampleCost:
+    m, data = cfg.model, cfg.data
+    d, nl, r = m.hidden_size, m.num_layers, m.mlp_ratio
+    head = dino_head_flops(d, m.head_hidden_dim, m.head_bottleneck_dim, m.output_dim)
+    g_layout, l_layout, p_layout, joint, n_g, n_l, n_p = _layouts(cfg)
+    conv = 2 * 3 * m.patch_size ** 2 * d  # per image token
+    n_local_views = data.local_crops_number if data.use_local_crop else 0
+
+    def view(layout, n_tokens):  # one view through projector, backbone and representation head
+        return conv * n_tokens + backbone_forward_flops(d, nl, r, layout) + head
+
+    student_fwd = 2 * view(g_layout, n_g) + n_local_views * view(l_layout, n_l)
+    teacher_fwd = 2 * view(g_layout, n_g)
+    student_tokens = 2 * g_layout.seq_len + n_local_views * l_layout.seq_len
+    teacher_tokens = 2 * g_layout.seq_len
+    if cfg.loss.is_joint:
+        T = data.clip_steps
+        action = 2 * m.pose_channels * m.pose_frames * m.num_joints * d
+        student_fwd += (T * (conv * n_p + action + head + action)  # projectors, prediction and action heads
+                        + backbone_forward_flops(d, nl, r, joint))
+        teacher_fwd += T * view(p_layout, n_p)
+        student_tokens += joint.seq_len
+        teacher_tokens += T * p_layout.seq_len
+    return SampleCost(3 * student_fwd + teacher_fwd, student_tokens, teacher_tokens)
+
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) for MFU when monitor.peak_tflops is not given.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A800": 312.0, "H800": 989.0, "L40S": 362.0,
+                   "A10": 125.0, "V100": 125.0, "4090": 165.0}
+
+
+def detect_peak_tflops(device_name: str) -> float | None:
+    for key, value in GPU_PEAK_TFLOPS.items():
+        if key in device_name:
+            return value
+    return None

@@ -1,0 +1,109 @@
+"""The InternLM decoder backbone used unchanged by EgoAgent (paper section 11.1).
+
+Pre-norm blocks: x = x + Attn(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x)); a final RMSNorm. Parameter names follow
+InternLM (blocks.{i}.mixer.Wqkv / out_proj, norm1, norm2, mlp.w1 / w2 / w3, norm).
+
+Self-contained (imports torch and its sibling files only): the Hugging Face export copies it as is.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import AttentionKernel, MaskLayout, MultiHeadAttention, PreparedMask
+from .norm import RMSNorm
+from .rotary import RotaryEmbedding
+
+
+def swiglu_hidden_size(hidden_size: int, mlp_ratio: float) -> int:
+    """InternLM rounds int(d * mlp_ratio) up to a multiple of 256: 1024 -> 2816, 2048 -> 5632."""
+    return 256 * math.ceil(int(hidden_size * mlp_ratio) / 256)
+
+
+class SwiGLU(nn.Module):
+    """out = w3(silu(w1 x) * w2 x), no biases (w1 gate, w2 up, w3 down)."""
+
+    def __init__(self, hidden_size: int, ffn_size: int):
+        super().__init__()
+        self.w1 = nn.Linear(hidden_size, ffn_size, bias=False)
+        self.w2 = nn.Linear(hidden_size, ffn_size, bias=False)
+        self.w3 = nn.Linear(ffn_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., d)
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class InternLMBlock(nn.Module):
+    def __init__(self, layer_idx: int, hidden_size: int, num_heads: int, ffn_size: int, eps: float):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.norm1 = RMSNorm(hidden_size, eps)
+        self.mixer = MultiHeadAttention(hidden_size, num_heads)
+        self.norm2 = RMSNorm(hidden_size, eps)
+        self.mlp = SwiGLU(hidden_size, ffn_size)
+
+    def forward(self, x, rope, mask: PreparedMask, kernel: AttentionKernel):  # (B, L, d) -> (B, L, d)
+        x = x + self.mixer(self.norm1(x), rope, mask, kernel)
+        return x + self.mlp(self.norm2(x))
+
+
+class InternLMBackbone(nn.Module):
+    """The transformer over a sequence of continuous tokens (no token embedding, no output head)."""
+
+    def __init__(self, hidden_size: int, num_layers: int, num_heads: int, mlp_ratio: float, eps: float = 1e-6,
+                 rope_base: float = 10000.0, attn_backend: str = "sdpa", checkpoint_fraction: float = 0.0):
+        super().__init__()
+        ffn_size = swiglu_hidden_size(hidden_size, mlp_ratio)
+        self.blocks = nn.ModuleList(
+            InternLMBlock(i, hidden_size, num_heads, ffn_size, eps) for i in range(num_layers)
+        )
+        self.norm = RMSNorm(hidden_size, eps)
+        self.rotary = RotaryEmbedding(hidden_size // num_heads, rope_base)
+        self.kernel = AttentionKernel(attn_backend)
+        # InternLM recomputes the first round(fraction * num_layers) blocks in the backward pass.
+        self.num_checkpointed = int(round(checkpoint_fraction * num_layers))
+
+    def set_attn_backend(self, backend: str) -> None:
+        self.kernel = AttentionKernel(backend)
+
+    def forward(self, x: torch.Tensor, layout: MaskLayout) -> torch.Tensor:  # (B, L, d) -> (B, L, d), final-normed
+        assert x.shape[1] == layout.seq_len, (x.shape, layout.seq_len)
+        compute_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
+            else x.dtype
+        mask = self.kernel.prepare(layout, x.device, compute_dtype)
+        rope = self.rotary.cos_sin(layout.seq_len, x.device)
+        for i, block in enumerate(self.blocks):
+            if self.training and i < self.num_checkpointed and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, mask, self.kernel, use_reentrant=False)
+            else:
+                x = block(x, rope, mask, self.kernel)
+        return self.norm(x)
+
+
+@torch.no_grad()
+def init_internlm_weights(backbone: InternLMBackbone, std: float = 0.006, w3_std: float = 0.0015) -> None:
+    """InternLM's normal init: qkv and w1 std 0.006; out_proj and w2 0.006 / sqrt(2 (layer + 1)); w3 0.0015;
+    biases 0; norms 1."""
+    for block in backbone.blocks:
+        depth_std = std / math.sqrt(2.0 * (block.layer_idx + 1))
+        nn.init.normal_(block.mixer.Wqkv.weight, std=std)
+        nn.init.zeros_(block.mixer.Wqkv.bias)
+        nn.init.normal_(block.mixer.out_proj.weight, std=depth_std)
+        nn.init.zeros_(block.mixer.out_proj.bias)
+        nn.init.normal_(block.mlp.w1.weight, std=std)
+        nn.init.normal_(block.mlp.w2.weight, std=depth_std)
+        nn.init.normal_(block.mlp.w3.weight, std=w3_std)
+        block.norm1.weight.fill_(1.0)
+        block.norm2.weight.fill_(1.0)
+    backbone.norm.weight.fill_(1.0)
+
+
+def backbone_param_count(hidden_size: int, num_layers: int, mlp_ratio: float) -> int:
+    """Closed form: per block 4 d^2 + 3 d h + 6 d (qkv + out with biases, SwiGLU, two norms), plus the final norm."""
+    h = swiglu_hidden_size(hidden_size, mlp_ratio)
+    d = hidden_size
+    return num_layers * (4 * d * d + 3 * d * h + 6 * d) + d

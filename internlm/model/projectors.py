@@ -1,0 +1,32 @@
+"""Input projectors of EgoAgent (paper Table 8): frames and pose blocks become continuous tokens."""
+
+import torch
+from torch import nn
+
+
+class ImageProjector(nn.Module):
+    """Conv2d(3, d, patch, stride patch): a 224 px frame -> 14 x 14 = 196 tokens (112 px -> 49)."""
+
+    def __init__(self, hidden_size: int, patch_size: int = 16):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(3, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, H/p * W/p, d)
+        if images.shape[-1] % self.patch_size or images.shape[-2] % self.patch_size:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {self.patch_size}")
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class ActionProjector(nn.Module):
+    """A pose block (x, y, z, visibility) x 5 frames x 17 joints -> Conv2d(4, d, (5, 17)) -> LayerNorm -> GELU:
+    one action token."""
+
+    def __init__(self, hidden_size: int, channels: int = 4, frames: int = 5, joints: int = 17):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, hidden_size, kernel_size=(frames, joints))
+        self.norm = nn.LayerNorm(hidden_size)
+        self.act = nn.GELU()
+
+    def forward(self, poses: torch.Tensor) -> torch.Tensor:  # (B, 4, 5, 17) -> (B, d)
+        return self.act(self.norm(self.conv(poses).flatten(1)))

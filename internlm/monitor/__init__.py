@@ -1,0 +1,1 @@
+"""Logging, TensorBoard scalars and progress/ETA for long loops."""

@@ -1,0 +1,131 @@
+"""Data parallelism on PyTorch's own stack, applied from outside the model (torchtitan style).
+
+Modes, from ``parallel.zero1`` and the world size:
+- "single": one process.
+- "ddp":    zero1 = 1: DistributedDataParallel; every rank keeps the whole optimizer state.
+- "zero1":  zero1 <= 0 (whole data-parallel group) or > 1 (groups of that size): DDP for the gradients and
+            torch's ZeroRedundancyOptimizer, which shards the optimizer state (ZeRO-1).
+- "fsdp":   zero1 = dict(fsdp=True): FSDP2 ``fully_shard`` on every block and the root, parameters sharded
+            (the teacher is sharded the same way, so its EMA update stays shard-local).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from internlm.config.schema import AdamConfig, ParallelConfig
+from internlm.solver.optimizer import adamw_kwargs, param_groups
+
+logger = logging.getLogger(__name__)
+
+MODES = ("single", "ddp", "zero1", "fsdp")
+
+
+def _fully_shard():
+    try:
+        from torch.distributed.fsdp import fully_shard  # torch >= 2.6
+    except ImportError:
+        from torch.distributed._composable.fsdp import fully_shard  # torch 2.5
+    return fully_shard
+
+
+def resolve_mode(cfg: ParallelConfig, world_size: int) -> str:
+    z = cfg.zero1_config
+    if world_size == 1:
+        return "single"
+    if z.fsdp:
+        return "fsdp"
+    return "ddp" if z.size == 1 else "zero1"
+
+
+class DataParallelPlan:
+    """Wraps the student (and teacher) of a meta-architecture and builds the matching optimizer."""
+
+    def __init__(self, cfg: ParallelConfig, world_size: int, device: torch.device):
+        self.cfg = cfg
+        self.world_size = world_size
+        self.device = device
+        self.mode = resolve_mode(cfg, world_size)
+        self.zero_group = None
+
+    # -------------------------------------------------------------------------------------- wrapping
+
+    def apply(self, meta: nn.Module, bucket_bytes: int) -> None:
+        """Wrap meta.student / meta.teacher in place. Before this, every rank must hold the same weights."""
+        if self.mode == "single":
+            return
+        self._broadcast_from_rank0(meta)
+        if self.mode in ("ddp", "zero1"):
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            meta.student = DistributedDataParallel(meta.student, device_ids=device_ids,
+                                                   bucket_cap_mb=max(bucket_bytes / 2**20, 1.0),
+                                                   broadcast_buffers=False)
+            if self.mode == "zero1":
+                size = self.cfg.zero1_config.size
+                if 1 < size < self.world_size:
+                    if self.world_size % size:
+                        raise ValueError(f"parallel.zero1={size} must divide the world size {self.world_size}")
+                    self.zero_group, _ = dist.new_subgroups(size)
+            return
+        fully_shard = _fully_shard()
+        for model in (meta.student, meta.teacher):
+            for block in model.backbone.blocks:
+                fully_shard(block)
+            fully_shard(model)
+
+    @staticmethod
+    @torch.no_grad()
+    def _broadcast_from_rank0(meta: nn.Module) -> None:
+        for t in list(meta.parameters()) + list(meta.buffers()):
+            dist.broadcast(t.data, src=0)
+
+    # ------------------------------------------------------------------------------------- optimizer
+
+    def build_optimizer(self, student: nn.Module, adam: AdamConfig) -> torch.optim.Optimizer:
+        groups = param_groups(student, adam.weight_decay)
+        kwargs = adamw_kwargs(adam, self.device)
+        if self.mode != "zero1":
+            return torch.optim.AdamW(groups, **kwargs)
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=torch.optim.AdamW,
+                                       process_group=self.zero_group, weight_decay=groups[0]["weight_decay"],
+                                       **kwargs)
+        zero.add_param_group(groups[1])
+        return zero
+
+    def owned_parameters(self, student: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs whose optimizer state this rank holds: its ZeRO-1 partition, its FSDP shards
+        (DTensors) or, replicated, all of them."""
+        named = list(unwrap(student).named_parameters())
+        if self.mode != "zero1":
+            yield from ((n, p) for n, p in named if p.requires_grad)
+            return
+        local = {id(p) for group in optimizer.optim.param_groups for p in group["params"]}
+        yield from ((n, p) for n, p in named if id(p) in local)
+
+    def inner_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The optimizer whose ``state`` holds this rank's Adam moments."""
+        return optimizer.optim if self.mode == "zero1" else optimizer
+
+    # --------------------------------------------------------------------------- gradient accumulation
+
+    def grad_sync(self, student: nn.Module, enabled: bool):
+        """Context for one accumulation chunk: gradients are reduced across ranks only when ``enabled``."""
+        if self.mode in ("ddp", "zero1") and not enabled:
+            return student.no_sync()
+        if self.mode == "fsdp":
+            student.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (FSDP2 modifies the module in place, nothing to unwrap)."""
+    return module.module if isinstance(module, DistributedDataParallel) else module

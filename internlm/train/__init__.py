@@ -1,0 +1,1 @@
+"""Training: the meta-architecture (student, EMA teacher, losses) and the loop."""

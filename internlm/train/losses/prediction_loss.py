@@ -1,0 +1,17 @@
+"""L_pred: the student's state-prediction output at step t against the teacher's representation of frame t+1
+(paper eq. 2), the same cross-entropy as DINO with its own center."""
+
+from __future__ import annotations
+
+import torch
+
+from .dino_loss import cross_entropy, teacher_probs
+
+
+def prediction_loss(student_pred_logits: torch.Tensor, teacher_frame_logits: torch.Tensor, center: torch.Tensor,
+                    teacher_temp: float, student_temp: float) -> torch.Tensor:
+    """student_pred_logits (B, T, K): prediction head at the future-state query of every step;
+    teacher_frame_logits (B, T, K): teacher representation of every step's frame.
+    Step t is matched with frame t+1 for t = 0..T-2; mean over steps and batch."""
+    targets = teacher_probs(teacher_frame_logits[:, 1:], center, teacher_temp)  # (B, T-1, K)
+    return cross_entropy(targets, student_pred_logits[:, :-1], student_temp).mean()

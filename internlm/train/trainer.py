@@ -1,0 +1,321 @@
+"""The training loop of both stages: data -> chunks -> losses -> one optimizer step -> teacher/centers -> logs ->
+checkpoints. Stage 1 or 2 is decided by ``loss.name`` (dinoimgcls | joint)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from internlm.checkpoint.atomic import atomic_write_text
+from internlm.checkpoint.export import git_commit, load_state_dict
+from internlm.checkpoint.layout import latest_checkpoint, resolve_checkpoint
+from internlm.checkpoint.train_state import CheckpointManager
+from internlm.config import TrainConfig, to_dict
+from internlm.initialize.launch import DistContext
+from internlm.model import EgoAgent
+from internlm.model.flops import detect_peak_tflops, sample_cost
+from internlm.monitor.progress import StepTimer
+from internlm.monitor.tensorboard import ScalarWriter
+from internlm.parallel.data_parallel import DataParallelPlan, unwrap
+from internlm.solver.grad_scaler import DynamicLossScaler
+from internlm.solver.optimizer import apply_schedule
+from internlm.solver.schedules import Schedules
+
+from .losses import visible_elements
+from .meta_arch import STAT_NAMES, EgoAgentMetaArch
+
+logger = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"torch.float16": torch.float16, "torch.half": torch.float16, "torch.bfloat16": torch.bfloat16}
+# The joint-branch parts a stage-1 checkpoint does not have; they start from their initialisation in stage 2.
+JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.")
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer updates applied (the schedules' clock)
+    iteration: int = 0  # batches consumed, skipped steps included
+    consumed_samples: int = 0  # global position in the sample stream
+    skipped_steps: int = 0  # non-finite gradients (fp16 overflow)
+    bad_samples: int = 0  # unreadable samples the loader replaced
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, loader_factory=None):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        self.world = ctx.world_size
+        self.joint = cfg.loss.is_joint
+        self.global_batch = cfg.data.micro_num * self.world
+        self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.model.dtype)
+        if cfg.model.dtype == "torch.tf32" and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.deterministic = cfg.cudnn_deterministic
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        if not cfg.ckpt.save_ckpt_folder:
+            raise ValueError("ckpt.save_ckpt_folder is not set: the run needs a folder for logs and checkpoints")
+
+        self.plan = DataParallelPlan(cfg.parallel, self.world, self.device)
+        self.manager = CheckpointManager(cfg, self.plan)
+        resume_folder = self._resume_folder()
+
+        seed_everything(cfg.data.seed)  # identical initial weights on every rank
+        student = EgoAgent(cfg.model, joint=self.joint)
+        self.meta = EgoAgentMetaArch(cfg, student)
+        if resume_folder is None:
+            self._init_from_other_run()
+        self.meta.to(self.device)
+        self.plan.apply(self.meta, cfg.hybrid_zero_optimizer.reduce_bucket_size)
+        self.optimizer = self.plan.build_optimizer(unwrap(self.meta.student), cfg.adam)
+        self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.autocast_dtype == torch.float16)
+        self.schedules = Schedules.from_config(cfg)
+        self.progress = Progress()
+        if resume_folder is not None:
+            meta = self.manager.load(resume_folder, self.meta, self.optimizer)
+            self.progress = Progress(**{k: meta[k] for k in Progress().as_dict()})
+            self.scaler.load_state_dict(meta["scaler"])
+            logger.info("resumed from %s at step %d (%d samples consumed)", resume_folder, self.progress.step,
+                        self.progress.consumed_samples)
+        self.loader_factory = loader_factory or _default_loader_factory
+        self.cost = sample_cost(cfg)
+        peak = cfg.monitor.peak_tflops
+        if peak is None and self.device.type == "cuda":
+            peak = detect_peak_tflops(torch.cuda.get_device_name(self.device))
+        self.peak_tflops = peak
+        self.writer = ScalarWriter(cfg.monitor.tensorboard_folder or os.path.join(cfg.ckpt.save_ckpt_folder,
+                                                                                    "tensorboard"), ctx.is_main)
+        self.history: list[dict] = []  # per-step scalars of this process (tests and reports read it)
+
+    # ---------------------------------------------------------------------------------- initialisation
+
+    def _resume_folder(self) -> Optional[str]:
+        ck = self.cfg.ckpt
+        if ck.auto_resume:
+            latest = latest_checkpoint(ck.save_ckpt_folder)
+            if latest is not None:
+                return latest
+        info = ck.init_source()
+        if info is not None and "all" in info.content:
+            return resolve_checkpoint(info.path)
+        return None
+
+    def _init_from_other_run(self) -> None:
+        """ckpt.load_ckpt_info with content ("model",): student and teacher weights (stage 2 from stage 1)."""
+        info = self.cfg.ckpt.init_source()
+        if info is None or "all" in info.content:
+            return
+        for which, model in (("model", self.meta.student), ("teacher", self.meta.teacher)):
+            state, src_cfg, folder = load_state_dict(info.path, which)
+            result = model.load_state_dict(state, strict=False)
+            bad_missing = [k for k in result.missing_keys if not k.startswith(JOINT_ONLY_PREFIXES)]
+            if bad_missing or result.unexpected_keys:
+                raise ValueError(f"ckpt.load_ckpt_info: {folder} ({which}) does not fit this model: missing "
+                                 f"{bad_missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+            if result.missing_keys:
+                logger.info("initialised %s from %s; %d new tensors start fresh (%s ...)", which, folder,
+                            len(result.missing_keys), ", ".join(sorted({k.split('.')[0] for k in result.missing_keys})))
+            else:
+                logger.info("initialised %s from %s", which, folder)
+
+    def write_run_record(self) -> None:
+        """The resolved config, the git commit and the command line, once per run (rank 0)."""
+        if not self.ctx.is_main:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = os.path.join(self.cfg.ckpt.save_ckpt_folder, "runs", stamp)
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_text(os.path.join(folder, "config.json"), json.dumps(to_dict(self.cfg), indent=1))
+        atomic_write_text(os.path.join(folder, "run.json"), json.dumps({
+            "git_commit": git_commit(), "command": sys.argv, "world_size": self.world,
+            "device": str(self.device), "parallel_mode": self.plan.mode, "torch": torch.__version__,
+            "start_step": self.progress.step}, indent=1))
+
+    # ------------------------------------------------------------------------------------------ a step
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def train_step(self, batch: dict) -> dict:
+        """One optimizer step on this rank's batch of micro_num samples; returns the logged scalars."""
+        cfg = self.cfg
+        values = self.schedules.at(self.progress.step)
+        apply_schedule(self.optimizer, values.lr, values.weight_decay)
+        batch = self._to_device(batch)
+        n = batch["global_crops"].shape[0]
+        chunks = cfg.data.gradient_accumulation
+        chunk_size = n // chunks
+        act_normalizer = None
+        if self.joint:  # the global number of visible pose elements, so that L_act is the global-batch mean
+            visible = _all_reduce_(visible_elements(batch["poses"]).float().reshape(1))
+            act_normalizer = visible[0] / self.world
+        stats = torch.zeros(len(STAT_NAMES), device=self.device)
+        rep_sum = pred_sum = None
+        rep_count = pred_count = 0
+        for c in range(chunks):
+            part = {k: v[c * chunk_size:(c + 1) * chunk_size] for k, v in batch.items() if torch.is_tensor(v)}
+            with self.plan.grad_sync(self.meta.student, enabled=c == chunks - 1):
+                with self._autocast():
+                    out = self.meta.chunk_losses(part, values.teacher_temp, chunk_size / n, act_normalizer)
+                (out.loss * self.scaler.scale).backward()
+            stats += out.stats
+            rep_sum = out.rep_center_sum if rep_sum is None else rep_sum + out.rep_center_sum
+            rep_count += out.rep_center_count
+            if out.pred_center_sum is not None:
+                pred_sum = out.pred_center_sum if pred_sum is None else pred_sum + out.pred_center_sum
+                pred_count += out.pred_center_count
+
+        grad_norm = self._unscale_and_clip()
+        finite = math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.meta.update_teacher(values.momentum)
+            self.meta.update_centers(rep_sum, rep_count, pred_sum, pred_count)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update(found_inf=not finite)
+        p = self.progress
+        p.iteration += 1
+        p.consumed_samples += self.global_batch
+        p.bad_samples += int(_all_reduce_(torch.tensor([int(batch["num_skipped"].sum())]))[0]) \
+            if "num_skipped" in batch else 0
+        if finite:
+            p.step += 1
+        else:
+            p.skipped_steps += 1
+            logger.warning("step %d: non-finite gradients, update skipped (%d so far); loss scale now %g",
+                           p.step, p.skipped_steps, self.scaler.scale)
+
+        _all_reduce_(stats)
+        stats /= self.world
+        named = dict(zip(STAT_NAMES, stats.tolist()))
+        scalars = {"loss_rep": named["loss_rep"], "teacher_entropy": named["teacher_entropy"],
+                   "kl_teacher_student": named["kl_teacher_student"], "feature_std": named["feature_std"]}
+        total = cfg.loss.rep_weight * named["loss_rep"]
+        if self.joint:
+            loss_act = named["loss_act_sum"] * self.world / max(float(act_normalizer) * self.world, 1.0)
+            scalars.update(loss_pred=named["loss_pred"], loss_act=loss_act)
+            total += cfg.loss.pred_weight * named["loss_pred"] + cfg.loss.act_weight * loss_act
+        scalars.update(loss=total, lr=values.lr, weight_decay=values.weight_decay, momentum=values.momentum,
+                       teacher_temp=values.teacher_temp, grad_norm=grad_norm, loss_scale=self.scaler.scale,
+                       skipped_steps=p.skipped_steps, bad_samples=p.bad_samples, update_applied=float(finite))
+        return scalars
+
+    def _unscale_and_clip(self) -> float:
+        """Undo the loss scale, clip to clip_grad_norm over all ranks' gradients; returns the norm before clipping
+        (inf/nan when some gradient is not finite)."""
+        params = [p for p in unwrap(self.meta.student).parameters() if p.grad is not None]
+        if self.scaler.scale != 1.0:
+            torch._foreach_mul_([p.grad for p in params], 1.0 / self.scaler.scale)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.hybrid_zero_optimizer.clip_grad_norm,
+                                              error_if_nonfinite=False, foreach=True)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        norm = _all_reduce_(norm.detach().float().reshape(1), dist.ReduceOp.MAX if dist.is_initialized() else None)
+        return float(norm[0])
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def save(self) -> str:
+        progress = dict(self.progress.as_dict(), scaler=self.scaler.state_dict())
+        return self.manager.save(self.progress.step, self.meta, self.optimizer, progress)
+
+    def fit(self, max_iterations: Optional[int] = None) -> list[dict]:
+        """Train until data.total_steps updates (or ``max_iterations`` batches, for tests and pre-emption)."""
+        cfg = self.cfg
+        total = cfg.data.total_steps
+        self.write_run_record()
+        loader = self.loader_factory(cfg, self.ctx, self.progress.consumed_samples)
+        timer = StepTimer(total)
+        start_iteration = self.progress.iteration
+        every = cfg.monitor.log_every
+        self.meta.train()
+        batches = iter(loader)
+        while self.progress.step < total:
+            if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
+                break
+            try:
+                batch = next(batches)
+            except StopIteration:
+                logger.info("data exhausted after %d samples (train_one_epoch)", self.progress.consumed_samples)
+                break
+            scalars = self.train_step(batch)
+            dt = timer.tick()
+            samples_s = self.global_batch / dt
+            scalars.update(samples_per_s=samples_s,
+                           tokens_per_s=samples_s * (self.cost.student_tokens + self.cost.teacher_tokens))
+            tflops = samples_s * self.cost.train_flops / 1e12
+            if self.device.type == "cuda":
+                scalars["tflops"] = tflops / self.world
+                if self.peak_tflops:
+                    scalars["mfu"] = tflops / self.world / self.peak_tflops
+            scalars["step"] = self.progress.step
+            self.history.append(scalars)
+            self.writer.write(self.progress.step, scalars)
+            step = self.progress.step
+            if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
+                logger.info(self._log_line(scalars, timer))
+            if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
+                    step % cfg.ckpt.checkpoint_every == 0 or step == total):
+                self.save()
+        self.manager.wait()
+        self.writer.close()
+        return self.history
+
+    def _log_line(self, s: dict, timer: StepTimer) -> str:
+        p, total = self.progress, self.cfg.data.total_steps
+        terms = f"rep {s['loss_rep']:.4f}"
+        if self.joint:
+            terms += f" pred {s['loss_pred']:.4f} act {s['loss_act']:.4f}"
+        line = (f"step {p.step}/{total} | loss {s['loss']:.4f} ({terms}) | lr {s['lr']:.3g} wd {s['weight_decay']:.3g}"
+                f" m {s['momentum']:.5f} temp {s['teacher_temp']:.3g} | gnorm {s['grad_norm']:.3g}"
+                f" scale {s['loss_scale']:g} skipped {p.skipped_steps} bad {p.bad_samples}"
+                f" | H(t) {s['teacher_entropy']:.3f} KL {s['kl_teacher_student']:.3f} std {s['feature_std']:.4f}"
+                f" | {s['samples_per_s']:.1f} samples/s")
+        if "mfu" in s:
+            line += f" {s['tflops']:.1f} TFLOP/s MFU {100 * s['mfu']:.1f}%"
+        return line + f" | ETA {timer.eta(p.step)}"
+
+
+def _default_loader_factory(cfg: TrainConfig, ctx: DistContext, consumed: int) -> Iterator[dict]:
+    from internlm.data.build import build_train_loader
+
+    dataset = None
+    if cfg.data.dataset_type == "Generated":
+        from internlm.data.generated import GeneratedSamples
+
+        dataset = GeneratedSamples(cfg.data, joint=cfg.loss.is_joint)
+    return build_train_loader(cfg.data, rank=ctx.rank, world_size=ctx.world_size, consumed=consumed,
+                              dataset=dataset)

@@ -1,0 +1,195 @@
+"""The EgoAgent model: causality of the joint branch, the block-causal mask, attention backends, RoPE, sizes."""
+
+import math
+
+import pytest
+import torch
+
+from internlm.config import load_config
+from internlm.config.schema import ConvStemConfig, LVMConfig, ModelConfig
+from internlm.model import AttentionBackendError, EgoAgent, MaskLayout
+from internlm.model.attention import AttentionKernel, check_backend
+from internlm.model.modeling_internlm import backbone_param_count
+from internlm.model.param_count import count_parameters
+from internlm.model.rotary import RotaryEmbedding
+
+
+def tiny_cfg(**kw) -> ModelConfig:
+    base = dict(hidden_size=64, num_layers=2, num_attention_heads=4, output_dim=96, head_hidden_dim=64,
+                head_bottleneck_dim=32, lvm_config=LVMConfig(conv_stem_config=ConvStemConfig(img_size=16, patch_size=8)))
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def clip(B=2, T=4, P=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, 3, P, P, generator=g), torch.randn(B, T, 4, 5, 17, generator=g)
+
+
+@pytest.fixture(params=["sdpa", "flex"])
+def joint_model(request):
+    torch.manual_seed(0)
+    model = EgoAgent(tiny_cfg(attn_backend=request.param), joint=True).eval()
+    with torch.no_grad():  # FlexAttention has no CPU backward
+        yield model
+
+
+def test_action_query_sees_only_the_past(joint_model):
+    frames, poses = clip()
+    base = joint_model.forward_joint(frames, poses)
+    for t in range(3):
+        later_frames = frames.clone()
+        later_frames[:, t + 1] = torch.randn_like(later_frames[:, t + 1])  # the image of frame t+1
+        same_step_poses = poses.clone()
+        same_step_poses[:, t] = torch.randn_like(same_step_poses[:, t])  # the poses of step t
+        for f, p in ((later_frames, poses), (frames, same_step_poses)):
+            out = joint_model.forward_joint(f, p)
+            torch.testing.assert_close(out.actions[:, :t + 1], base.actions[:, :t + 1], rtol=0, atol=1e-6)
+        # ... while the future-state query of step t does see the poses of step t
+        out = joint_model.forward_joint(frames, same_step_poses)
+        assert (out.future_feature[:, t] - base.future_feature[:, t]).abs().max() > 1e-3
+        # and the action query of step t+1 sees them too
+        assert (out.actions[:, t + 1] - base.actions[:, t + 1]).abs().max() > 1e-4
+
+
+def test_block_causal_image_tokens(joint_model):
+    """Image tokens of one frame see each other (a later token changes an earlier one's output) and never a
+    later frame."""
+    m = joint_model
+    T, N, d = 3, 4, m.cfg.hidden_size
+    layout = m.joint_layout(T, N)
+    assert layout.kind == "block_causal" and layout.seq_len == T * (N + 3)
+    x = torch.randn(1, layout.seq_len, d)
+    base = m.backbone(x, layout)
+    per_step = N + 3
+    # change the last image token of frame 1: the first image token of frame 1 changes, frame 0 does not
+    y = x.clone()
+    y[0, per_step + N - 1] += 1.0
+    out = m.backbone(y, layout)
+    assert (out[0, per_step] - base[0, per_step]).abs().max() > 1e-4
+    torch.testing.assert_close(out[0, :per_step], base[0, :per_step], rtol=0, atol=1e-6)
+    # plain causal (perframe_atten=False): the first image token does not see the last one of its frame
+    causal = MaskLayout("causal", layout.seq_len)
+    torch.testing.assert_close(m.backbone(y, causal)[0, per_step], m.backbone(x, causal)[0, per_step], rtol=0,
+                               atol=1e-6)
+
+
+def test_dense_block_causal_mask():
+    layout = MaskLayout("block_causal", 10, ((0, 3), (5, 8)))
+    dense = layout.dense("cpu")
+    assert dense[0, 2] and dense[5, 7] and dense[7, 5]  # within an image block, both ways
+    assert not dense[3, 4] and not dense[4, 5] and not dense[2, 5]  # other tokens causal, no look-ahead
+    assert dense[9].all()
+
+
+@pytest.mark.parametrize("kind", ["full", "causal", "block_causal"])
+def test_backends_agree(kind):
+    """Every backend available on the CPU gives the same attention output (fp32, 1e-5)."""
+    torch.manual_seed(0)
+    L = 23
+    layout = MaskLayout(kind, L, ((0, 7), (10, 17)) if kind == "block_causal" else ())
+    q, k, v = (torch.randn(2, 3, L, 16) for _ in range(3))
+    outs = {}
+    for name in ("sdpa", "flex"):
+        kernel = AttentionKernel(name)
+        outs[name] = kernel(q, k, v, kernel.prepare(layout, q.device, q.dtype), 0.25)
+    reference = torch.softmax((q @ k.transpose(-1, -2)) * 0.25 + torch.where(
+        layout.dense("cpu") if kind != "full" else torch.ones(L, L, dtype=torch.bool), 0.0, -math.inf), -1) @ v
+    for name, out in outs.items():
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-5, msg=name)
+
+
+def test_whole_model_backends_agree():
+    frames, poses = clip()
+    torch.manual_seed(0)
+    a = EgoAgent(tiny_cfg(attn_backend="sdpa"), joint=True).eval()
+    b = EgoAgent(tiny_cfg(attn_backend="flex"), joint=True).eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        oa, ob = a.forward_joint(frames, poses), b.forward_joint(frames, poses)
+        torch.testing.assert_close(oa.actions, ob.actions, rtol=0, atol=1e-5)
+        torch.testing.assert_close(oa.future_logits, ob.future_logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(a.encode(frames[:, 0]), b.encode(frames[:, 0]), rtol=0, atol=1e-5)
+    with pytest.raises(AttentionBackendError, match="no backward pass on the CPU"):
+        b.forward_joint(frames, poses)
+
+
+def test_unavailable_backend_says_why():
+    with pytest.raises(AttentionBackendError, match="flash"):
+        check_backend("flash", "full", torch.device("cpu"), torch.float32)
+    with pytest.raises(AttentionBackendError, match="block-causal"):
+        try:  # the mask reason is given even where flash-attn is installed
+            check_backend("flash", "block_causal", torch.device("cuda"), torch.bfloat16)
+        except AttentionBackendError as exc:
+            if "block-causal" not in str(exc) and "not installed" in str(exc):
+                raise AttentionBackendError("block-causal (flash-attn missing here)") from exc
+            raise
+    model = EgoAgent(tiny_cfg(attn_backend="flash"), joint=False)
+    with pytest.raises(AttentionBackendError):
+        model.encode(torch.randn(1, 3, 16, 16))
+
+
+def test_rope_is_relative():
+    """Shifting every position by the same offset leaves all q.k scores unchanged."""
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(32)
+    q, k = torch.randn(1, 2, 9, 32), torch.randn(1, 2, 9, 32)
+    scores = []
+    for offset in (0, 7, 1000):
+        cos, sin = rope.cos_sin(9, torch.device("cpu"), offset=offset)
+        scores.append(RotaryEmbedding.apply(q, cos, sin) @ RotaryEmbedding.apply(k, cos, sin).transpose(-1, -2))
+    torch.testing.assert_close(scores[1], scores[0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(scores[2], scores[0], rtol=0, atol=1e-4)
+    cos, sin = rope.cos_sin(9, torch.device("cpu"))
+    assert (RotaryEmbedding.apply(q, cos, sin) - q).abs().max() > 0.1  # and it does rotate
+
+
+@pytest.mark.parametrize("path, want", [
+    ("configs/dino_pretrain/lr5e-4_tmp004_300m.py", 284e6), ("configs/joint_train/lr6e-04_tmp004_300m.py", 284e6),
+    ("configs/dino_pretrain/lr5e-4_tmp004_1b.py", 1.13e9), ("configs/joint_train/lr6e-04_tmp004_1b.py", 1.13e9)])
+def test_parameter_counts_match_the_paper(path, want):
+    cfg = load_config(path)
+    c = count_parameters(cfg)
+    assert abs(c.model - want) / want < 0.01, c
+    assert c.backbone == backbone_param_count(cfg.model.hidden_size, 22, 8 / 3)
+    assert round(c.backbone / 1e6, 1) == {1024: 282.7, 2048: 1130.6}[cfg.model.hidden_size]
+    assert c.heads > 0
+
+
+def test_internlm_init_and_head_norm():
+    torch.manual_seed(0)
+    m = EgoAgent(tiny_cfg(hidden_size=256, num_layers=4, num_attention_heads=4), joint=True)
+    b = m.backbone.blocks
+    assert abs(b[0].mixer.Wqkv.weight.std().item() - 0.006) < 5e-4
+    assert abs(b[3].mixer.out_proj.weight.std().item() - 0.006 / math.sqrt(8)) < 3e-4
+    assert abs(b[3].mlp.w2.weight.std().item() - 0.006 / math.sqrt(8)) < 3e-4
+    assert abs(b[1].mlp.w3.weight.std().item() - 0.0015) < 2e-4
+    assert b[2].mixer.Wqkv.bias.abs().max() == 0
+    g = m.rep_head.last_layer.parametrizations.weight.original0
+    assert torch.all(g == 1) and not g.requires_grad  # norm_last_layer: |w_k| fixed to 1
+
+
+def test_activation_checkpointing_same_gradients():
+    frames, poses = clip()
+    grads = []
+    for fraction in (0.0, 1.0):
+        torch.manual_seed(0)
+        m = EgoAgent(tiny_cfg(checkpoint=fraction), joint=True).train()
+        out = m.forward_joint(frames, poses)
+        (out.actions.square().mean() + out.future_logits.mean()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
+    assert m.backbone.num_checkpointed == 2
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_close_to_fp32(dtype):
+    torch.manual_seed(0)
+    m = EgoAgent(tiny_cfg(), joint=True).eval()
+    frames, poses = clip()
+    ref = m.forward_joint(frames, poses)
+    with torch.autocast("cpu", dtype=dtype):
+        low = m.forward_joint(frames, poses)
+    assert low.actions.dtype == dtype
+    assert (low.actions.float() - ref.actions).abs().max() < 0.05
+    assert torch.isfinite(low.future_logits.float()).all()

@@ -1,0 +1,106 @@
+"""The training engine: EMA teacher, exact resume, fp16 overflow handling, atomic checkpoints, stage-2 init."""
+
+import copy
+import os
+
+import pytest
+import torch
+
+from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
+from train_helpers import flat_state, make_trainer, tiny_config
+
+
+def test_teacher_is_the_ema_of_the_student(tmp_path):
+    trainer = make_trainer(tiny_config(2, tmp_path, steps=4))
+    meta = trainer.meta
+    teacher_before = [p.detach().clone() for p in meta.teacher.parameters()]
+    trainer.fit(max_iterations=1)
+    m = trainer.schedules.at(0).momentum
+    assert 0.99 <= m < 1.0
+    for before, t, s in zip(teacher_before, meta.teacher.parameters(), meta.student.parameters()):
+        torch.testing.assert_close(t, m * before + (1 - m) * s, rtol=0, atol=1e-7)
+    changed = sum(int(not torch.equal(b, t)) for b, t in zip(teacher_before, meta.teacher.parameters()))
+    assert changed > 10  # and the update really moved the teacher
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_exact_resume(tmp_path, stage):
+    """2N steps straight == N steps, a new process-like Trainer resuming, N more steps: same losses and bitwise
+    the same weights, teacher and centers (fp32, CPU)."""
+    straight = make_trainer(tiny_config(stage, tmp_path / "straight", steps=6))
+    history = straight.fit()
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+
+    cfg = tiny_config(stage, tmp_path / "resumed", steps=6, **{"ckpt.checkpoint_every": 3})
+    first = make_trainer(cfg)
+    first.fit(max_iterations=3)
+    assert complete_steps(str(tmp_path / "resumed")) == [3]
+    second = make_trainer(copy.deepcopy(cfg))
+    assert second.progress.step == 3 and second.progress.consumed_samples == 3 * cfg.data.micro_num
+    resumed = second.fit()
+    for a, b in zip(history[3:], resumed):
+        assert a["step"] == b["step"]
+        for key in ("loss", "loss_rep", "grad_norm") + (("loss_pred", "loss_act") if stage == 2 else ()):
+            assert a[key] == b[key], (key, a[key], b[key])
+    assert torch.equal(flat_state(straight), flat_state(second))
+    state_a = straight.optimizer.state_dict()["state"]
+    state_b = second.optimizer.state_dict()["state"]
+    assert all(torch.equal(state_a[i]["exp_avg_sq"], state_b[i]["exp_avg_sq"]) for i in state_a)
+
+
+def test_fp16_overflow_skips_the_step(tmp_path):
+    cfg = tiny_config(2, tmp_path, steps=4, **{"model.dtype": "torch.float16", "teacher.dtype": "torch.float16",
+                                               "grad_scaler.hysteresis": 1, "grad_scaler.fp16.initial_scale": 32.0})
+    trainer = make_trainer(cfg)
+    trainer.fit(max_iterations=1)
+    before = flat_state(trainer).clone()
+    optim_before = copy.deepcopy(trainer.optimizer.state_dict())
+    scale_before = trainer.scaler.scale
+    progress = trainer.progress
+    step_before, consumed_before = progress.step, progress.consumed_samples
+
+    param = next(p for p in trainer.meta.student.parameters() if p.ndim == 2)
+    handle = param.register_hook(lambda g: g * float("inf"))  # one injected inf gradient
+    trainer.fit(max_iterations=1)
+    handle.remove()
+    last = trainer.history[-1]
+    assert last["update_applied"] == 0.0 and progress.skipped_steps == 1
+    assert torch.equal(flat_state(trainer), before)  # parameters, teacher and centers untouched
+    after = trainer.optimizer.state_dict()
+    for i, st in optim_before["state"].items():
+        assert torch.equal(st["exp_avg"], after["state"][i]["exp_avg"]) and st["step"] == after["state"][i]["step"]
+    assert progress.step == step_before  # the schedules did not advance...
+    assert progress.consumed_samples == consumed_before + cfg.data.micro_num  # ... the data did
+    assert trainer.scaler.scale == scale_before / 2
+
+    trainer.fit(max_iterations=1)  # and training goes on
+    assert trainer.history[-1]["update_applied"] == 1.0 and progress.step == step_before + 1
+
+
+def test_interrupted_save_is_ignored(tmp_path):
+    cfg = tiny_config(1, tmp_path, steps=4, **{"ckpt.checkpoint_every": 2})
+    trainer = make_trainer(cfg)
+    trainer.fit()
+    assert complete_steps(str(tmp_path)) == [2, 4]
+    os.remove(tmp_path / "4" / MARKER)  # as if the process died while writing step 4
+    assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "2")
+    resumed = make_trainer(copy.deepcopy(cfg))
+    assert resumed.progress.step == 2
+    resumed.fit()
+    assert complete_steps(str(tmp_path)) == [2, 4]  # the broken step-4 folder was rewritten, completely
+
+
+def test_stage2_starts_from_stage1(tmp_path):
+    s1 = make_trainer(tiny_config(1, tmp_path / "s1", steps=2))
+    s1.fit()
+    cfg = tiny_config(2, tmp_path / "s2", steps=2, **{"ckpt.load_ckpt_info": {"path": str(tmp_path / "s1"),
+                                                                             "content": ["model"]}})
+    s2 = make_trainer(cfg)
+    for name, p in s1.meta.student.state_dict().items():
+        assert torch.equal(s2.meta.student.state_dict()[name], p), name
+    for name, p in s1.meta.teacher.state_dict().items():
+        assert torch.equal(s2.meta.teacher.state_dict()[name], p), name
+    new = [k for k in s2.meta.student.state_dict() if k not in s1.meta.student.state_dict()]
+    assert any(k.startswith("action_head") for k in new) and any(k.startswith("pred_head") for k in new)
+    assert s2.progress.step == 0
+    s2.fit()

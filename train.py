@@ -1,0 +1,58 @@
+"""Train EgoAgent: stage 1 (DINO representation pretraining) or stage 2 (joint representation, prediction and
+action training), as the config's ``loss.name`` says.
+
+    python train.py --config configs/demo/stage1_dino_tiny.py                      # one local process
+    torchrun --nproc_per_node=8 train.py --config CONFIG --launcher torch           # one node
+    srun python train.py --config CONFIG --launcher slurm --port 29500             # a slurm job step
+
+Runs resume from the newest complete checkpoint in ckpt.save_ckpt_folder (ckpt.auto_resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from internlm.config import ConfigError, load_config, parse_override
+from internlm.initialize.launch import destroy_distributed, init_distributed
+from internlm.monitor.logging_setup import setup_logging
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="python config file")
+    parser.add_argument("--launcher", choices=("slurm", "torch"), default=None,
+                        help="slurm: srun sets the ranks; torch: torchrun sets them; none: one process")
+    parser.add_argument("--port", type=int, default=None, help="master port (slurm launcher; default 29500)")
+    parser.add_argument("--seed", type=int, default=None, help="overrides data.seed (weights init, data order)")
+    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --opt data.total_steps=50 (repeatable)")
+    parser.add_argument("--device", default=None, help="force a device (default: cuda:LOCAL_RANK if any, else cpu)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = [parse_override(o) for o in args.opt]
+    if args.seed is not None:
+        overrides.append(("data.seed", args.seed))
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}")
+    ctx = init_distributed(args.launcher, args.port, timeout_s=cfg.parallel.timeout_s, device=args.device)
+    setup_logging(ctx.rank, os.path.join(cfg.ckpt.save_ckpt_folder, "logs", f"rank{ctx.rank}.log"))
+    logging.getLogger(__name__).info("config %s: stage %d, %d process(es) on %s", args.config, cfg.stage,
+                                     ctx.world_size, ctx.device)
+    from internlm.train.trainer import Trainer
+
+    try:
+        Trainer(cfg, ctx).fit()
+    finally:
+        destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
