@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --opt data.total_steps=50 (repeatable)")
     parser.add_argument("--device", default=None, help="force a device (default: cuda:LOCAL_RANK if any, else cpu)")
+    parser.add_argument("--stop_after", type=int, default=None, metavar="N",
+                        help="stop this process after N iterations (a time-boxed job; the next launch resumes)")
     return parser.parse_args(argv)
 
 
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     from internlm.train.trainer import Trainer
 
     try:
-        Trainer(cfg, ctx).fit()
+        Trainer(cfg, ctx).fit(max_iterations=args.stop_after)
     finally:
         destroy_distributed()
     return 0

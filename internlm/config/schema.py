@@ -386,6 +386,8 @@ class MonitorConfig:
     log_every: int = 10  # console line every N steps (TensorBoard gets every step)
     tensorboard_folder: Optional[str] = None  # default: {save_ckpt_folder}/tensorboard
     peak_tflops: Optional[float] = None  # for MFU; None: detected from the GPU name
+    metrics_file: bool = True  # rank 0 appends every step's scalars to {save_ckpt_folder}/metrics.jsonl
+    record_sample_ids: bool = False  # every rank appends its batches' sample ids to samples_rank{r}.jsonl (audits)
 
 
 # ----------------------------------------------------------------------------------------- the run

@@ -126,6 +126,10 @@ def init_distributed(launcher: Optional[str] = None, port: Optional[int] = None,
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    elif env.world_size > 1:
+        # Ranks sharing a CPU must share its cores; oversubscribed OpenMP threads spin and stall each other.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", env.world_size)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local_world, 1)))
     if env.world_size > 1 and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", env.master_addr)
         os.environ.setdefault("MASTER_PORT", str(env.master_port))

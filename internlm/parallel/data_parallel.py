@@ -64,9 +64,9 @@ class DataParallelPlan:
         self._broadcast_from_rank0(meta)
         if self.mode in ("ddp", "zero1"):
             device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # (the student has no buffers, so DDP's buffer syncing has nothing to do)
             meta.student = DistributedDataParallel(meta.student, device_ids=device_ids,
-                                                   bucket_cap_mb=max(bucket_bytes / 2**20, 1.0),
-                                                   broadcast_buffers=False)
+                                                   bucket_cap_mb=max(bucket_bytes / 2**20, 1.0))
             if self.mode == "zero1":
                 size = self.cfg.zero1_config.size
                 if 1 < size < self.world_size:

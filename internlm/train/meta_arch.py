@@ -122,6 +122,9 @@ class EgoAgentMetaArch(nn.Module):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """p_t = m p_t + (1 - m) p_s for every parameter (local shards under FSDP2)."""
+        for model in (self.teacher, self.student):
+            if hasattr(model, "reshard"):  # FSDP2 keeps the root's parameters gathered after a forward
+                model.reshard()
         t_params = [local_tensor(p) for p in self.teacher.parameters()]
         s_params = [local_tensor(p.detach()) for p in self.student.parameters()]
         torch._foreach_mul_(t_params, momentum)

@@ -9,7 +9,10 @@ import logging
 import math
 import os
 import random
+import signal
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -20,7 +23,7 @@ import torch.distributed as dist
 
 from internlm.checkpoint.atomic import atomic_write_text
 from internlm.checkpoint.export import git_commit, load_state_dict
-from internlm.checkpoint.layout import latest_checkpoint, resolve_checkpoint
+from internlm.checkpoint.layout import is_complete, latest_checkpoint, resolve_checkpoint, step_folder
 from internlm.checkpoint.train_state import CheckpointManager
 from internlm.config import TrainConfig, to_dict
 from internlm.initialize.launch import DistContext
@@ -249,50 +252,95 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the loop
 
     def save(self) -> str:
+        folder = step_folder(self.cfg.ckpt.save_ckpt_folder, self.progress.step)
+        if is_complete(folder):
+            return folder  # this step is already saved (e.g. pre-emption right after a periodic save)
         progress = dict(self.progress.as_dict(), scaler=self.scaler.state_dict())
         return self.manager.save(self.progress.step, self.meta, self.optimizer, progress)
 
     def fit(self, max_iterations: Optional[int] = None) -> list[dict]:
-        """Train until data.total_steps updates (or ``max_iterations`` batches, for tests and pre-emption)."""
+        """Train until data.total_steps updates (or ``max_iterations`` batches, for tests). SIGTERM/SIGUSR1
+        (slurm pre-emption) make every rank save a checkpoint at the next step boundary; under slurm the job is
+        then requeued."""
         cfg = self.cfg
         total = cfg.data.total_steps
         self.write_run_record()
+        self._trim_records()
         loader = self.loader_factory(cfg, self.ctx, self.progress.consumed_samples)
         timer = StepTimer(total)
         start_iteration = self.progress.iteration
         every = cfg.monitor.log_every
         self.meta.train()
         batches = iter(loader)
-        while self.progress.step < total:
-            if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
-                break
-            try:
-                batch = next(batches)
-            except StopIteration:
-                logger.info("data exhausted after %d samples (train_one_epoch)", self.progress.consumed_samples)
-                break
-            scalars = self.train_step(batch)
-            dt = timer.tick()
-            samples_s = self.global_batch / dt
-            scalars.update(samples_per_s=samples_s,
-                           tokens_per_s=samples_s * (self.cost.student_tokens + self.cost.teacher_tokens))
-            tflops = samples_s * self.cost.train_flops / 1e12
-            if self.device.type == "cuda":
-                scalars["tflops"] = tflops / self.world
-                if self.peak_tflops:
-                    scalars["mfu"] = tflops / self.world / self.peak_tflops
-            scalars["step"] = self.progress.step
-            self.history.append(scalars)
-            self.writer.write(self.progress.step, scalars)
-            step = self.progress.step
-            if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
-                logger.info(self._log_line(scalars, timer))
-            if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
-                    step % cfg.ckpt.checkpoint_every == 0 or step == total):
-                self.save()
+        with _PreemptionFlag() as preempt:
+            while self.progress.step < total:
+                if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
+                    break
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    logger.info("data exhausted after %d samples (train_one_epoch)", self.progress.consumed_samples)
+                    break
+                self._record_samples(batch)
+                scalars = self.train_step(batch)
+                dt = timer.tick()
+                self._account(scalars, dt)
+                step = self.progress.step
+                if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
+                    logger.info(self._log_line(scalars, timer))
+                if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
+                        step % cfg.ckpt.checkpoint_every == 0 or step == total):
+                    self.save()
+                if preempt.agreed():
+                    logger.warning("pre-emption signal: saving step %d and stopping", step)
+                    self.save()
+                    self.manager.wait()
+                    _requeue_slurm_job(self.ctx.is_main)
+                    break
         self.manager.wait()
         self.writer.close()
         return self.history
+
+    def _account(self, scalars: dict, dt: float) -> None:
+        """Throughput figures, then the step's scalars to TensorBoard, metrics.jsonl and ``history``."""
+        samples_s = self.global_batch / dt
+        scalars.update(samples_per_s=samples_s,
+                       tokens_per_s=samples_s * (self.cost.student_tokens + self.cost.teacher_tokens))
+        if self.device.type == "cuda":
+            scalars["tflops"] = samples_s * self.cost.train_flops / 1e12 / self.world
+            if self.peak_tflops:
+                scalars["mfu"] = scalars["tflops"] / self.peak_tflops
+        scalars["step"] = self.progress.step
+        scalars["iteration"] = self.progress.iteration
+        self.history.append(scalars)
+        self.writer.write(self.progress.step, scalars)
+        if self.ctx.is_main and self.cfg.monitor.metrics_file:
+            with open(self._metrics_path(), "a") as f:
+                f.write(json.dumps(scalars) + "\n")
+
+    def _metrics_path(self) -> str:
+        return os.path.join(self.cfg.ckpt.save_ckpt_folder, "metrics.jsonl")
+
+    def _samples_path(self) -> str:
+        return os.path.join(self.cfg.ckpt.save_ckpt_folder, f"samples_rank{self.ctx.rank}.jsonl")
+
+    def _record_samples(self, batch: dict) -> None:
+        if self.cfg.monitor.record_sample_ids:
+            with open(self._samples_path(), "a") as f:
+                f.write(json.dumps({"iteration": self.progress.iteration + 1,
+                                    "sample_ids": [int(i) for i in batch["sample_id"]]}) + "\n")
+
+    def _trim_records(self) -> None:
+        """Drop lines of iterations after the checkpoint we resumed from (a crash leaves them behind)."""
+        paths = [self._samples_path()] if self.cfg.monitor.record_sample_ids else []
+        if self.ctx.is_main and self.cfg.monitor.metrics_file:
+            paths.append(self._metrics_path())
+        for path in paths:
+            if not os.path.isfile(path):
+                continue
+            with open(path) as f:
+                lines = [ln for ln in f if ln.strip() and json.loads(ln)["iteration"] <= self.progress.iteration]
+            atomic_write_text(path, "".join(lines))
 
     def _log_line(self, s: dict, timer: StepTimer) -> str:
         p, total = self.progress, self.cfg.data.total_steps
@@ -307,6 +355,48 @@ class Trainer:
         if "mfu" in s:
             line += f" {s['tflops']:.1f} TFLOP/s MFU {100 * s['mfu']:.1f}%"
         return line + f" | ETA {timer.eta(p.step)}"
+
+
+class _PreemptionFlag:
+    """SIGTERM / SIGUSR1 set a flag; ``agreed`` tells every rank at the same step boundary (one tiny all-reduce)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.raised = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1.0 if self.raised else 0.0])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            if dist.get_backend() == "nccl":
+                flag = flag.cuda()
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _requeue_slurm_job(is_main: bool) -> None:
+    job = os.environ.get("SLURM_JOB_ID")
+    if not (is_main and job):
+        return
+    try:
+        subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+        logger.warning("slurm job %s requeued; it will resume from the checkpoint just written", job)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.error("could not requeue slurm job %s (%s); resubmit it to resume", job, exc)
 
 
 def _default_loader_factory(cfg: TrainConfig, ctx: DistContext, consumed: int) -> Iterator[dict]:
