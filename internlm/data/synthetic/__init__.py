@@ -1,0 +1,26 @@
+"""The synthetic egocentric world (SPEC section 10): the project's default data when the real data is absent.
+
+``generate_world(out_dir, seed, size)`` (or ``dataset_preprocess/make_synthetic_egoworld.py``) writes, under
+``out_dir`` (``--out data`` gives the README's default paths):
+  egoexo4d_v2/metadata/takes.json
+  egoexo4d_v2/annotations/ego_pose/{train,val}/body/{annotation,automatic}/{take_uid}.json
+  egoexo4d_v2/annotations/ego_pose/{train,val}/camera_pose/{take_uid}.json
+  egoexo4d_v2/takes/{take_uid}/frame_aligned_videos/downscaled/448/aria01_214-1.mp4
+      (fisheye, 30 fps; the folder keeps the real data's name "448" although the synthetic video is smaller)
+  egoexo4d_v2/takes/{take_uid}/aria01_device_calibration.json
+      the take's calibration in place of the real aria01_noimagestreams.vrs: an Aria device-calibration JSON
+      (projectaria-tools' factory-calibration schema, written by device_calibration_to_json_string, read by
+      device_calibration_from_json_string) whose "camera-rgb" is a FISHEYE624 camera at a LARGER resolution
+      than the video (size.calibration_scale times), like the real data, so consumers must rescale it.
+  WTour/Walking_Tour_<Name>.mp4        WalkingTours-style walks, pinhole, 30 fps, no poses
+  imagefolder/{train,val}/{class}/*.jpg   catalogue objects for the kNN evaluation
+  synthetic_world.json                  the manifest: seed, sizes, takes (uid, name, split, frame counts)
+All formats are those of egoexo_format (see its docstring). World: z up, metres. Camera frames: x right,
+y down, z forward; the video is stored upright (no 90-degree Aria sensor rotation).
+"""
+
+from .sizes import PRESETS, WorldSize, resolve_size
+from .world import TakeSpec, TakeWorld, build_take, generate_world, load_manifest, plan_takes, summary_lines
+
+__all__ = ["PRESETS", "WorldSize", "resolve_size", "TakeSpec", "TakeWorld", "build_take", "generate_world",
+           "load_manifest", "plan_takes", "summary_lines"]

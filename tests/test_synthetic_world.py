@@ -1,0 +1,252 @@
+"""The synthetic egocentric world: its raw Ego-Exo4D layout, its geometry, its motion and its determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from projectaria_tools.core import calibration
+
+from internlm.data import egoexo_format as fmt
+from internlm.data.synthetic import build_take, generate_world, plan_takes, resolve_size
+from internlm.data.synthetic.body import simulate
+from internlm.data.synthetic.camera import calibration_rays
+from internlm.data.synthetic.scene import Material, Solid, random_scene
+
+
+def read_video(path) -> list[np.ndarray]:
+    """All frames of an mp4 as (H, W, 3) uint8 RGB."""
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame[:, :, ::-1])
+    capture.release()
+    return frames
+
+
+def extrinsic(world, spec, frame: int) -> np.ndarray:
+    """(3, 4) world->camera of the take's Aria camera at ``frame``, as written on disk."""
+    poses = fmt.read_json(fmt.camera_pose_path(str(world.egoexo_root), spec.split, spec.take_uid))
+    return np.array(poses[fmt.aria_key(poses)]["camera_extrinsics"][str(frame)])
+
+
+def test_raw_layout(synthetic_world):
+    w, size = synthetic_world, synthetic_world.size
+    takes = fmt.read_takes(str(w.egoexo_root))
+    assert len(takes) == size.train_takes + size.val_takes + 1
+    assert sum(fmt.is_dropped_take(t["take_name"]) for t in takes) == 1
+    specs = plan_takes(w.seed, size)
+    assert {s.split for s in specs} == {"train", "val"}
+    for spec in specs:
+        folder = fmt.take_dir(str(w.egoexo_root), spec.take_uid)
+        frames = read_video(fmt.aria_video_path(folder))
+        assert len(frames) == size.frames_per_take and frames[0].shape == (size.video_size, size.video_size, 3)
+        assert cv2.VideoCapture(fmt.aria_video_path(folder)).get(cv2.CAP_PROP_FPS) == pytest.approx(30)
+        with open(os.path.join(folder, fmt.CALIBRATION_JSON_NAME)) as f:
+            device = calibration.device_calibration_from_json_string(f.read())
+        camera = device.get_camera_calib("camera-rgb")
+        assert camera.get_model_name() == calibration.CameraModelType.FISHEYE624
+        # like the real data, the calibration is at a larger resolution than the video
+        assert list(camera.get_image_size()) == [size.video_size * size.calibration_scale] * 2
+        manual = fmt.read_json(fmt.manual_pose_path(str(w.egoexo_root), spec.split, spec.take_uid))
+        automatic = fmt.read_json(fmt.automatic_pose_path(str(w.egoexo_root), spec.split, spec.take_uid))
+        assert len(automatic) == size.frames_per_take and 0 < len(manual) < len(automatic) / 2
+        joints_per_frame = [len(v[0]["annotation3D"]) for v in manual.values()]
+        assert min(joints_per_frame) < fmt.NUM_JOINTS and max(joints_per_frame) == fmt.NUM_JOINTS
+        assert set(manual["%s" % next(iter(manual))][0]["annotation3D"]) <= set(fmt.JOINT_NAMES)
+        poses = fmt.read_json(fmt.camera_pose_path(str(w.egoexo_root), spec.split, spec.take_uid))
+        assert fmt.aria_key(poses) == "aria01" and {"cam01", "cam02", "cam03", "cam04"} <= set(poses)
+        e = np.array(next(iter(poses["aria01"]["camera_extrinsics"].values())))
+        assert e.shape == (3, 4) and fmt.is_rotation(e[:, :3])
+    assert len(w.wtour_videos) == size.walks
+    walk = read_video(w.wtour_videos[0])
+    assert len(walk) == size.walk_frames and walk[0].shape == (size.walk_height, size.walk_width, 3)
+
+
+@pytest.mark.parametrize("resolution", ["calibration", "video"])
+def test_marker_lands_where_the_calibration_projects_it(synthetic_world, resolution):
+    """A small emissive ball at a known world point is drawn where the take's calibration FILE and the frame's
+    extrinsic (camera_pose FILE) project it, at the calibration's resolution and rescaled to the video's."""
+    w = synthetic_world
+    spec = plan_takes(w.seed, w.size)[0]
+    take = build_take(w.seed, spec, w.size)
+    camera = fmt.load_aria_calibration(fmt.take_dir(str(w.egoexo_root), spec.take_uid))
+    if resolution == "video":
+        camera, note = fmt.fit_calibration_to_video(camera, w.size.video_size, w.size.video_size)
+        assert "rescaled" in note
+    side = int(camera.get_image_size()[0])
+    rays, valid = calibration_rays(camera)
+    sensor = dataclasses.replace(take, rays=rays, valid=valid, video_size=side)
+    frame = int(np.flatnonzero(take.motion.reach == 0)[5])  # hands down: nothing between the eye and the ball
+    e = extrinsic(w, spec, frame)
+    rotation, translation = e[:, :3], e[:, 3]
+    centre = -rotation.T @ translation
+    plain = sensor.render_frame(frame).astype(int)
+    for direction in ((0.0, 0.0, 1.0), (0.55, 0.05, 1.0), (-0.1, -0.8, 1.0), (-1.1, 0.4, 1.0)):
+        ray_cam = np.array(direction) / np.linalg.norm(direction)
+        point = centre + rotation.T @ (0.3 * ray_cam)  # world point 30 cm in front, off-axis up to ~50 deg
+        radius = 0.3 * 2.5 / (side * 0.434)  # ~2.5 px in the image (focal ~ 0.434 x side)
+        marker = Solid("sphere", tuple(point), (radius, 0, 0), Material((1, 0, 1), (1, 0, 1), emissive=True))
+        drawn = np.abs(sensor.render_frame(frame, [marker]).astype(int) - plain).sum(-1) > 30
+        assert drawn.sum() >= 4, f"marker {direction} not drawn"
+        rows, cols = np.nonzero(drawn)
+        expected = camera.project(rotation @ point + translation)
+        assert expected is not None
+        error = np.hypot(cols.mean() - expected[0], rows.mean() - expected[1])
+        assert error < (0.25 if resolution == "calibration" else 0.4), \
+            f"marker {direction}: drawn at ({cols.mean():.2f}, {rows.mean():.2f}), " \
+            f"calibration says ({expected[0]:.2f}, {expected[1]:.2f})"
+
+
+def test_video_shows_the_rendered_frames(synthetic_world):
+    w = synthetic_world
+    spec = plan_takes(w.seed, w.size)[1]
+    take = build_take(w.seed, spec, w.size)
+    video = read_video(fmt.aria_video_path(fmt.take_dir(str(w.egoexo_root), spec.take_uid)))
+    def luma(rgb):
+        return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(float)
+
+    for frame in (0, 37, w.size.frames_per_take - 1):
+        # mp4 compression only (in luma: 4:2:0 chroma subsampling blurs colours at 64 px, as in any mp4)
+        assert np.abs(luma(video[frame]) - luma(take.render_frame(frame))).mean() < 4.0
+    # and the frames change with the motion
+    assert np.abs(luma(video[0]) - luma(video[45])).mean() > 10.0
+
+
+def _camera_frame_poses(motion) -> np.ndarray:
+    """(T, 17, 3) joints in each frame's head camera (what the preprocessing writes, without label noise)."""
+    rotation, centre = motion.cam_to_world[:, :3, :3], motion.cam_to_world[:, :3, 3]
+    return np.einsum("tji,tkj->tki", rotation, motion.joints - centre[:, None])
+
+
+def test_motion_is_predictable_but_not_constant_velocity():
+    """Over 0.5 s a constant-velocity extrapolation is clearly wrong (gait, turns, gaze), while a linear model of
+    the last 5 poses (fit on other takes) beats both simple baselines: the future follows from the past."""
+    past, future = [], []
+    for k in range(8):
+        rng = np.random.default_rng([123, k])
+        poses = _camera_frame_poses(simulate(random_scene(rng), rng, 300))
+        for start in range(0, 300 - 20, 3):
+            past.append(poses[start:start + 5])
+            future.append(poses[start + 5:start + 20])
+    past, future = np.array(past), np.array(future)  # (N, 5, 17, 3), (N, 15, 17, 3)
+
+    def mpjpe_cm(pred, truth):
+        return float(np.linalg.norm(pred - truth, axis=-1).mean() * 100)
+
+    zero = np.repeat(past[:, -1:], 15, 1)
+    constant_velocity = past[:, -1:] + (past[:, -1] - past[:, -2])[:, None] * np.arange(1, 16)[None, :, None, None]
+    at_half_second = {name: mpjpe_cm(pred[:, -1], future[:, -1]) for name, pred in
+                      (("zero", zero), ("cv", constant_velocity))}
+    assert at_half_second["zero"] > 5.0  # the body does move
+    assert at_half_second["cv"] > 1.3 * at_half_second["zero"], at_half_second
+
+    def features(x):
+        return np.concatenate([x.reshape(len(x), -1), (x[:, 1:] - x[:, :-1]).reshape(len(x), -1),
+                               np.ones((len(x), 1))], 1)
+
+    half = len(past) // 2  # first 4 takes fit, last 4 test
+    a, b = features(past[:half]), (future[:half] - past[:half, -1:]).reshape(half, -1)
+    weights = np.linalg.solve(a.T @ a + 1e-3 * np.eye(a.shape[1]), a.T @ b)
+    predicted = (features(past[half:]) @ weights).reshape(future[half:].shape) + past[half:, -1:]
+    learned, baseline = mpjpe_cm(predicted, future[half:]), mpjpe_cm(zero[half:], future[half:])
+    assert learned < 0.75 * baseline, (learned, baseline)
+
+
+def test_hands_come_into_view(synthetic_world):
+    """Reaching brings the wrists in front of the camera, inside the fisheye image, in a good share of frames."""
+    w = synthetic_world
+    in_view = []
+    for spec in plan_takes(w.seed, w.size)[:3]:
+        take = build_take(w.seed, spec, w.size)
+        poses = _camera_frame_poses(take.motion)
+        for frame in range(len(poses)):
+            for joint in ("left-wrist", "right-wrist"):
+                p = poses[frame, fmt.JOINT_INDEX[joint]]
+                pixel = take.video_calibration.project(p) if p[2] > 0.05 else None
+                in_view.append(pixel is not None and 0 <= pixel[0] < w.size.video_size
+                               and 0 <= pixel[1] < w.size.video_size)
+    assert 0.05 < np.mean(in_view) < 0.8
+
+
+def test_frames_of_different_takes_look_different(synthetic_world):
+    """The nearest thumbnail of a frame (at least 1 s away in its own take) is mostly from the same take."""
+    w = synthetic_world
+    thumbs, labels, times = [], [], []
+    for spec in plan_takes(w.seed, w.size):
+        video = read_video(fmt.aria_video_path(fmt.take_dir(str(w.egoexo_root), spec.take_uid)))
+        for frame in range(0, len(video), 5):
+            thumbs.append(cv2.resize(video[frame], (8, 8), interpolation=cv2.INTER_AREA).astype(float).ravel())
+            labels.append(spec.index)
+            times.append(frame)
+    thumbs, labels, times = np.array(thumbs), np.array(labels), np.array(times)
+    dist = np.linalg.norm(thumbs[:, None] - thumbs[None], axis=-1)
+    too_close = (labels[:, None] == labels[None]) & (np.abs(times[:, None] - times[None]) < 30)
+    dist[too_close] = np.inf
+    same_take = labels[dist.argmin(1)] == labels
+    assert same_take.mean() > 0.6, same_take.mean()
+
+
+def test_imagefolder(synthetic_world):
+    w, size = synthetic_world, synthetic_world.size
+    train, val = w.imagefolder / "train", w.imagefolder / "val"
+    assert sorted(p.name for p in train.iterdir()) == sorted(p.name for p in val.iterdir())
+    assert len(list(train.iterdir())) == size.classes
+    means = {}
+    for folder in train.iterdir():
+        images = [cv2.imread(str(p)) for p in sorted(folder.glob("*.jpg"))]
+        assert len(images) == size.images_per_class and images[0].shape == (size.image_size, size.image_size, 3)
+        assert len(list((val / folder.name).glob("*.jpg"))) == size.val_images_per_class
+        # varied viewpoints and backgrounds: no two images of a class are alike
+        assert min(np.abs(a.astype(int) - b).mean() for i, a in enumerate(images) for b in images[i + 1:]) > 5
+        means[folder.name] = np.mean([im.astype(float) for im in images], axis=0)
+    assert len(means) == size.classes
+
+
+def _small_size():
+    return resolve_size("tiny", train_takes=1, val_takes=1, frames_per_take=36, video_size=32, walks=1,
+                        walk_frames=20, walk_width=48, walk_height=28, classes=2, images_per_class=2,
+                        val_images_per_class=1, image_size=32)
+
+
+def _tree(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+
+
+def test_same_seed_same_world(tmp_path):
+    """Same seed -> byte-identical JSON and JPEGs and identical decoded frames, whatever the number of workers;
+    another seed -> another world."""
+    size = _small_size()
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate_world(str(a), 5, size, workers=1, progress=False)
+    generate_world(str(b), 5, size, workers=2, progress=False)
+    generate_world(str(c), 6, size, workers=1, progress=False)
+    files = _tree(a)
+    assert files == _tree(b) and len(files) > 20
+    for name in files:
+        if name.endswith(".mp4"):
+            frames_a, frames_b = read_video(a / name), read_video(b / name)
+            assert len(frames_a) == len(frames_b) > 0
+            assert all(np.array_equal(x, y) for x, y in zip(frames_a, frames_b)), name
+        else:
+            assert filecmp.cmp(a / name, b / name, shallow=False), name
+    takes_a = json.loads((a / "egoexo4d_v2/metadata/takes.json").read_text())
+    takes_c = json.loads((c / "egoexo4d_v2/metadata/takes.json").read_text())
+    assert takes_a[0]["take_uid"] != takes_c[0]["take_uid"]
+    walk_a, walk_c = (read_video(next((root / "WTour").glob("*.mp4"))) for root in (a, c))
+    assert np.abs(walk_a[0].astype(int) - walk_c[0]).mean() > 10
+
+
+def test_refuses_to_overwrite(tmp_path):
+    size = _small_size()
+    (tmp_path / "egoexo4d_v2").mkdir()  # somebody's real data
+    with pytest.raises(FileExistsError, match="not written by this generator"):
+        generate_world(str(tmp_path), 0, size, progress=False)
