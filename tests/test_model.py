@@ -137,11 +137,11 @@ def test_rope_is_relative():
     scores = []
     for offset in (0, 7, 1000):
         cos, sin = rope.cos_sin(9, torch.device("cpu"), offset=offset)
-        scores.append(RotaryEmbedding.apply(q, cos, sin) @ RotaryEmbedding.apply(k, cos, sin).transpose(-1, -2))
+        scores.append(RotaryEmbedding.rotate(q, cos, sin) @ RotaryEmbedding.rotate(k, cos, sin).transpose(-1, -2))
     torch.testing.assert_close(scores[1], scores[0], rtol=0, atol=1e-4)
     torch.testing.assert_close(scores[2], scores[0], rtol=0, atol=1e-4)
     cos, sin = rope.cos_sin(9, torch.device("cpu"))
-    assert (RotaryEmbedding.apply(q, cos, sin) - q).abs().max() > 0.1  # and it does rotate
+    assert (RotaryEmbedding.rotate(q, cos, sin) - q).abs().max() > 0.1  # and it does rotate
 
 
 @pytest.mark.parametrize("path, want", [

@@ -13,6 +13,7 @@ Self-contained (torch only) for the Hugging Face export.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -61,9 +62,15 @@ class MaskLayout:
         return allowed
 
 
+def _flash_attn_module():
+    # imported by name: transformers scans the files of a Hub export for import statements and would demand
+    # flash-attn from everyone who loads it, though it is optional
+    return importlib.import_module("flash_attn")
+
+
 def flash_attn_available() -> tuple[bool, str]:
     try:
-        import flash_attn  # noqa: F401
+        _flash_attn_module()
     except ImportError as exc:
         return False, f"the flash-attn package is not installed ({exc}); pip install -r requirements/gpu.txt"
     return True, ""
@@ -160,10 +167,8 @@ class AttentionKernel:
                 # On CPU the unfused reference implementation is intended (tests, laptops): no warning per call.
                 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
                 return flex_attention(q, k, v, block_mask=mask.data, scale=scale)
-        from flash_attn import flash_attn_func
-
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
-                              causal=kind == "causal")  # flash-attn works in (B, L, H, D)
+        out = _flash_attn_module().flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                   softmax_scale=scale, causal=kind == "causal")  # (B, L, H, D)
         return out.transpose(1, 2)
 
 
@@ -190,6 +195,6 @@ class MultiHeadAttention(nn.Module):
         qkv = self.Wqkv(x).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
         cos, sin = rope
-        q, k = RotaryEmbedding.apply(q, cos, sin), RotaryEmbedding.apply(k, cos, sin)
+        q, k = RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin)
         out = kernel(q, k, v, mask, self.scale)  # (B, H, L, D)
         return self.out_proj(out.transpose(1, 2).reshape(B, L, -1))

@@ -3,7 +3,7 @@
 Attention counts the (query, key) pairs the mask allows (full: L^2, causal: L(L+1)/2, block-causal: causal plus
 the pairs inside each image block), i.e. the work a mask-aware kernel has to do. Training a module costs 3x its
 forward (forward + backward for activations and weights); recomputation by activation checkpointing is not
-counted (model FLOPs, as MFU is defined).
+counted (model FLOPs, as MFU is defined). The image projector's backward has no input gradient, so it costs 2x.
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ def allowed_pairs(layout: MaskLayout) -> int:
     return pairs
 
 
-def backbone_forward_flops(d: int, num_layers: int, mlp_ratio: float, layout: MaskLayout) -> int:
-    """One sequence through the blocks: the linear layers 2 L (4 d^2 + 3 d h) and attention 4 d per allowed pair."""
+def backbone_forward_flops(d: int, num_layers: int, mlp_ratio: float, layout: MaskLayout,
+                           dense_attention: bool = False) -> int:
+    """One sequence through the blocks: the linear layers 2 L (4 d^2 + 3 d h) and attention 4 d per allowed pair
+    (per pair of the full L x L square with ``dense_attention``, what a mask-unaware kernel computes)."""
     h = swiglu_hidden_size(d, mlp_ratio)
     L = layout.seq_len
     linear = 2 * L * (4 * d * d + 3 * d * h)
-    attention = 4 * d * allowed_pairs(layout)  # QK^T and PV
+    attention = 4 * d * (L * L if dense_attention else allowed_pairs(layout))  # QK^T and PV
     return num_layers * (linear + attention)
 
 
@@ -68,7 +70,7 @@ def _layouts(cfg: TrainConfig):
             joint, n_global, n_local, n_pred)
 
 
-def sample_cost(cfg: TrainConfig) -> SampleCost:
+def sample_cost(cfg: TrainConfig, dense_attention: bool = False) -> SampleCost:
     m, data = cfg.model, cfg.data
     d, nl, r = m.hidden_size, m.num_layers, m.mlp_ratio
     head = dino_head_flops(d, m.head_hidden_dim, m.head_bottleneck_dim, m.output_dim)
@@ -77,9 +79,10 @@ def sample_cost(cfg: TrainConfig) -> SampleCost:
     n_local_views = data.local_crops_number if data.use_local_crop else 0
 
     def view(layout, n_tokens):  # one view through projector, backbone and representation head
-        return conv * n_tokens + backbone_forward_flops(d, nl, r, layout) + head
+        return conv * n_tokens + backbone_forward_flops(d, nl, r, layout, dense_attention) + head
 
     student_fwd = 2 * view(g_layout, n_g) + n_local_views * view(l_layout, n_l)
+    student_conv = conv * (2 * n_g + n_local_views * n_l)  # its backward has no input gradient: 2x, not 3x
     teacher_fwd = 2 * view(g_layout, n_g)
     student_tokens = 2 * g_layout.seq_len + n_local_views * l_layout.seq_len
     teacher_tokens = 2 * g_layout.seq_len
@@ -87,11 +90,12 @@ def sample_cost(cfg: TrainConfig) -> SampleCost:
         T = data.clip_steps
         action = 2 * m.pose_channels * m.pose_frames * m.num_joints * d
         student_fwd += (T * (conv * n_p + action + head + action)  # projectors, prediction and action heads
-                        + backbone_forward_flops(d, nl, r, joint))
+                        + backbone_forward_flops(d, nl, r, joint, dense_attention))
         teacher_fwd += T * view(p_layout, n_p)
+        student_conv += T * conv * n_p
         student_tokens += joint.seq_len
         teacher_tokens += T * p_layout.seq_len
-    return SampleCost(3 * student_fwd + teacher_fwd, student_tokens, teacher_tokens)
+    return SampleCost(3 * student_fwd - student_conv + teacher_fwd, student_tokens, teacher_tokens)
 
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) for MFU when monitor.peak_tflops is not given.

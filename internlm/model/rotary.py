@@ -27,7 +27,7 @@ class RotaryEmbedding(nn.Module):
         return self._cache[key]
 
     @staticmethod
-    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x (B, H, L, D) rotated by position; computed in fp32, returned in x's dtype."""
         half = x.shape[-1] // 2
         xf = x.float()

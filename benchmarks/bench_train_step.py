@@ -1,0 +1,141 @@
+"""Throughput of the training step: samples/s, tokens/s, achieved TFLOP/s (analytic count, internlm/model/flops.py),
+MFU against a given or detected peak, and peak memory.
+
+    python benchmarks/bench_train_step.py --config configs/demo/stage2_joint_tiny.py --steps 10
+    python benchmarks/bench_train_step.py --config configs/joint_train/lr6e-04_tmp004_300m.py --attn flex \
+        --dtype bf16 --batch 16 --accum 1 --steps 20
+
+One full optimizer step (teacher and student forward, backward, clip, AdamW, EMA, centers) on one batch of random
+tensors with the real shapes, repeated; data loading is measured separately (benchmarks/bench_dataloader.py).
+Prints a table and writes JSON (with date, device, command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from internlm.config import load_config, parse_override  # noqa: E402
+from internlm.initialize.launch import init_distributed  # noqa: E402
+from internlm.model.flops import detect_peak_tflops, sample_cost  # noqa: E402
+
+DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--attn", choices=("sdpa", "flex", "flash"), default=None, help="default: the config's backend")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: the config's dtype")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
+    p.add_argument("--batch", type=int, default=None, help="samples per step (data.micro_num)")
+    p.add_argument("--accum", type=int, default=None, help="gradient-accumulation chunks")
+    p.add_argument("--checkpoint", type=float, default=None, help="fraction of blocks recomputed")
+    p.add_argument("--peak-tflops", type=float, default=None, help="for MFU; default detected from the GPU name")
+    p.add_argument("--device", default=None)
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--json", default=None, help="output file (default benchmarks/results/train_step-*.json)")
+    return p.parse_args(argv)
+
+
+def overrides(args) -> list:
+    o = [("data.dataset_type", "Generated"), ("data.num_workers", 0), ("ckpt.enable_save_ckpt", False),
+         ("ckpt.load_ckpt_info", None), ("ckpt.load_ckpt_folder", None), ("ckpt.auto_resume", False),
+         ("monitor.metrics_file", False), ("parallel.zero1", 1)]
+    for section in ("model", "teacher"):
+        if args.attn:
+            o.append((f"{section}.attn_backend", args.attn))
+        if args.dtype:
+            o.append((f"{section}.dtype", DTYPES[args.dtype]))
+    if args.checkpoint is not None:
+        o.append(("model.checkpoint", args.checkpoint))
+    if args.batch:
+        o.append(("data.micro_num", args.batch))
+    if args.accum:
+        o += [("data.gradient_accumulation", args.accum), ("loss.grad_accum", args.accum)]
+    return o
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="bench_train_step_")
+    cfg = load_config(args.config, overrides(args) + [parse_override(o) for o in args.opt] + [
+        ("ckpt.save_ckpt_folder", tmp), ("monitor.tensorboard_folder", None)])
+    ctx = init_distributed(None, device=args.device)
+    from internlm.data.generated import GeneratedSamples
+    from internlm.train.trainer import Trainer
+    from torch.utils.data import default_collate
+
+    trainer = Trainer(cfg, ctx)
+    trainer.writer.close()
+    ds = GeneratedSamples(cfg.data, joint=cfg.loss.is_joint)
+    batch = default_collate([ds[i] for i in range(cfg.data.micro_num)])
+    cuda = ctx.device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        trainer.train_step(batch)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        trainer.train_step(batch)
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    step_s = times[len(times) // 2]  # median
+    cost = sample_cost(cfg)
+    samples_s = cfg.data.micro_num / step_s
+    tflops = samples_s * cost.train_flops / 1e12
+    peak = args.peak_tflops or (detect_peak_tflops(torch.cuda.get_device_name()) if cuda else None)
+    device_name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                            f"{torch.get_num_threads()} threads)"
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name, "torch": torch.__version__,
+        "command": " ".join(["python"] + sys.argv), "config": args.config, "stage": cfg.stage,
+        "attn": cfg.model.resolved_attn_backend, "dtype": cfg.model.dtype, "batch": cfg.data.micro_num,
+        "accum": cfg.data.gradient_accumulation, "checkpoint": cfg.model.checkpoint_fraction,
+        "step_s_median": step_s, "step_s_min": times[0], "samples_per_s": samples_s,
+        "tokens_per_s": samples_s * (cost.student_tokens + cost.teacher_tokens),
+        "train_gflop_per_sample": cost.train_flops / 1e9, "tflops": tflops,
+        "peak_tflops": peak, "mfu": tflops / peak if peak else None,
+        "peak_memory_gib": (torch.cuda.max_memory_allocated() if cuda else
+                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30,
+        "memory_kind": "max allocated (CUDA)" if cuda else "max RSS of the process",
+    }
+    rows = [("samples/s", f"{samples_s:.2f}"), ("tokens/s", f"{result['tokens_per_s']:.0f}"),
+            ("step (median)", f"{step_s * 1000:.1f} ms"), ("GFLOP/sample", f"{cost.train_flops / 1e9:.2f}"),
+            ("TFLOP/s", f"{tflops:.3f}"), ("MFU", f"{100 * result['mfu']:.1f}%" if peak else "n/a (no peak)"),
+            ("peak memory", f"{result['peak_memory_gib']:.2f} GiB ({result['memory_kind']})")]
+    print(f"\n{args.config}  stage {cfg.stage}  {result['attn']}  {cfg.model.dtype}  batch {cfg.data.micro_num}"
+          f"  on {device_name}")
+    for name, value in rows:
+        print(f"  {name:<16}{value}")
+    out = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                    f"train_step-{os.path.basename(args.config)[:-3]}-{result['attn']}-"
+                                    f"{cfg.model.dtype.split('.')[-1]}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"  written to {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""3D motion prediction metrics and baselines (SPEC section 7; eval_3dposes.py).
+
+A clip has 20 pose frames at 30 fps (indices 0..19): frames 0..4 are the input, 5..19 the 15 predicted targets.
+Positions are metres in the camera frame; errors are reported in cm and cm/s.
+- MPJPE: mean over (clip, frame, joint) with the joint visible in the target of |pred - true|.
+- MPJVE: the same for velocities. "@30fps": v_i = (p_i - p_{i-1}) * 30 for i = 5..19; "@10fps": target frames
+  7, 10, 13, 16, 19 and v_i = (p_i - p_{i-3}) * 10. p_4 (and p_1..p_4 in general) is the TRUE input pose for the
+  prediction too. A velocity counts only when the joint is visible in the target at both of its ends.
+- MPJPE@10fps is the MPJPE over frames 7, 10, 13, 16, 19.
+Errors are kept as sums and counts (``MotionErrorSums``) so ranks can add them up before dividing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FPS = 30
+CLIP_FRAMES = 20
+INPUT_FRAMES = 5
+HORIZON = CLIP_FRAMES - INPUT_FRAMES  # 15 predicted frames
+FRAMES_10FPS = (7, 10, 13, 16, 19)  # every 3rd frame after the input, at 10 fps
+M_TO_CM = 100.0
+
+
+def poses_from_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., T, 4, F, J) step blocks (x, y, z, visibility) -> xyz (..., T*F, J, 3), visible (..., T*F, J) bool."""
+    xyz = blocks[..., :3, :, :].movedim(-3, -1)  # (..., T, F, J, 3)
+    xyz = xyz.flatten(-4, -3)  # (..., T*F, J, 3)
+    visible = blocks[..., 3, :, :].flatten(-3, -2) > 0.5  # (..., T*F, J)
+    return xyz, visible
+
+
+def block_from_poses(xyz: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """xyz (..., F, J, 3), visible (..., F, J) -> one step block (..., 4, F, J)."""
+    return torch.cat([xyz.movedim(-1, -3), visible.to(xyz.dtype).unsqueeze(-3)], dim=-3)
+
+
+def _velocity_errors(full_pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor, frames, lag: int,
+                     fps_of_lag: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per listed frame i: (sum of |v_pred - v_true| in cm/s over valid joints, count); v_i = (p_i - p_{i-lag})."""
+    i = torch.as_tensor(frames, device=target.device)
+    v_pred = (full_pred[:, i] - full_pred[:, i - lag]) * fps_of_lag  # (N, n, J, 3)
+    v_true = (target[:, i] - target[:, i - lag]) * fps_of_lag
+    valid = visible[:, i] & visible[:, i - lag]  # (N, n, J)
+    err = (v_pred - v_true).norm(dim=-1) * M_TO_CM
+    return (err * valid).sum(dim=(0, 2)).double(), valid.sum(dim=(0, 2)).double()
+
+
+class MotionErrorSums:
+    """Sums and counts of one predictor's errors, accumulated over batches (and ranks: ``as_tensor`` /
+    ``from_tensor`` round-trip through one all-reduce)."""
+
+    def __init__(self):
+        self.pos_sum = torch.zeros(HORIZON, dtype=torch.float64)  # per target frame 5..19, cm
+        self.pos_count = torch.zeros(HORIZON, dtype=torch.float64)
+        self.vel30_sum = torch.zeros(HORIZON, dtype=torch.float64)  # per target frame, cm/s
+        self.vel30_count = torch.zeros(HORIZON, dtype=torch.float64)
+        self.vel10_sum = torch.zeros(len(FRAMES_10FPS), dtype=torch.float64)
+        self.vel10_count = torch.zeros(len(FRAMES_10FPS), dtype=torch.float64)
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> None:
+        """pred (N, 15, J, 3) frames 5..19; target (N, 20, J, 3) and visible (N, 20, J) the whole clip."""
+        if pred.shape[1] != HORIZON or target.shape[1] != CLIP_FRAMES:
+            raise ValueError(f"expected pred (N, {HORIZON}, J, 3) and target (N, {CLIP_FRAMES}, J, 3), got "
+                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        pred, target = pred.double().cpu(), target.double().cpu()
+        visible = visible.cpu()
+        full_pred = torch.cat([target[:, :INPUT_FRAMES], pred], dim=1)  # (N, 20, J, 3): true inputs
+        vis_t = visible[:, INPUT_FRAMES:]  # (N, 15, J)
+        err = (pred - target[:, INPUT_FRAMES:]).norm(dim=-1) * M_TO_CM  # (N, 15, J)
+        self.pos_sum += (err * vis_t).sum(dim=(0, 2))
+        self.pos_count += vis_t.sum(dim=(0, 2))
+        s, c = _velocity_errors(full_pred, target, visible, range(INPUT_FRAMES, CLIP_FRAMES), 1, FPS)
+        self.vel30_sum += s
+        self.vel30_count += c
+        s, c = _velocity_errors(full_pred, target, visible, FRAMES_10FPS, 3, FPS / 3)
+        self.vel10_sum += s
+        self.vel10_count += c
+
+    def as_tensor(self) -> torch.Tensor:  # (4 * 15 + 2 * 5,) float64
+        return torch.cat([self.pos_sum, self.pos_count, self.vel30_sum, self.vel30_count, self.vel10_sum,
+                          self.vel10_count])
+
+    @classmethod
+    def from_tensor(cls, flat: torch.Tensor) -> "MotionErrorSums":
+        out = cls()
+        parts = flat.double().cpu().split([HORIZON] * 4 + [len(FRAMES_10FPS)] * 2)
+        (out.pos_sum, out.pos_count, out.vel30_sum, out.vel30_count, out.vel10_sum, out.vel10_count) = parts
+        return out
+
+    def summary(self) -> dict:
+        """MPJPE (cm) / MPJVE (cm/s) at 30 and 10 fps, per horizon, and the counts behind them."""
+        def mean(s, c):
+            return float(s.sum() / c.sum()) if float(c.sum()) > 0 else float("nan")
+
+        idx10 = [f - INPUT_FRAMES for f in FRAMES_10FPS]
+        return {
+            "mpjpe_30fps": mean(self.pos_sum, self.pos_count),
+            "mpjve_30fps": mean(self.vel30_sum, self.vel30_count),
+            "mpjpe_10fps": mean(self.pos_sum[idx10], self.pos_count[idx10]),
+            "mpjve_10fps": mean(self.vel10_sum, self.vel10_count),
+            "per_horizon": {
+                "frame": list(range(INPUT_FRAMES, CLIP_FRAMES)),
+                "ms_after_last_input": [round(1000.0 * (f - INPUT_FRAMES + 1) / FPS, 1)
+                                        for f in range(INPUT_FRAMES, CLIP_FRAMES)],
+                "mpjpe": [mean(self.pos_sum[h:h + 1], self.pos_count[h:h + 1]) for h in range(HORIZON)],
+                "mpjve": [mean(self.vel30_sum[h:h + 1], self.vel30_count[h:h + 1]) for h in range(HORIZON)],
+            },
+            "counts": {"joint_positions": int(self.pos_count.sum()), "joint_velocities_30fps":
+                       int(self.vel30_count.sum()), "joint_velocities_10fps": int(self.vel10_count.sum())},
+        }
+
+
+# ----------------------------------------------------------------------------------------------- baselines
+
+
+def _last_two_visible(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """visible (N, F, J) -> frame index of the last and the second-to-last visible observation (N, J), -1 if none."""
+    F = visible.shape[1]
+    frame_idx = torch.arange(F, device=visible.device).view(1, F, 1).expand_as(visible)
+    marked = torch.where(visible, frame_idx, torch.full_like(frame_idx, -1))  # (N, F, J)
+    last = marked.max(dim=1).values  # (N, J)
+    before_last = torch.where(frame_idx < last[:, None], marked, torch.full_like(frame_idx, -1)).max(dim=1).values
+    return last, before_last
+
+
+def _fill_unseen(last_pose: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """A joint never visible in the input gets the mean of the visible ones (the body centre), 0 if none is.
+    last_pose (N, J, 3), seen (N, J) -> (N, J, 3)."""
+    w = seen.unsqueeze(-1).to(last_pose.dtype)
+    centre = (last_pose * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1)  # (N, 1, 3)
+    return torch.where(seen.unsqueeze(-1), last_pose, centre.expand_as(last_pose))
+
+
+def _pose_at(xyz: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """xyz (N, F, J, 3), frame (N, J) per-joint frame index (-1 -> 0) -> (N, J, 3)."""
+    return xyz.gather(1, frame.clamp_min(0)[:, None, :, None].expand(-1, 1, -1, 3)).squeeze(1)
+
+
+def zero_velocity(xyz_in: torch.Tensor, visible_in: torch.Tensor, horizon: int = HORIZON) -> torch.Tensor:
+    """Every future frame = the last observed pose: per joint, its last visible position among the input
+    frames (a joint never seen: the mean of the seen ones). (N, F, J, 3), (N, F, J) -> (N, horizon, J, 3)."""
+    last, _ = _last_two_visible(visible_in)
+    pose = _fill_unseen(_pose_at(xyz_in, last), last >= 0)  # (N, J, 3)
+    return pose.unsqueeze(1).expand(-1, horizon, -1, -1).clone()
+
+
+def constant_velocity(xyz_in: torch.Tensor, visible_in: torch.Tensor, horizon: int = HORIZON) -> torch.Tensor:
+    """Extrapolate each joint's last observed per-frame velocity.
+
+    Rule for invisible joints: the velocity comes from the joint's last two VISIBLE input frames a < b,
+    v = (p_b - p_a) / (b - a) per frame, and the joint moves on from p_b: p_i = p_b + (i - b) v for the future
+    frame i (for a joint visible in the last two frames this is the plain p_4 + k (p_4 - p_3)). A joint seen
+    once keeps that position (zero velocity); a joint never seen takes the zero-velocity baseline's value.
+    (N, F, J, 3), (N, F, J) -> (N, horizon, J, 3)."""
+    F = xyz_in.shape[1]
+    last, before = _last_two_visible(visible_in)  # (N, J)
+    p_b, p_a = _pose_at(xyz_in, last), _pose_at(xyz_in, before)  # (N, J, 3)
+    has_two = (before >= 0).unsqueeze(-1)
+    gap = (last - before).clamp_min(1).unsqueeze(-1).to(xyz_in.dtype)
+    velocity = torch.where(has_two, (p_b - p_a) / gap, torch.zeros_like(p_b))  # (N, J, 3) per frame
+    start = _fill_unseen(p_b, last >= 0)
+    future = torch.arange(F, F + horizon, device=xyz_in.device, dtype=xyz_in.dtype)  # (H,)
+    steps = future.view(1, -1, 1) - last.clamp_min(0).unsqueeze(1).to(xyz_in.dtype)  # (N, H, J) frames since p_b
+    return start.unsqueeze(1) + steps.unsqueeze(-1) * velocity.unsqueeze(1)

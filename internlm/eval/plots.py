@@ -1,0 +1,105 @@
+"""The PNGs of the evals: retrieval examples and skeleton rollouts (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# COCO's 17-joint skeleton (0-based, the joint order of SPEC section 5: nose, eyes, ears, shoulders, elbows,
+# wrists, hips, knees, ankles; left before right).
+COCO_EDGES = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9),
+              (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+RIGHT, WRONG = "#1a9850", "#d73027"
+
+
+def to_image(chw: torch.Tensor, mean=None, std=None) -> np.ndarray:
+    """(3, H, W) float (normalised with mean/std when given) -> (H, W, 3) in [0, 1] for imshow."""
+    x = chw.detach().float().cpu()
+    if mean is not None:
+        x = x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+@dataclass
+class RetrievalExample:
+    title: str  # e.g. "take 3f2a, frame 25 -> 30"
+    current: np.ndarray  # (H, W, 3) the query's frame t
+    truth: np.ndarray  # (H, W, 3) the true frame t+1
+    retrieved: list  # [(image (H, W, 3), is_correct, similarity)] best first
+
+
+def _framed(ax, image: np.ndarray, colour: str, label: str) -> None:
+    ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(4)
+    ax.set_title(label, fontsize=8, color=colour)
+
+
+def plot_retrieval_examples(path: str, examples: list[RetrievalExample], k: int = 5) -> None:
+    """One row per query: current frame, true next frame, the top-k retrieved (green = the true next frame)."""
+    rows = max(len(examples), 1)
+    fig, axes = plt.subplots(rows, 2 + k, figsize=(1.8 * (2 + k), 2.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, ex in enumerate(examples):
+        axes[r, 0].axis("on")
+        _framed(axes[r, 0], ex.current, "black", f"query frame t\n{ex.title}")
+        axes[r, 1].axis("on")
+        _framed(axes[r, 1], ex.truth, "black", "true frame t+1")
+        for j, (image, correct, sim) in enumerate(ex.retrieved[:k]):
+            axes[r, 2 + j].axis("on")
+            _framed(axes[r, 2 + j], image, RIGHT if correct else WRONG,
+                    f"#{j + 1} {'right' if correct else 'wrong'}\ncos {sim:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+@dataclass
+class RolloutExample:
+    title: str
+    truth: np.ndarray  # (20, 17, 3) metres, camera frame (x right, y down)
+    visible: np.ndarray  # (20, 17) bool
+    predicted: np.ndarray  # (20, 17, 3): the true inputs 0..4, then the rollout 5..19
+
+
+def _skeleton(ax, pose: np.ndarray, visible: np.ndarray, style: dict) -> None:
+    for a, b in COCO_EDGES:
+        if visible[a] and visible[b]:
+            ax.plot([pose[a, 0], pose[b, 0]], [-pose[a, 1], -pose[b, 1]], **style)
+
+
+def plot_skeleton_rollouts(path: str, examples: list[RolloutExample], frames=(4, 7, 10, 13, 16, 19)) -> None:
+    """Rows = clips, columns = clip frames (4 = the last input): truth (black) vs prediction (red), front view
+    (x right, -y up). Joints invisible in the truth are not drawn for either."""
+    rows = max(len(examples), 1)
+    fig, axes = plt.subplots(rows, len(frames), figsize=(2.0 * len(frames), 2.4 * rows), squeeze=False)
+    for r, ex in enumerate(examples):
+        seen = ex.truth[ex.visible]
+        lo, hi = (seen.min(0), seen.max(0)) if len(seen) else (np.full(3, -1.0), np.full(3, 1.0))
+        pad = 0.15 * float(max(hi[0] - lo[0], hi[1] - lo[1], 0.2))
+        for c, f in enumerate(frames):
+            ax = axes[r, c]
+            _skeleton(ax, ex.truth[f], ex.visible[f], dict(color="black", lw=1.5))
+            if f >= 5:
+                _skeleton(ax, ex.predicted[f], ex.visible[f], dict(color=WRONG, lw=1.2, ls="--"))
+            ax.set_xlim(lo[0] - pad, hi[0] + pad)
+            ax.set_ylim(-hi[1] - pad, -lo[1] + pad)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"frame {f}" + (" (input)" if f < 5 else f" (+{(f - 4) * 1000 // 30} ms)"), fontsize=8)
+        axes[r, 0].set_ylabel(ex.title, fontsize=7)
+    fig.suptitle("black: truth, red dashed: prediction", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

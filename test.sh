@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: makes .venv, installs the CPU build of torch and the
+# requirements, then pytest on 2 workers. No GPU and no data needed (the tests generate a tiny synthetic world).
+set -euo pipefail
+cd "$(dirname "$0")"
+source tools/setup_venv.sh test
+python -m pytest -n 2 -q --timeout 900 "$@"
