@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frame-size", type=int, default=96, help="undistorted frame side in pixels")
     p.add_argument("--only", nargs="+", choices=STEPS, default=None, help="run only these steps")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for both training stages (repeatable), e.g. data.total_steps=20")
+                   help="config override for both training stages and the evaluations (repeatable), "
+                   "e.g. data.total_steps=20")
     return p.parse_args(argv)
 
 
@@ -128,7 +129,7 @@ class Pipeline:
                   "--out", os.path.join(self.out, "save_ckpt", "untrained")],
                  [convert, "--src_folder", os.path.join(self.out, "save_ckpt", "untrained"),
                   "--tgt_folder", self.hf("untrained"), "--remove_vq_embed"])
-        crop = self.model_image_size()
+        crop = self.model_image_size(a.opt)
         resize = round(crop * 256 / 224)
         self.run("knn", *[["eval_knn_conv_stem_cls.py", "--pretrained_weights", self.hf(name), "--data_path",
                            f"{d}/imagefolder", "--imgnet", "0", "--resize", str(resize), "--crop", str(crop),
@@ -136,12 +137,14 @@ class Pipeline:
                           for name in ("egoagent", "stage1", "untrained")])
         self.run("retrieval",
                  ["eval_feature_retrieval.py", "--config", STAGE2_CONFIG, *self.data_opts(), "--ckpt_folder",
-                  self.ckpt(2), "--output_dir", self.eval_dir("retrieval_egoagent"), "--num_workers", "0"],
+                  self.ckpt(2), "--output_dir", self.eval_dir("retrieval_egoagent"), "--num_workers", "0",
+                  *user_opts],
                  ["eval_feature_retrieval.py", "--config", STAGE1_CONFIG, *self.data_opts(), "--ckpt_folder",
                   self.ckpt(1), "--baseline", "representation", "--output_dir",
-                  self.eval_dir("retrieval_baseline"), "--num_workers", "0"])
+                  self.eval_dir("retrieval_baseline"), "--num_workers", "0", *user_opts])
         self.run("motion", ["eval_3dposes.py", "--config", STAGE2_CONFIG, *self.data_opts(), "--ckpt_folder",
-                            self.ckpt(2), "--output_dir", self.eval_dir("motion"), "--num_workers", "0"])
+                            self.ckpt(2), "--output_dir", self.eval_dir("motion"), "--num_workers", "0",
+                            *user_opts])
         self.timings["total_before_report"] = time.perf_counter() - start
         with open(os.path.join(REPO, self.out, "pipeline.json"), "w") as f:
             json.dump({"seed": a.seed, "data": d, "out": self.out, "timings_s": self.timings,
@@ -149,11 +152,11 @@ class Pipeline:
         self.run("report", ["tools/make_demo_report.py", "--run", self.out])
         print(f"\n[demo] finished in {time.perf_counter() - start:.0f}s: {os.path.join(self.out, 'REPORT.md')}")
 
-    def model_image_size(self) -> int:
+    def model_image_size(self, opts: list[str]) -> int:
         sys.path.insert(0, REPO)
-        from internlm.config import load_config
+        from internlm.config import load_config, parse_override
 
-        return load_config(os.path.join(REPO, STAGE2_CONFIG)).model.img_size
+        return load_config(os.path.join(REPO, STAGE2_CONFIG), [parse_override(o) for o in opts]).model.img_size
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ NUM_ATTENTION_HEAD = 4
 NUM_LAYER = 4
 OUTPUT_DIM = 1024
 PATCH_SIZE = 8
-IMAGE_SIZE = 64  # global crops; local crops are half
+IMAGE_SIZE = 32  # global crops; local crops are half (16 tokens per frame with 8-px patches)
 N_LOCAL_CROPS = 6
 BATCH_SIZE = 32
-TOTAL_STEPS = 200
+TOTAL_STEPS = 300
 
 MODEL = dict(
     perframe_atten=True,
@@ -37,12 +37,13 @@ MODEL = dict(
                     conv_stem_config=dict(img_size=IMAGE_SIZE, patch_size=PATCH_SIZE), enable_encoder=False),
     head_hidden_dim=512,
     head_bottleneck_dim=128,
+    init_std=0.02,  # InternLM's 0.006 is for d >= 1024; at d = 128 every frame would start with one feature
 )
 model_type = "EGOAGENT"
 model = dict(MODEL, teacher=False, checkpoint=False)
 teacher_type = "EGOAGENT"
 teacher = dict(MODEL, teacher=True, checkpoint=False)
-momentum_scheduler = dict(momentum_teacher=0.99)
+momentum_scheduler = dict(momentum_teacher=0.996)
 
 data = dict(
     micro_num=BATCH_SIZE,
@@ -56,7 +57,7 @@ data = dict(
     use_egoexo=True,
     local_crops_scale=(0.05, 0.4),
     local_crops_number=N_LOCAL_CROPS,
-    init_crop_size=96,
+    init_crop_size=48,
     vid_crop_size=IMAGE_SIZE,
     local_crop_size=IMAGE_SIZE // 2,
     num_frame_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2,
@@ -80,4 +81,4 @@ lr_scheduler = dict(total_steps=TOTAL_STEPS, warmup_ratio=0.1, eta_min=5e-6)
 hybrid_zero_optimizer = dict(clip_grad_norm=1.0)
 parallel = dict(zero1=1)
 ckpt = dict(save_ckpt_folder=f"save_ckpt/{JOB_NAME}", checkpoint_every=100, auto_resume=True)
-monitor = dict(log_every=10)
+monitor = dict(log_every=25)

@@ -88,6 +88,9 @@ class ModelConfig:
     pose_frames: int = 5  # poses per step (one action token)
     num_joints: int = 17
     pose_channels: int = 4  # x, y, z, visibility
+    # InternLM's normal init std (qkv, w1; out_proj and w2 divided by sqrt(2 (layer + 1)); w3 a quarter). 0.006 is
+    # InternLM's value for d >= 1024; narrow demo models need a larger one or every image starts with one feature.
+    init_std: float = 0.006
 
     @property
     def head_dim(self) -> int:

@@ -75,7 +75,7 @@ class EgoAgent(nn.Module):
 
     @torch.no_grad()
     def reset_backbone_and_queries(self) -> None:
-        init_internlm_weights(self.backbone)
+        init_internlm_weights(self.backbone, self.cfg.init_std, self.cfg.init_std / 4)
         for q in self.query_parameters():
             nn.init.trunc_normal_(q, std=0.02)
 
