@@ -28,11 +28,10 @@ import time
 
 import torch
 
-from internlm.checkpoint import load_model
 from internlm.checkpoint.layout import read_meta
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
-from internlm.eval.cli import (add_checkpoint_args, add_config_args, add_launch_args, eval_checkpoint, format_table,
-                               load_eval_config, move, num_batches, progress, start, write_json)
+from internlm.eval.cli import (add_checkpoint_args, add_config_args, add_launch_args, format_table, move, num_batches,
+                               progress, start_checkpoint_eval, write_json)
 from internlm.eval.distributed import sum_over_ranks
 from internlm.eval.motion import (INPUT_FRAMES, MotionErrorSums, constant_velocity, poses_from_blocks,
                                   zero_velocity)
@@ -108,11 +107,8 @@ def report(args, cfg, folder: str, results: dict, clips: int, num_clips_in_split
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    ctx = start(args)
     t0 = time.time()
-    cfg = load_eval_config(args)
-    folder = eval_checkpoint(cfg, args.ckpt_folder, args.config)
-    model, _, folder = load_model(folder, args.which, ctx.device, attn_backend=args.attn_backend)
+    ctx, cfg, model, folder = start_checkpoint_eval(args)
     if not model.joint:
         raise SystemExit(f"{folder} is a stage-1 checkpoint: it has no action head; pass a stage-2 checkpoint")
     split = args.split or cfg.data.egoexo_valid_split

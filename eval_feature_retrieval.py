@@ -29,12 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from internlm.checkpoint import load_model
 from internlm.checkpoint.layout import read_meta
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
 from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from internlm.eval.cli import (add_checkpoint_args, add_config_args, add_launch_args, eval_checkpoint, format_table,
-                               load_eval_config, move, num_batches, progress, start, write_json)
+from internlm.eval.cli import (add_checkpoint_args, add_config_args, add_launch_args, format_table, move, num_batches,
+                               progress, start_checkpoint_eval, write_json)
 from internlm.eval.distributed import gather_lists, gather_rows, sum_over_ranks
 from internlm.eval.plots import RetrievalExample, plot_retrieval_examples, to_image
 from internlm.eval.retrieval import (LogitSubspace, deduplicate, rank_sums, retrieval_ranks, summary_from_sums,
@@ -181,11 +180,8 @@ def report(args, cfg, folder: str, sums: torch.Tensor, gallery: Gallery, num_cli
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    ctx = start(args)
     t0 = time.time()
-    cfg = load_eval_config(args)
-    folder = eval_checkpoint(cfg, args.ckpt_folder, args.config)
-    model, _, folder = load_model(folder, args.which, ctx.device, attn_backend=args.attn_backend)
+    ctx, cfg, model, folder = start_checkpoint_eval(args)
     baseline = args.baseline == "representation"
     if not baseline and not model.joint:
         raise SystemExit(f"{folder} is a stage-1 checkpoint (no state-prediction head): evaluate it with "

@@ -12,6 +12,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from internlm.checkpoint.export import load_model
 from internlm.checkpoint.layout import resolve_checkpoint
 from internlm.config import ConfigError, TrainConfig, load_config, parse_override
 from internlm.initialize.launch import LAUNCHERS, DistContext, init_distributed
@@ -70,6 +71,15 @@ def eval_checkpoint(cfg: TrainConfig, ckpt_folder: Optional[str], config_path: s
     except FileNotFoundError as exc:
         where = "--ckpt_folder" if ckpt_folder else f"ckpt.save_ckpt_folder of {config_path}"
         raise SystemExit(f"{where}: {exc}") from None
+
+
+def start_checkpoint_eval(args: argparse.Namespace):
+    """Launch, read the config and load the checkpoint's weights: (ctx, cfg, model, step folder)."""
+    ctx = start(args)
+    cfg = load_eval_config(args)
+    folder = eval_checkpoint(cfg, args.ckpt_folder, args.config)
+    model, _, folder = load_model(folder, args.which, ctx.device, attn_backend=args.attn_backend)
+    return ctx, cfg, model, folder
 
 
 def progress(iterable: Iterable, ctx: DistContext, total: Optional[int], desc: str):
