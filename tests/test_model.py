@@ -16,7 +16,8 @@ from internlm.model.rotary import RotaryEmbedding
 
 def tiny_cfg(**kw) -> ModelConfig:
     base = dict(hidden_size=64, num_layers=2, num_attention_heads=4, output_dim=96, head_hidden_dim=64,
-                head_bottleneck_dim=32, lvm_config=LVMConfig(conv_stem_config=ConvStemConfig(img_size=16, patch_size=8)))
+                head_bottleneck_dim=32,
+                lvm_config=LVMConfig(conv_stem_config=ConvStemConfig(img_size=16, patch_size=8)))
     base.update(kw)
     return ModelConfig(**base)
 

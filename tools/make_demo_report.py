@@ -137,7 +137,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     run = args.run
     pipeline = load_json(os.path.join(run, "pipeline.json"))
-    knn = {name: load_json(os.path.join(run, "eval/knn", f"{name}.json")) for name in ("egoagent", "stage1", "untrained")}
+    knn = {name: load_json(os.path.join(run, "eval/knn", f"{name}.json"))
+           for name in ("egoagent", "stage1", "untrained")}
     ret = load_json(os.path.join(run, "eval/retrieval_egoagent/retrieval.json"))
     base = load_json(os.path.join(run, "eval/retrieval_baseline/retrieval.json"))
     motion = load_json(os.path.join(run, "eval/motion/motion.json"))

@@ -474,7 +474,8 @@ def _validate_model(m: ModelConfig, section: str) -> None:
         raise ConfigError(f"{section}.checkpoint={m.checkpoint}: expected True/False or a fraction in [0, 1]")
     if m.img_size % m.patch_size:
         raise ConfigError(
-            f"{section}.lvm_config.conv_stem_config: img_size={m.img_size} is not a multiple of patch_size={m.patch_size}"
+            f"{section}.lvm_config.conv_stem_config: img_size={m.img_size} is not a multiple of "
+            f"patch_size={m.patch_size}"
         )
 
 
@@ -514,7 +515,8 @@ def validate(cfg: TrainConfig) -> None:
         )
     n_local = data.local_crops_number if data.use_local_crop else 0
     if loss.use_multicrop and loss.local_crops_number != n_local:
-        raise ConfigError(f"loss.local_crops_number={loss.local_crops_number} differs from the data's {n_local} local crops")
+        raise ConfigError(f"loss.local_crops_number={loss.local_crops_number} differs from the data's "
+                          f"{n_local} local crops")
     if data.gradient_accumulation < 1 or data.micro_num % data.gradient_accumulation:
         raise ConfigError(
             f"data.gradient_accumulation={data.gradient_accumulation} must divide data.micro_num={data.micro_num}"

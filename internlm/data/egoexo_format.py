@@ -264,7 +264,8 @@ def load_take_poses(fragment_paths: list[str]) -> TakePoses:
         raise ValueError("load_take_poses: no fragment files given")
     parsed = parse_pose_fragment_name(os.path.basename(fragment_paths[0]))
     if parsed is None:
-        raise ValueError(f"{fragment_paths[0]}: not a pose fragment name (expected {{take_uid}}_{{first}}-{{last}}.json)")
+        raise ValueError(f"{fragment_paths[0]}: not a pose fragment name "
+                         "(expected {take_uid}_{first}-{last}.json)")
     take_uid = parsed[0]
     merged: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     dropped: list[str] = []

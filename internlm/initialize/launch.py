@@ -63,7 +63,8 @@ def detect_environment(launcher: Optional[str], port: Optional[int] = None, env:
     if launcher == "torch":
         missing = [v for v in TORCHRUN_VARS if v not in env]
         if missing:
-            raise LaunchError(f"--launcher torch: {', '.join(missing)} not set (torchrun sets {', '.join(TORCHRUN_VARS)});"
+            raise LaunchError(f"--launcher torch: {', '.join(missing)} not set "
+                              f"(torchrun sets {', '.join(TORCHRUN_VARS)});"
                               " start with torchrun, or drop --launcher for a single process")
         rank, world = _int_var(env, "RANK", "torch"), _int_var(env, "WORLD_SIZE", "torch")
         local = _int_var(env, "LOCAL_RANK", "torch")

@@ -3,4 +3,5 @@
 from .attention import AttentionBackendError, MaskLayout
 from .egoagent import AgentOutput, EgoAgent, JointOutput, RepresentationOutput, build_model
 
-__all__ = ["AgentOutput", "AttentionBackendError", "EgoAgent", "JointOutput", "MaskLayout", "RepresentationOutput", "build_model"]
+__all__ = ["AgentOutput", "AttentionBackendError", "EgoAgent", "JointOutput", "MaskLayout", "RepresentationOutput",
+           "build_model"]

@@ -14,7 +14,8 @@ class ImageProjector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, H/p * W/p, d)
         if images.shape[-1] % self.patch_size or images.shape[-2] % self.patch_size:
-            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {self.patch_size}")
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size "
+                             f"{self.patch_size}")
         return self.proj(images).flatten(2).transpose(1, 2)
 
 

@@ -101,7 +101,8 @@ class DataParallelPlan:
         zero.add_param_group(groups[1])
         return zero
 
-    def owned_parameters(self, student: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[tuple[str, nn.Parameter]]:
+    def owned_parameters(self, student: nn.Module,
+                         optimizer: torch.optim.Optimizer) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs whose optimizer state this rank holds: its ZeRO-1 partition, its FSDP shards
         (DTensors) or, replicated, all of them."""
         named = list(unwrap(student).named_parameters())

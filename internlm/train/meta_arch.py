@@ -114,7 +114,8 @@ class EgoAgentMetaArch(nn.Module):
             # act_sum is a sum (normalised once per step); the others are means, weighted by the chunk's share
             weights = torch.tensor([chunk_weight, chunk_weight, 1.0, chunk_weight, chunk_weight, chunk_weight],
                                    device=loss.device)
-            stats = torch.stack([loss_rep.detach(), loss_pred.detach(), act_sum, entropy, kl, feat_std]).float() * weights
+            stats = torch.stack([loss_rep.detach(), loss_pred.detach(), act_sum, entropy, kl, feat_std]).float()
+            stats = stats * weights
         return ChunkResult(loss, stats, t_global.sum(0), t_global.shape[0], pred_sum, pred_count)
 
     # ---------------------------------------------------------------------------------- teacher and centers
