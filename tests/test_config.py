@@ -83,5 +83,6 @@ def test_constants_local_prefix_and_overrides(tmp_path):
     assert cfg.constants["MY_CONSTANT"] == 3 and cfg.JOB_NAME == "demo_stage1"
     assert cfg.ckpt.save_ckpt_folder == "save_ckpt/x"
     assert cfg.data.total_steps == 7
-    with pytest.raises(ConfigError, match="lr_scheduler.total_steps=200 differs from data.total_steps=7"):
+    shipped = load_config(path).lr_scheduler.total_steps
+    with pytest.raises(ConfigError, match=f"lr_scheduler.total_steps={shipped} differs from data.total_steps=7"):
         load_config(path, [("data.total_steps", 7)])
