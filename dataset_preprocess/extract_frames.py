@@ -17,10 +17,11 @@ import json
 import os
 import shutil
 import sys
-from multiprocessing import get_context
 
 import cv2
 from tqdm import tqdm
+
+from internlm.data.process_pool import map_in_processes
 
 DONE_MARKER = ".done"
 
@@ -82,20 +83,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     tasks = [(v, os.path.join(args.out or os.path.dirname(os.path.abspath(v)),
                               os.path.splitext(os.path.basename(v))[0]), args.every, args.quality) for v in args.videos]
-    pool = get_context("fork").Pool(args.workers) if args.workers > 1 and len(tasks) > 1 else None
-    results = pool.imap(extract_video, tasks) if pool else map(extract_video, tasks)
+    results = map_in_processes(extract_video, tasks, args.workers, ordered=True)
     counts, frames = {"done": 0, "already done": 0, "failed": 0}, 0
-    try:
-        for status, message, n in tqdm(results, total=len(tasks), desc="extract", unit="video",
-                                       disable=args.no_progress):
-            counts[status] += 1
-            frames += n
-            if message:
-                tqdm.write(f"WARNING: {message}", file=sys.stderr)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+    for status, message, n in tqdm(results, total=len(tasks), desc="extract", unit="video", disable=args.no_progress):
+        counts[status] += 1
+        frames += n
+        if message:
+            tqdm.write(f"WARNING: {message}", file=sys.stderr)
     print(f"videos: {counts['done']} extracted ({frames} frames), {counts['already done']} already done, "
           f"{counts['failed']} failed")
     return 0 if counts["done"] + counts["already done"] else 1

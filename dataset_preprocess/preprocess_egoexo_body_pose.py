@@ -23,13 +23,13 @@ import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from internlm.data import egoexo_format as fmt
+from internlm.data.process_pool import map_in_processes
 
 COORD_DECIMALS = 6  # micrometres: far below the labels' accuracy, keeps the files small and deterministic
 
@@ -244,22 +244,16 @@ def run(root: str, out: str, splits=fmt.SPLITS, workers: int = 1, progress: bool
                 summary.dropped_takes.append(uid)
             else:
                 tasks.append((root, split, uid, os.path.join(out, split)))
-    pool = get_context("fork").Pool(workers) if workers > 1 and len(tasks) > 1 else None
-    results = pool.imap_unordered(process_take, tasks) if pool else map(process_take, tasks)
-    try:
-        for result in tqdm(results, total=len(tasks), desc="body poses", unit="take", disable=not progress):
-            for kind, message, count in result.problems:
-                summary.problems.add(kind, message, count)
-            if result.fragments:
-                summary.takes[result.split] += 1
-                summary.frames[result.split] += result.frames
-                summary.fragments[result.split] += result.fragments
-            summary.manual_frames += result.manual_frames
-            summary.automatic_frames += result.automatic_frames
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+    results = map_in_processes(process_take, tasks, workers)
+    for result in tqdm(results, total=len(tasks), desc="body poses", unit="take", disable=not progress):
+        for kind, message, count in result.problems:
+            summary.problems.add(kind, message, count)
+        if result.fragments:
+            summary.takes[result.split] += 1
+            summary.frames[result.split] += result.frames
+            summary.fragments[result.split] += result.fragments
+        summary.manual_frames += result.manual_frames
+        summary.automatic_frames += result.automatic_frames
     return summary
 
 

@@ -28,7 +28,6 @@ import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Optional
 
 import cv2
@@ -36,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from internlm.data import egoexo_format as fmt
+from internlm.data.process_pool import map_in_processes
 
 JPEG_QUALITY = 95
 
@@ -196,22 +196,16 @@ def run(root: str, out: Optional[str] = None, size: int = 448, every: int = fmt.
     summary = Summary(problems=fmt.ProblemLog(echo=echo))
     takes, summary.dropped = list_takes(root, take_uids, summary.problems)
     tasks = [(root, uid, root_dir, out, size, every) for uid, root_dir in takes]
-    pool = get_context("fork").Pool(workers) if workers > 1 and len(tasks) > 1 else None
-    results = pool.imap_unordered(undistort_take, tasks) if pool else map(undistort_take, tasks)
-    try:
-        for result in tqdm(results, total=len(tasks), desc="undistort", unit="take", disable=not progress):
-            summary.counts[result.status] += 1
-            summary.frames += result.frames
-            if result.status == "failed":
-                summary.problems.add(result.kind, result.message)
-            elif result.message:
-                summary.notes.append(result.message)
-                if echo:
-                    tqdm.write(result.message, file=sys.stderr)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+    results = map_in_processes(undistort_take, tasks, workers)
+    for result in tqdm(results, total=len(tasks), desc="undistort", unit="take", disable=not progress):
+        summary.counts[result.status] += 1
+        summary.frames += result.frames
+        if result.status == "failed":
+            summary.problems.add(result.kind, result.message)
+        elif result.message:
+            summary.notes.append(result.message)
+            if echo:
+                tqdm.write(result.message, file=sys.stderr)
     return summary
 
 

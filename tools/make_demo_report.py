@@ -34,6 +34,19 @@ def load_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def style(ax, title: str, xlabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def save(fig, out: str) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_training(run: str, out: str) -> None:
     """Loss terms of both stages against the step."""
     stages = [("stage 1", load_metrics(os.path.join(run, "save_ckpt/demo_stage1/metrics.jsonl"))),
@@ -46,13 +59,8 @@ def plot_training(run: str, out: str) -> None:
                 pts = [(r["step"], r[key]) for r in rows if key in r]
                 if pts:
                     ax.plot(*zip(*pts), label=f"{name}", lw=1.2)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+        style(ax, title, "step")
+    save(fig, out)
 
 
 def plot_horizon(motion: dict, out: str) -> None:
@@ -61,14 +69,9 @@ def plot_horizon(motion: dict, out: str) -> None:
                         ("constant_velocity", "constant velocity")):
         h = motion[name]["per_horizon"]
         ax.plot(h["ms_after_last_input"], h["mpjpe"], marker="o", ms=3, label=label)
-    ax.set_xlabel("ms after the last input pose")
     ax.set_ylabel("MPJPE (cm)")
-    ax.set_title("Pose error per horizon (30 fps)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    style(ax, "Pose error per horizon (30 fps)", "ms after the last input pose")
+    save(fig, out)
 
 
 def training_state(run: str) -> dict:

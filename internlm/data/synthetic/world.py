@@ -14,13 +14,13 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from multiprocessing import get_context
 from typing import Iterable, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from .. import egoexo_format as fmt
+from ..process_pool import map_in_processes
 from .annotations import body_annotations, camera_pose_json, exo_cameras
 from .body import CAMERA_TILT, Motion, Outfit, body_solids, random_outfit, simulate
 from .camera import calibration_rays, device_calibration_json, fisheye_calibration, focal_for_fov, pinhole_rays
@@ -192,22 +192,9 @@ def generate_world(out_dir: str, seed: int, size: WorldSize, workers: int = 1, o
     tasks += [("class", (os.path.join(out_dir, "imagefolder"), seed, c, size.images_per_class,
                          size.val_images_per_class, size.image_size)) for c in range(size.classes)]
     results: dict[str, list] = {"take": [], "walk": [], "class": []}
-    bar = tqdm(total=len(tasks), desc="synthetic world", unit="task", disable=not progress)
-    if workers <= 1:
-        outputs: Iterable = map(_run_task, tasks)
-        pool = None
-    else:
-        pool = get_context("fork").Pool(workers)
-        outputs = pool.imap_unordered(_run_task, tasks)
-    try:
-        for kind, entry in outputs:
-            results[kind].append(entry)
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
+    for kind, entry in tqdm(map_in_processes(_run_task, tasks, workers), total=len(tasks), desc="synthetic world",
+                            unit="task", disable=not progress):
+        results[kind].append(entry)
     by_uid = {entry["take_uid"]: entry for entry in results["take"]}
     takes_json = [{"take_uid": s.take_uid, "take_name": s.take_name, "task_id": s.task_id,
                    "root_dir": f"takes/{s.take_uid}", "duration_sec": round(size.frames_per_take / fmt.FPS, 3),
