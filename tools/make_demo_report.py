@@ -85,6 +85,12 @@ def training_state(run: str) -> dict:
     return state
 
 
+def binomial_se(percent: float, n: int) -> float:
+    """Standard error (in %) of an accuracy measured on n independent test items."""
+    p = percent / 100.0
+    return 100.0 * math.sqrt(p * (1.0 - p) / max(n, 1))
+
+
 def diagnosis(run: str, holds: list[bool], knn: dict, out_dim: int) -> list[str]:
     """Measured reasons, written when a claim does not hold: where training stands, from the run's own logs."""
     if all(holds):
@@ -162,7 +168,9 @@ def main(argv=None) -> dict:
          f"{cv['mpjpe_30fps']:.2f} (constant velocity)"),
         (f"Representation: kNN Top-1 at least {KNN_FACTOR:g}x chance",
          knn["egoagent"]["top1"] >= KNN_FACTOR * chance,
-         f"{knn['egoagent']['top1']:.2f}% vs chance {chance:.2f}% ({knn['egoagent']['top1'] / chance:.1f}x)"),
+         f"{knn['egoagent']['top1']:.2f}% (± {binomial_se(knn['egoagent']['top1'], knn['egoagent']['num_val']):.1f} "
+         f"standard error over {knn['egoagent']['num_val']} images) vs chance {chance:.2f}% "
+         f"({knn['egoagent']['top1'] / chance:.1f}x)"),
     ]
     t = pipeline["timings_s"]
     lines = [
