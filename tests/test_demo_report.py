@@ -12,7 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_report_module():
+@pytest.fixture(scope="module")
+def report():
+    """tools/make_demo_report.py (a script, not a package module), loaded once."""
     spec = importlib.util.spec_from_file_location("make_demo_report", REPO / "tools" / "make_demo_report.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -56,8 +58,7 @@ def fake_run(root: Path, knn_top1: float, retrieval: tuple[float, float], baseli
     return run
 
 
-def test_claims_hold_when_the_numbers_say_so(tmp_path):
-    report = load_report_module()
+def test_claims_hold_when_the_numbers_say_so(report, tmp_path):
     run = fake_run(tmp_path, knn_top1=40.0, retrieval=(30.0, 45.0), baseline=(20.0, 35.0), mpjpe=(5.0, 6.0, 9.0))
     summary = report.main(["--run", str(run)])
     assert [c["holds"] for c in summary["claims"]] == [True, True, True]
@@ -75,8 +76,7 @@ def test_claims_hold_when_the_numbers_say_so(tmp_path):
     (1, dict(knn_top1=40.0, retrieval=(30.0, 45.0), baseline=(20.0, 35.0), mpjpe=(7.0, 8.0, 6.5))),  # const velocity
     (2, dict(knn_top1=37.4, retrieval=(30.0, 45.0), baseline=(20.0, 35.0), mpjpe=(5.0, 6.0, 9.0))),  # < 3 x 12.5
 ])
-def test_each_claim_fails_on_its_own_numbers(tmp_path, failing, numbers):
-    report = load_report_module()
+def test_each_claim_fails_on_its_own_numbers(report, tmp_path, failing, numbers):
     run = fake_run(tmp_path, **numbers)
     summary = report.main(["--run", str(run)])
     assert [c["holds"] for c in summary["claims"]] == [k != failing for k in range(3)]
@@ -86,8 +86,7 @@ def test_each_claim_fails_on_its_own_numbers(tmp_path, failing, numbers):
     assert "Why a claim does not hold" in text and f"6.10 nats of {math.log(1024):.2f}" in text
 
 
-def test_binomial_standard_error():
-    report = load_report_module()
+def test_binomial_standard_error(report):
     assert report.binomial_se(50.0, 100) == pytest.approx(5.0)
     assert report.binomial_se(28.75, 80) == pytest.approx(5.06, abs=0.01)
     assert report.binomial_se(0.0, 80) == 0.0
