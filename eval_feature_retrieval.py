@@ -1,20 +1,43 @@
-"""Future-state retrieval on the Ego-Exo4D val clips (SPEC section 7; the paper's world-model evaluation).
+"""Future-state retrieval on the Ego-Exo4D val clips (the paper's world-model evaluation).
 
-Protocol: every val clip (20 frames at 30 fps, T = 4 steps of 5 frames, the image of step t = its first frame)
-gives T - 1 = 3 queries, t = 0, 1, 2. Query = the model's prediction of frame t+1: the state-prediction head
-output at the future-state query of step t (the student by default). Gallery = the representation-head output
-of every real next frame (steps 1..3 of every clip), de-duplicated by (take_uid, frame) because the same frame
-is the next frame of several overlapping clips; the query's own current frame t is removed from its gallery.
-The correct entry is the true next frame (same take and frame). Similarity: cosine between the K-dim head
-outputs (computed exactly in the column space of the representation head's last layer, r = 256 dims in the
-paper configs, instead of K = 65536). Ranks:
-1 + the number of other entries at least as similar (ties count against the query). Top-1 = % of queries with
-rank 1; mAP = mean of 1 / rank (one correct entry per query), in %.
---baseline representation: query = the representation-head output of frame t itself (works with a stage-1
-checkpoint): the paper's representation-only comparison.
+Every val clip (20 frames at 30 fps, T = 4 steps of 5, the image of step t = its first frame) gives T - 1 = 3
+queries, t = 0, 1, 2: "which frame comes next?".
+  query    the student's state-prediction head at the future-state query of step t (it sees frames <= t and
+           the actions, i.e. the poses, of steps <= t);
+  gallery  the representation of every real next frame (steps 1..3 of every clip, de-duplicated by take and
+           frame) from the network L_pred trains against: the EMA teacher (--gallery teacher, the default) or
+           the student (--gallery student); the query's own current frame t is removed from its gallery;
+  correct  the true next frame (same take and frame).
+Similarity: what L_pred measures, and only that. L_pred = H(softmax((l_T - c) / tau_t), softmax(s / tau_s)) is
+minimal exactly when s = (tau_s / tau_t) (l_T - c) + any constant per row: the loss does not see a per-row
+constant, nor (for its minimiser) the temperatures. So a query s and a gallery frame with teacher logits l_T
+are compared by the cosine of their CENTRED log-probability vectors, centred(log softmax(s / tau_s)) and
+centred(log softmax((l_T - c) / tau_t)) = centred(s) / tau_s and centred(l_T - c) / tau_t, where centred(v) = v
+minus its mean over the K prototypes and c is the checkpoint's own L_pred centre. Adding a constant to a query
+changes no rank; the loss's minimiser has cosine 1 with its target. (The raw cosine of uncentred logits, the
+metric before this protocol, depends on exactly the constant the loss leaves free: it scored the loss's
+minimiser as low as a trained model.) The K-dim cosines are computed exactly in the span of the heads' last
+layers, centres and the ones vector (internlm/eval/retrieval.py, CenteredLogitSpace).
+Ranks: 1 + the number of other entries at least as similar (ties count against the query). Top-1 = % of
+queries at rank 1; mAP = mean of 1 / rank (one correct entry per query), in %, each with its standard error.
+
+Rows of one run (same clips, same gallery frames, same similarity; one table, one JSON):
+  egoagent          the query above, with the clip's true poses as actions;
+  shuffled_actions  the same query computed with the poses of another clip (clip (i + N/2) mod N, usually
+                    another take): the gap to `egoagent` is the evidence that the action is used;
+  copy              the same checkpoint's gallery network on frame t itself ("nothing changes");
+  stage1_copy       with --baseline_ckpt_folder: a stage-1 (representation-only) checkpoint's teacher on frame t
+                    against its own representation of the next frames (the paper's Table 2 comparison);
+  raw_pixels        the frames at the model's input size, flattened, cosine: frame t against the next frames;
+  oracle            the loss's minimiser (tau_s / tau_t)(l_T(t+1) - c) from the gallery network's own next-frame
+                    output: the protocol's ceiling and self-test, it must rank first for >= 99% of the queries
+                    on any checkpoint, trained or not (a warning says so otherwise).
+--oracle makes the oracle the headline number and the exit status the self-test (1 when it ranks first for
+fewer than 99% of the queries). A stage-1 checkpoint has no prediction head: its run has the copy, raw-pixel
+and oracle rows.
 
   python -u eval_feature_retrieval.py --config ${CONFIG} --launcher ${LAUNCHER} --port ${PORT} \\
-      --eval_iters ${eval_iters}
+      --eval_iters ${eval_iters} [--baseline_ckpt_folder save_ckpt/STAGE1_RUN]
 """
 
 from __future__ import annotations
@@ -25,22 +48,33 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
+from internlm.checkpoint.export import load_model, read_centers
 from internlm.checkpoint.layout import read_meta
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
 from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from internlm.eval.cli import (add_checkpoint_args, add_config_args, add_launch_args, format_table, move, num_batches,
-                               progress, start_checkpoint_eval, write_json)
-from internlm.eval.distributed import gather_lists, gather_rows, sum_over_ranks
+from internlm.eval.cli import (add_config_args, add_launch_args, eval_checkpoint, format_table, load_eval_config,
+                               move, num_batches, progress, start, write_json)
+from internlm.eval.distributed import gather_lists, gather_rows
 from internlm.eval.plots import RetrievalExample, plot_retrieval_examples, to_image
-from internlm.eval.retrieval import (LogitSubspace, deduplicate, rank_sums, retrieval_ranks, summary_from_sums,
-                                    top_retrieved)
+from internlm.eval.retrieval import (CenteredLogitSpace, chance_level, deduplicate, paired_difference,
+                                    rank_statistics, retrieval_ranks, top_retrieved)
 from internlm.initialize.launch import destroy_distributed
 
 logger = logging.getLogger("eval_feature_retrieval")
+ORACLE_FLOOR = 99.0  # % of queries the oracle must rank first
+ROWS = {  # name -> what the query is (the JSON and the table say it)
+    "egoagent": "state-prediction head, true actions",
+    "shuffled_actions": "state-prediction head, actions of another clip",
+    "copy": "same checkpoint's representation of frame t",
+    "stage1_copy": "stage-1 checkpoint's representation of frame t",
+    "raw_pixels": "pixels of frame t (cosine)",
+    "oracle": "minimiser of L_pred from the target's own logits",
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,43 +82,119 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_config_args(p)
     add_launch_args(p)
     p.add_argument("--eval_iters", type=int, default=None, help="at most this many batches per rank (default: all)")
-    p.add_argument("--baseline", choices=("representation",), default=None,
-                   help="representation: query = the representation of frame t itself")
-    add_checkpoint_args(p, default_which="model")
+    p.add_argument("--ckpt_folder", default=None,
+                   help="a checkpoint step folder, or a run folder (-> its newest complete step); default: the "
+                        "newest complete checkpoint in the config's ckpt.save_ckpt_folder")
+    p.add_argument("--gallery", choices=("teacher", "student"), default="teacher",
+                   help="the network whose representation of the next frames is the gallery (default teacher: "
+                        "the network L_pred targets); the query is always the student's prediction")
+    p.add_argument("--baseline_ckpt_folder", default=None,
+                   help="a stage-1 checkpoint (or run folder): adds its copy baseline (its --gallery network on "
+                        "frame t against its representation of the next frames)")
+    p.add_argument("--oracle", action="store_true",
+                   help="report the oracle as the headline and exit 1 if it ranks first for < 99%% of queries")
+    p.add_argument("--attn_backend", choices=("sdpa", "flex", "flash"), default="sdpa",
+                   help="attention kernel (default sdpa: runs everywhere, same numbers as the others)")
     p.add_argument("--split", default=None, help="pose split (default: the config's data.egoexo_valid_split)")
     p.add_argument("--batch_size", type=int, default=16, help="clips per batch per rank")
     p.add_argument("--num_workers", type=int, default=None, help="loader workers (default: data.num_workers)")
     p.add_argument("--num_examples", type=int, default=4, help="example queries in the PNG")
-    p.add_argument("--output_dir", default=None,
-                   help="default: outputs/feature_retrieval/{JOB_NAME}_step{step}[_baseline_representation]")
+    p.add_argument("--output_dir", default=None, help="default: outputs/feature_retrieval/{JOB_NAME}_step{step}")
     return p.parse_args(argv)
 
 
-class Collected:
-    """This rank's queries and gallery candidates. Keys are (take_uid, frame number)."""
+# ------------------------------------------------------------------------------------------------ networks
 
-    def __init__(self):
-        self.query_emb, self.gallery_emb = [], []  # (n, r) tensors
-        self.query_current, self.query_target, self.query_step = [], [], []  # per query
-        self.gallery_keys, self.gallery_source = [], []  # per candidate: key, (sample_id, step)
+
+@dataclass
+class Checkpoint:
+    """One checkpoint's networks for this protocol: the student (query side) and the gallery network."""
+
+    folder: str
+    student: torch.nn.Module
+    gallery_net: torch.nn.Module
+    center: torch.Tensor  # (K,) the centre the checkpoint's loss applies to the gallery network's logits
+    center_source: str
+    tau_ratio: float  # tau_s / tau_t: the oracle's scale (irrelevant to the cosine, kept for the record)
+    space: CenteredLogitSpace = field(init=False)
+
+    def __post_init__(self):
+        heads = [self.gallery_net.rep_head.last_layer.weight]
+        if getattr(self.student, "joint", False):
+            heads.append(self.student.pred_head.last_layer.weight)
+        self.space = CenteredLogitSpace(heads, [self.center])
+
+
+def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Checkpoint:
+    student, cfg, folder = load_model(path, "model", device, attn_backend=attn_backend)
+    gallery_net = student if gallery == "student" else load_model(folder, "teacher", device, attn_backend)[0]
+    centers = read_centers(folder, cfg.model.output_dim)
+    # The centre L_pred applies to the target frames (stage 2); a stage-1 checkpoint's representation centre.
+    which = "pred_center" if student.joint else "rep_center"
+    if centers is None:
+        center, source = torch.zeros(cfg.model.output_dim), "none (weights-only checkpoint: zero centre)"
+    else:
+        center, source = centers[which], which
+    tau_ratio = cfg.loss.student_temp / cfg.loss.teacher_temp
+    return Checkpoint(folder, student, gallery_net, center.to(device), source, tau_ratio)
+
+
+# ------------------------------------------------------------------------------------------------ collection
+
+
+@dataclass
+class Collected:
+    """This rank's queries (per row) and gallery candidates (per embedding space). Keys are (take_uid, frame)."""
+
+    queries: dict = field(default_factory=dict)  # row -> list of (n, m) tensors
+    galleries: dict = field(default_factory=dict)  # space -> list of (n, m) tensors
+    query_current: list = field(default_factory=list)  # per query: key of frame t
+    query_target: list = field(default_factory=list)  # per query: key of frame t+1
+    query_step: list = field(default_factory=list)
+    gallery_keys: list = field(default_factory=list)
+    gallery_source: list = field(default_factory=list)  # (sample_id, step): where the candidate's image is
+
+    def add(self, table: dict, name: str, rows: torch.Tensor) -> None:
+        table.setdefault(name, []).append(rows.cpu())
+
+
+ROW_SPACE = {"egoagent": "model", "shuffled_actions": "model", "copy": "model", "oracle": "model",
+             "stage1_copy": "stage1", "raw_pixels": "pixels"}
+
+
+def other_clip_poses(dataset, sample_ids: list[int]) -> torch.Tensor:
+    """The poses of clip (i + N/2) mod N for every clip i: far away in the split, usually another take."""
+    n = len(dataset)
+    return torch.stack([dataset.clip_poses((i + n // 2) % n) for i in sample_ids])
 
 
 @torch.no_grad()
-def collect(model, loader, subspace: LogitSubspace, baseline: bool, ctx, total: int) -> Collected:
+def collect(ck: Checkpoint, baseline, loader, dataset, ctx, total: int) -> Collected:
     out = Collected()
     for batch in progress(itertools.islice(loader, total), ctx, total, "retrieval"):
         batch = move(batch, ctx.device)
         frames, frame_ids = batch["frames"], batch["frame_ids"].tolist()  # (B, T, 3, P, P), (B, T)
         B, T = frames.shape[:2]
-        first = 0 if baseline else 1  # the baseline also needs frame t's representation
-        rep = model.represent(frames[:, first:].flatten(0, 1)).logits.unflatten(0, (B, T - first))  # (B, T', K)
-        next_logits = rep[:, 1 - first:]  # (B, T-1, K): frames 1..T-1
-        if baseline:
-            query_logits = rep[:, :T - 1]  # frames 0..T-2
-        else:
-            query_logits = model.forward_joint(frames, batch["poses"], with_logits=True).future_logits[:, :T - 1]
-        out.query_emb.append(subspace.queries(query_logits.flatten(0, 1)).cpu())  # (B*(T-1), r)
-        out.gallery_emb.append(subspace.gallery(next_logits.flatten(0, 1)).cpu())
+        flat = frames.flatten(0, 1)  # (B*T, 3, P, P)
+        logits = ck.gallery_net.represent(flat).logits.unflatten(0, (B, T))  # (B, T, K)
+        now, nxt = logits[:, :T - 1].flatten(0, 1), logits[:, 1:].flatten(0, 1)  # frames t and t+1
+        out.add(out.galleries, "model", ck.space.embed(nxt, ck.center))
+        out.add(out.queries, "copy", ck.space.embed(now, ck.center))
+        out.add(out.queries, "oracle", ck.space.embed(ck.tau_ratio * (nxt - ck.center)))
+        if ck.student.joint:
+            pred = ck.student.forward_joint(frames, batch["poses"]).future_logits[:, :T - 1]  # (B, T-1, K)
+            out.add(out.queries, "egoagent", ck.space.embed(pred.flatten(0, 1)))
+            shuffled = other_clip_poses(dataset, batch["sample_id"].tolist()).to(ctx.device)
+            pred = ck.student.forward_joint(frames, shuffled).future_logits[:, :T - 1]
+            out.add(out.queries, "shuffled_actions", ck.space.embed(pred.flatten(0, 1)))
+        if baseline is not None:
+            b_logits = baseline.gallery_net.represent(flat).logits.unflatten(0, (B, T))
+            out.add(out.galleries, "stage1", baseline.space.embed(b_logits[:, 1:].flatten(0, 1), baseline.center))
+            out.add(out.queries, "stage1_copy", baseline.space.embed(b_logits[:, :T - 1].flatten(0, 1),
+                                                                     baseline.center))
+        pixels = F.normalize(flat.flatten(1).float(), dim=1).unflatten(0, (B, T))  # (B, T, 3*P*P)
+        out.add(out.galleries, "pixels", pixels[:, 1:].flatten(0, 1))
+        out.add(out.queries, "raw_pixels", pixels[:, :T - 1].flatten(0, 1))
         for b in range(B):
             take, sample = batch["take_uid"][b], int(batch["sample_id"][b])
             for t in range(T - 1):
@@ -96,113 +206,163 @@ def collect(model, loader, subspace: LogitSubspace, baseline: bool, ctx, total: 
     return out
 
 
-def example_rows(dataset, data_cfg, queries, gallery: "Gallery", excluded, targets, current, n: int) -> list:
-    """n queries of rank 0, spread over its clips, with their top-5 (images re-read from the dataset)."""
-    n = min(n, queries.shape[0])
-    if n == 0:
-        return []
-    picked = torch.linspace(0, queries.shape[0] - 1, n).round().long().unique()  # (n,)
-    queries, excluded = queries[picked.to(queries.device)], excluded[picked.to(excluded.device)]
-    targets, current = targets[picked], [current[i] for i in picked.tolist()]
-    top = top_retrieved(queries, gallery.emb, excluded, k=5)  # (n, 5)
-    keys, sources = gallery.keys, gallery.sources
-    norm = (IMAGENET_MEAN, IMAGENET_STD) if data_cfg.norm_vid else (None, None)
-    image = lambda src: to_image(dataset[src[0]]["frames"][src[1]], *norm)  # noqa: E731
-    rows = []
-    for q in range(len(current)):
-        tgt = int(targets[q])
-        take, frame = current[q]
-        retrieved = [(image(sources[g]), g == tgt, float(queries[q] @ gallery.emb[g])) for g in top[q].tolist()]
-        sample, step = sources[tgt]  # the step before the true next frame in that clip is the current frame
-        rows.append(RetrievalExample(f"{take[:8]} f{frame}->{keys[tgt][1]}", image((sample, step - 1)),
-                                     image(sources[tgt]), retrieved))
-    return rows
-
-
 @dataclass
 class Gallery:
-    emb: torch.Tensor  # (G, r) on the device, unit norm
+    emb: dict  # space -> (G, m) on the device, unit rows
     keys: list  # (take_uid, frame) of each entry
     sources: list  # (sample_id, step) of each entry: where its image is
     index_of: dict  # key -> entry
 
 
-def build_gallery(got: Collected, dim: int, ctx) -> Gallery:
+def build_gallery(got: Collected, ctx) -> Gallery:
     """Every rank's next frames, in rank order, de-duplicated by (take, frame); the same on every rank."""
-    local = torch.cat(got.gallery_emb) if got.gallery_emb else torch.zeros(0, dim)
-    everything = gather_rows(local, ctx, to_all=True)  # (sum of candidates, r)
     all_keys, all_sources = gather_lists(got.gallery_keys, ctx), gather_lists(got.gallery_source, ctx)
     kept, index_of = deduplicate(all_keys)
-    return Gallery(everything[kept].to(ctx.device), [all_keys[i] for i in kept], [all_sources[i] for i in kept],
-                   index_of)
+    emb = {}
+    for space, parts in got.galleries.items():
+        everything = gather_rows(torch.cat(parts), ctx, to_all=True)  # (sum of candidates, m)
+        emb[space] = everything[kept].to(ctx.device)
+    return Gallery(emb, [all_keys[i] for i in kept], [all_sources[i] for i in kept], index_of)
 
 
-def step_sums(got: Collected, gallery: Gallery, num_steps: int, ctx) -> tuple[torch.Tensor, tuple]:
-    """Rank this rank's queries -> (num_steps, 3) rank sums per query step t added over all ranks, and
-    (queries, targets, excluded) for the examples."""
-    dim = gallery.emb.shape[1]
-    queries = torch.cat(got.query_emb).to(ctx.device) if got.query_emb else torch.zeros(0, dim, device=ctx.device)
+def rank_rows(got: Collected, gallery: Gallery, ctx) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> ({row: ranks (Q,)} of every rank's queries (rank 0; None elsewhere), steps (Q,), and this rank's
+    targets and excluded entries (for the examples)."""
     targets = torch.tensor([gallery.index_of[k] for k in got.query_target], dtype=torch.int64)
     excluded = torch.tensor([gallery.index_of.get(k, -1) for k in got.query_current], dtype=torch.int64)
-    ranks = retrieval_ranks(queries, gallery.emb, targets, excluded).cpu()
-    steps = torch.tensor(got.query_step, dtype=torch.int64)
-    sums = torch.stack([rank_sums(ranks[steps == t]) for t in range(num_steps)])  # (num_steps, 3)
-    return sum_over_ranks(sums, ctx), (queries, targets, excluded.to(ctx.device))
+    ranks = {}
+    for row, parts in got.queries.items():
+        local = retrieval_ranks(torch.cat(parts).to(ctx.device), gallery.emb[ROW_SPACE[row]], targets, excluded)
+        ranks[row] = gather_rows(local.cpu(), ctx)
+    steps = gather_rows(torch.tensor(got.query_step, dtype=torch.int64), ctx)
+    return ranks, steps, targets, excluded
 
 
-def report(args, cfg, folder: str, sums: torch.Tensor, gallery: Gallery, num_clips_in_split: int, split: str,
-           examples: list, ctx, seconds: float) -> None:
-    overall = summary_from_sums(sums.sum(dim=0))
-    per_step = [{"t": t, **summary_from_sums(sums[t])} for t in range(sums.shape[0])]
-    step = read_meta(folder).get("step")
-    baseline = args.baseline == "representation"
-    out_dir = args.output_dir or os.path.join("outputs", "feature_retrieval", f"{cfg.JOB_NAME}_step{step}"
-                                              + ("_baseline_representation" if baseline else ""))
+# ------------------------------------------------------------------------------------------------ report
+
+
+def example_rows(dataset, data_cfg, got: Collected, gallery: Gallery, targets, excluded, n: int) -> list:
+    """n queries of rank 0, spread over its clips, with the top-5 of EgoAgent (or the oracle) and of the copy
+    baseline (images re-read from the dataset)."""
+    num_q = len(got.query_target)
+    n = min(n, num_q)
+    if n == 0:
+        return []
+    picked = torch.linspace(0, num_q - 1, n).round().long().unique().tolist()
+    norm = (IMAGENET_MEAN, IMAGENET_STD) if data_cfg.norm_vid else (None, None)
+    image = lambda src: to_image(dataset[src[0]]["frames"][src[1]], *norm)  # noqa: E731
+    shown = [r for r in ("egoagent", "copy") if r in got.queries] if "egoagent" in got.queries else ["oracle", "copy"]
+    space = gallery.emb["model"]
+    top = {r: top_retrieved(torch.cat(got.queries[r])[picked].to(space.device), space,
+                            excluded[picked].to(space.device), k=5) for r in shown}
+    rows = []
+    for i, q in enumerate(picked):
+        tgt = int(targets[q])
+        take, frame = got.query_current[q]
+        sample, step = gallery.sources[tgt]  # the step before the true next frame in that clip is frame t
+        retrieved = {r: [(image(gallery.sources[g]), g == tgt) for g in top[r][i].tolist()] for r in shown}
+        rows.append(RetrievalExample(f"{take[:8]} f{frame}->{gallery.keys[tgt][1]}", image((sample, step - 1)),
+                                     image(gallery.sources[tgt]), retrieved))
+    return rows
+
+
+def summarize(ranks: dict, steps: torch.Tensor, num_steps: int) -> dict:
+    rows = {}
+    for row, r in ranks.items():
+        stats = rank_statistics(r)
+        stats["per_step"] = [{"t": t, **rank_statistics(r[steps == t])} for t in range(num_steps)]
+        stats["query"] = ROWS[row]
+        rows[row] = stats
+    return rows
+
+
+def comparisons(ranks: dict) -> dict:
+    """EgoAgent against each baseline and control on the same queries (paired differences with their SE)."""
+    out = {}
+    if "egoagent" in ranks:
+        for other in ("copy", "stage1_copy", "shuffled_actions", "raw_pixels"):
+            if other in ranks:
+                out[f"egoagent_minus_{other}"] = paired_difference(ranks["egoagent"], ranks[other])
+    return out
+
+
+def report(args, cfg, ck: Checkpoint, baseline, rows: dict, compare: dict, gallery: Gallery, num_clips_in_split,
+           split, examples, ctx, seconds: float) -> dict:
+    step = read_meta(ck.folder).get("step")
+    out_dir = args.output_dir or os.path.join("outputs", "feature_retrieval", f"{cfg.JOB_NAME}_step{step}")
     os.makedirs(out_dir, exist_ok=True)
     png = os.path.join(out_dir, "retrieval_examples.png")
     plot_retrieval_examples(png, examples)
-    title = (f"{'representation baseline' if baseline else 'future-state prediction'}: {overall['num_queries']} "
-             f"queries, gallery {len(gallery.keys)} frames ({args.which} weights, step {step})")
-    print(format_table(title, ["query step t", "Top-1 %", "mAP %", "queries"],
-                       [[s["t"], s["top1"], s["mAP"], s["num_queries"]] for s in per_step]
-                       + [["all", overall["top1"], overall["mAP"], overall["num_queries"]]]))
-    write_json(os.path.join(out_dir, "retrieval.json"), {
-        "top1": overall["top1"], "mAP": overall["mAP"], "per_step": per_step,
-        "num_queries": overall["num_queries"], "num_gallery": len(gallery.keys),
-        "num_clips": overall["num_queries"] // max(sums.shape[0], 1), "num_clips_in_split": num_clips_in_split,
-        "split": split, "eval_iters": args.eval_iters, "checkpoint": os.path.abspath(folder), "step": step,
-        "config": os.path.abspath(args.config), "which": args.which, "baseline": args.baseline or "none",
-        "world_size": ctx.world_size, "similarity": "cosine of the K-dim head outputs",
-        "ties": "counted against the query", "png": os.path.abspath(png), "seconds": round(seconds, 1),
-    })
+    headline = "oracle" if args.oracle or "egoagent" not in rows else "egoagent"
+    num_queries = rows[headline]["num_queries"]
+    chance = chance_level(len(gallery.keys))
+    order = [r for r in ROWS if r in rows]
+    print(format_table(f"future-state retrieval: {num_queries} queries, gallery {len(gallery.keys)} frames "
+                       f"({args.gallery} representation, step {step}); chance Top-1 {chance['top1']:.2f}%",
+                       ["row", "Top-1 %", "+-", "mAP %", "+-", "query"],
+                       [[r, rows[r]["top1"], rows[r]["top1_se"], rows[r]["mAP"], rows[r]["mAP_se"], rows[r]["query"]]
+                        for r in order]))
+    if compare:
+        print(format_table("EgoAgent minus each baseline (paired over the same queries, points)",
+                           ["comparison", "Top-1", "+-", "mAP", "+-"],
+                           [[k, c["top1_diff"], c["top1_diff_se"], c["mAP_diff"], c["mAP_diff_se"]]
+                            for k, c in compare.items()]))
+    oracle_ok = rows["oracle"]["top1"] >= ORACLE_FLOOR
+    if not oracle_ok:
+        logger.warning("SELF-TEST FAILED: the oracle ranks first for %.2f%% of the queries (< %.0f%%): the gallery "
+                       "holds near-duplicate frames or the similarity is broken; the numbers are not trustworthy",
+                       rows["oracle"]["top1"], ORACLE_FLOOR)
+    result = {
+        "top1": rows[headline]["top1"], "mAP": rows[headline]["mAP"], "headline": headline,
+        "per_step": rows[headline]["per_step"], "rows": rows, "comparisons": compare,
+        "oracle_self_test": {"top1": rows["oracle"]["top1"], "floor": ORACLE_FLOOR, "passed": oracle_ok},
+        "chance": chance, "num_queries": num_queries, "num_gallery": len(gallery.keys),
+        "num_clips": num_queries // 3, "num_clips_in_split": num_clips_in_split, "split": split,
+        "eval_iters": args.eval_iters, "checkpoint": os.path.abspath(ck.folder), "step": step,
+        "config": os.path.abspath(args.config), "gallery": args.gallery, "center": ck.center_source,
+        "baseline_checkpoint": os.path.abspath(baseline.folder) if baseline else None,
+        "baseline_center": baseline.center_source if baseline else None,
+        "similarity": "cosine of centred log-probabilities: centred(s) vs centred(l_T - c) (invariant to a "
+                      "per-row constant and to the temperatures)",
+        "ties": "counted against the query", "world_size": ctx.world_size, "png": os.path.abspath(png),
+        "seconds": round(seconds, 1),
+    }
+    write_json(os.path.join(out_dir, "retrieval.json"), result)
     logger.info("wrote %s", os.path.join(out_dir, "retrieval.json"))
+    return result
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    ctx, cfg, model, folder = start_checkpoint_eval(args)
-    baseline = args.baseline == "representation"
-    if not baseline and not model.joint:
-        raise SystemExit(f"{folder} is a stage-1 checkpoint (no state-prediction head): evaluate it with "
-                         "--baseline representation, or pass a stage-2 checkpoint")
+    ctx = start(args)
+    cfg = load_eval_config(args)
+    ck = load_checkpoint(eval_checkpoint(cfg, args.ckpt_folder, args.config), args.gallery, ctx.device,
+                         args.attn_backend)
+    baseline = None
+    if args.baseline_ckpt_folder:
+        baseline = load_checkpoint(eval_checkpoint(cfg, args.baseline_ckpt_folder, args.config), args.gallery,
+                                   ctx.device, args.attn_backend)
     split = args.split or cfg.data.egoexo_valid_split
     dataset = build_eval_clip_dataset(cfg.data, split)
     workers = cfg.data.num_workers if args.num_workers is None else args.num_workers
     loader = build_eval_loader(dataset, args.batch_size, ctx.rank, ctx.world_size, workers)
     total = num_batches(len(dataset), args.batch_size, ctx.world_size, args.eval_iters)
-    logger.info("%s: %d %s clips, %s weights of %s%s", args.config, len(dataset), split, args.which, folder,
-                " (baseline: representation)" if baseline else "")
-    subspace = LogitSubspace(model.rep_head.last_layer.weight)
-    got = collect(model, loader, subspace, baseline, ctx, total)
-    gallery = build_gallery(got, subspace.basis.shape[1], ctx)
-    sums, (queries, targets, excluded) = step_sums(got, gallery, dataset.index.clip_steps - 1, ctx)
+    logger.info("%s: %d %s clips; student and %s of %s (centre: %s)%s", args.config, len(dataset), split,
+                args.gallery, ck.folder, ck.center_source,
+                f"; stage-1 baseline {baseline.folder}" if baseline else "")
+    got = collect(ck, baseline, loader, dataset, ctx, total)
+    gallery = build_gallery(got, ctx)
+    ranks, steps, targets, excluded = rank_rows(got, gallery, ctx)
+    code = 0
     if ctx.is_main:
-        examples = example_rows(dataset, cfg.data, queries, gallery, excluded, targets, got.query_current,
-                                args.num_examples)
-        report(args, cfg, folder, sums, gallery, len(dataset), split, examples, ctx, time.time() - t0)
+        rows = summarize(ranks, steps, dataset.index.clip_steps - 1)
+        examples = example_rows(dataset, cfg.data, got, gallery, targets, excluded, args.num_examples)
+        result = report(args, cfg, ck, baseline, rows, comparisons(ranks), gallery, len(dataset), split, examples,
+                        ctx, time.time() - t0)
+        code = 1 if args.oracle and not result["oracle_self_test"]["passed"] else 0
     destroy_distributed()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ exp(sim / T), T = 0.07; a class's score is the sum of its weights; Top-1 / Top-5
 neighbour voted for never counts among the top 5).
 Features are extracted by every rank on its shard of the images and gathered to rank 0, which runs the vote in
 chunks of val images.
+Reference rows in the same run, on the same split and crops: --untrained_weights (an export of the same config
+at its initialisation: what the architecture gives without learning) and --raw_pixels (the normalised crop
+itself, flattened and L2-normalised: what needs no network at all). Each row has the standard error of its
+Top-1, sqrt(p (1 - p) / n_val).
 
   python tools/convert2hf_dino_conv_stem_cls.py --src_folder save_ckpt/${model_name} --remove_vq_embed
   torchrun --nproc_per_node=4 eval_knn_conv_stem_cls.py --pretrained_weights hf_models/${model_name}/ \\
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -51,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resize", type=int, default=256, help="shorter image side before the center crop")
     p.add_argument("--crop", type=int, default=224, help="center crop size (a multiple of the patch size)")
     p.add_argument("--queries_per_chunk", type=int, default=1024, help="val images per similarity chunk")
+    p.add_argument("--untrained_weights", default=None,
+                   help="a Hugging Face export of the same config at its initialisation (tools/"
+                        "make_untrained_checkpoint.py, then the converter): scored as the 'untrained' row")
+    p.add_argument("--raw_pixels", action="store_true", help="also score the raw pixels of the crop (a row)")
     p.add_argument("--output", default=None, help="results JSON (default: outputs/knn/{model folder name}.json)")
     add_launch_args(p)
     return p.parse_args(argv)
@@ -74,17 +83,28 @@ def load_encoder(folder: str, ctx):
 
 @torch.no_grad()
 def extract_features(model, dataset, args, ctx, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, d) L2-normalised pooler outputs and (N,) labels in dataset order, on rank 0 (None elsewhere)."""
+    """(N, d) L2-normalised pooler outputs (``model`` None: the flattened pixels) and (N,) labels in dataset
+    order, on rank 0 (None elsewhere)."""
     loader = build_eval_loader(dataset, args.batch_size_per_gpu, ctx.rank, ctx.world_size, args.num_workers)
     feats, labels = [], []
     for images, targets in progress(loader, ctx, len(loader), f"features {what}"):
-        out = model(pixel_values=images.to(ctx.device, non_blocking=True)).pooler_output  # (b, d)
+        images = images.to(ctx.device, non_blocking=True)
+        out = images.flatten(1) if model is None else model(pixel_values=images).pooler_output  # (b, d)
         feats.append(torch.nn.functional.normalize(out.float(), dim=1).cpu())
         labels.append(targets)
-    dim = model.config.hidden_size
+    dim = 3 * args.crop * args.crop if model is None else model.config.hidden_size
     local_feats = torch.cat(feats) if feats else torch.zeros(0, dim)
     local_labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
     return gather_rows(local_feats, ctx), gather_rows(local_labels, ctx)
+
+
+def check_same_architecture(config, other, path: str) -> None:
+    keys = ("hidden_size", "num_layers", "num_attention_heads", "patch_size", "mlp_ratio")
+    diff = {k: (getattr(config, k, None), getattr(other, k, None)) for k in keys
+            if getattr(config, k, None) != getattr(other, k, None)}
+    if diff:
+        raise SystemExit(f"--untrained_weights {path}: not the architecture of --pretrained_weights "
+                         f"({', '.join(f'{k} {a} vs {b}' for k, (a, b) in diff.items())})")
 
 
 def class_count_check(train_classes: list, imgnet: int, root: str, ctx) -> str:
@@ -123,27 +143,45 @@ def main(argv=None) -> int:
     logger.info("kNN: %d train / %d val images, %d classes; %s", len(train), len(val), len(train.classes),
                 args.pretrained_weights)
     model = load_encoder(args.pretrained_weights, ctx)
-    train_feats, train_labels = extract_features(model, train, args, ctx, "train")
-    val_feats, val_labels = extract_features(model, val, args, ctx, "val")
-    if ctx.is_main:
+    encoders = {"model": model}
+    if args.untrained_weights:
+        encoders["untrained"] = load_encoder(args.untrained_weights, ctx)
+        check_same_architecture(model.config, encoders["untrained"].config, args.untrained_weights)
+    if args.raw_pixels:
+        encoders["raw_pixels"] = None
+    rows = {}
+    for name, encoder in encoders.items():
+        train_feats, train_labels = extract_features(encoder, train, args, ctx, f"train ({name})")
+        val_feats, val_labels = extract_features(encoder, val, args, ctx, f"val ({name})")
+        if not ctx.is_main:
+            continue
         results = []
         for k in args.nb_knn:
             r = knn_classify(train_feats.to(ctx.device), train_labels, val_feats.to(ctx.device),
                              val_to_train[val_labels], len(train.classes), k, args.temperature, args.queries_per_chunk)
-            results.append({"k": k, "k_used": r.k, "top1": r.top1, "top5": r.top5, "top_n": r.top_n})
-        print(format_table(f"weighted kNN (T={args.temperature}) on {args.data_path}", ["k", "Top-1 %", "Top-5 %"],
-                           [[r["k_used"], r["top1"], r["top5"]] for r in results]))
+            results.append({"k": k, "k_used": r.k, "top1": r.top1, "top5": r.top5, "top_n": r.top_n,
+                            "top1_se": 100.0 * math.sqrt(r.top1 / 100 * (1 - r.top1 / 100) / max(r.num_test, 1))})
+        rows[name] = {"top1": results[0]["top1"], "top5": results[0]["top5"], "top1_se": results[0]["top1_se"],
+                      "results": results, "feature_dim": int(train_feats.shape[1])}
+    if ctx.is_main:
+        results = rows["model"]["results"]
+        print(format_table(f"weighted kNN (T={args.temperature}) on {args.data_path}",
+                           ["features", "k", "Top-1 %", "+-", "Top-5 %"],
+                           [[name, r["k_used"], r["top1"], r["top1_se"], r["top5"]]
+                            for name, row in rows.items() for r in row["results"]]))
         out = args.output or os.path.join("outputs", "knn", os.path.basename(os.path.normpath(
             args.pretrained_weights)) + ".json")
         write_json(out, {
             "protocol": f"resize {args.resize}, center crop {args.crop}, ImageNet norm; pooler_output L2-normalised; "
                         "weighted kNN, weight exp(sim/T), class score = sum of the weights of the k neighbours",
-            "top1": results[0]["top1"], "top5": results[0]["top5"], "results": results,
+            "top1": results[0]["top1"], "top5": results[0]["top5"], "top1_se": results[0]["top1_se"],
+            "results": results, "rows": rows, "untrained_weights": args.untrained_weights and
+            os.path.abspath(args.untrained_weights),
             "temperature": args.temperature, "resize": args.resize, "crop": args.crop,
             "num_train": len(train), "num_val": len(val), "num_classes": len(train.classes), "imgnet": args.imgnet,
             "class_count_check": check, "pretrained_weights": os.path.abspath(args.pretrained_weights),
             "source_checkpoint": getattr(model.config, "source_checkpoint", ""),
-            "source_weights": getattr(model.config, "source_weights", ""), "feature_dim": int(train_feats.shape[1]),
+            "source_weights": getattr(model.config, "source_weights", ""), "feature_dim": rows["model"]["feature_dim"],
             "world_size": ctx.world_size, "seconds": round(time.time() - t0, 1),
         })
         logger.info("wrote %s", out)

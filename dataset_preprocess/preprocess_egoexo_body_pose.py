@@ -8,7 +8,9 @@ For every take of a split (the takes with a manual or automatic body file), ever
   - the frame's Aria world->camera extrinsic [R | t] (camera_pose/{take_uid}.json, first key containing "aria");
   - "pose": each joint X (world, metres) mapped to R X + t, the Aria camera frame of THAT frame; a joint the
     label does not have -> [-1, -1, -1] with "confidence" 0 (1 otherwise);
-  - "trajectory": the camera centre of that frame in world coordinates, -R^T t (metres).
+  - "trajectory": the camera centre of that frame in world coordinates, -R^T t (metres);
+  - "rotation": the frame's world->camera rotation R (with the trajectory, the loaders can put a clip's poses in
+    the world, the take's first camera or the clip's first camera: data.pose_frame).
 Written as {out}/{split}/{take_uid}_{first}-{last}.json, fragments of 100 frames whose first 5 frames repeat
 the previous fragment's last 5. Takes named "bouldering" are dropped. Frames without a camera pose are dropped.
 Bad input (an unreadable file, a frame with missing keys or NaN, a missing camera-pose file) is reported with the
@@ -32,6 +34,7 @@ from internlm.data import egoexo_format as fmt
 from internlm.data.process_pool import map_in_processes
 
 COORD_DECIMALS = 6  # micrometres: far below the labels' accuracy, keeps the files small and deterministic
+ROTATION_DECIMALS = 7  # 1e-7 per entry: a 1e-7 m error at a metre, still a rotation to 1e-6
 
 
 @dataclass
@@ -151,7 +154,8 @@ def process_take(task: tuple[str, str, str, str]) -> TakeResult:
         pose = np.where(present[:, None], joints @ e[:, :3].T + e[:, 3], fmt.MISSING_JOINT_VALUE)  # (17, 3)
         frames[frame] = {"pose": np.round(pose, COORD_DECIMALS).tolist(),
                          "confidence": present.astype(int).tolist(),
-                         "trajectory": np.round(fmt.camera_centre(e), COORD_DECIMALS).tolist()}
+                         "trajectory": np.round(fmt.camera_centre(e), COORD_DECIMALS).tolist(),
+                         "rotation": np.round(e[:, :3], ROTATION_DECIMALS).tolist()}
     if no_camera:
         result.problem("frames without camera pose",
                        f"{fmt.camera_pose_path(root, split, take_uid)}: no extrinsic for {len(no_camera)} labelled "

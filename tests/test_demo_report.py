@@ -1,10 +1,10 @@
-"""The demo report decides each of the paper's claims from the eval JSONs of the run, never from fixed text."""
+"""The demo report decides each of the paper's effects from the eval JSONs of the run, never from fixed text:
+an effect holds only when every margin is larger than its standard error."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -32,61 +32,83 @@ def motion_row(mpjpe: float) -> dict:
             "per_horizon": horizon}
 
 
-def fake_run(root: Path, knn_top1: float, retrieval: tuple[float, float], baseline: tuple[float, float],
-             mpjpe: tuple[float, float, float], num_val: int = 320) -> Path:
-    """A run folder with the files the report reads, holding the given numbers."""
+def knn_row(top1: float, se: float = 2.0) -> dict:
+    return {"top1": top1, "top5": 80.0, "top1_se": se, "results": [{"k": 20, "k_used": 20, "top1": top1}]}
+
+
+GOOD = dict(knn=(40.0, 30.0, 25.0), retrieval={"copy": (5.0, 4.0), "stage1_copy": (6.0, 5.0),
+                                                "shuffled_actions": (3.0, 2.0)},
+            motion={"zero_velocity": (-4.0, 0.5), "constant_velocity": (-2.0, 0.5)}, mpjpe=(10.0, 14.0, 12.0, 9.0))
+
+
+def fake_run(root: Path, knn=GOOD["knn"], retrieval=GOOD["retrieval"], motion=GOOD["motion"],
+             mpjpe=GOOD["mpjpe"]) -> Path:
+    """A run folder with the files the report reads. knn: Top-1 of (trained, untrained, raw pixels), SE 2 each;
+    retrieval: {baseline: (EgoAgent minus it, SE)} for Top-1 and mAP alike; motion: {baseline: (EgoAgent minus
+    it, SE)} in cm; mpjpe: (EgoAgent, zero velocity, constant velocity, pose-only MLP)."""
     run = root / "run"
     write(run / "pipeline.json", {"seed": 3, "data": "data/x", "out": str(run), "timings_s": {"stage1": 1.0},
                                   "commands": {"stage1": ["python train.py"]}})
-    for name, top1 in (("egoagent", knn_top1), ("stage1", 20.0), ("untrained", 15.0)):
-        write(run / "eval/knn" / f"{name}.json",
-              {"top1": top1, "top5": 80.0, "num_classes": 8, "num_train": 320, "num_val": num_val,
-               "temperature": 0.07, "results": [{"k": 20, "k_used": 20, "top1": top1}]})
-    for name, (top1, mean_ap) in (("egoagent", retrieval), ("baseline", baseline)):
-        write(run / f"eval/retrieval_{name}/retrieval.json",
-              {"top1": top1, "mAP": mean_ap, "num_queries": 500, "num_gallery": 170})
-    write(run / "eval/motion/motion.json",
-          {"num_clips": 171, "model": motion_row(mpjpe[0]), "zero_velocity": motion_row(mpjpe[1]),
-           "constant_velocity": motion_row(mpjpe[2])})
+    rows = {"model": knn_row(knn[0]), "untrained": knn_row(knn[1]), "raw_pixels": knn_row(knn[2])}
+    base = {"num_classes": 8, "num_train": 320, "num_val": 320, "temperature": 0.07,
+            "results": [{"k": 20, "k_used": 20}]}
+    write(run / "eval/knn/egoagent.json", {**base, "rows": rows})
+    write(run / "eval/knn/stage1.json", {**base, "rows": {"model": knn_row(33.0)}})
+    ret_rows = {name: {"top1": 20.0, "top1_se": 1.0, "mAP": 30.0, "mAP_se": 1.0, "query": name}
+                for name in ("egoagent", "shuffled_actions", "copy", "stage1_copy", "raw_pixels", "oracle")}
+    ret_rows["oracle"].update(top1=100.0, mAP=100.0)
+    write(run / "eval/retrieval/retrieval.json", {
+        "rows": ret_rows, "num_queries": 500, "num_gallery": 170, "gallery": "teacher",
+        "chance": {"top1": 0.6, "mAP": 3.0}, "oracle_self_test": {"top1": 100.0, "floor": 99.0, "passed": True},
+        "comparisons": {f"egoagent_minus_{k}": {"top1_diff": d, "top1_diff_se": se, "mAP_diff": d,
+                                                "mAP_diff_se": se} for k, (d, se) in retrieval.items()}})
+    names = ("model", "zero_velocity", "constant_velocity", "pose_mlp")
+    write(run / "eval/motion/motion.json", {
+        "num_clips": 171, "pose_frame": "clip_first_camera", **{n: motion_row(v) for n, v in zip(names, mpjpe)},
+        "comparisons": {f"model_minus_{k}": {"mpjpe_30fps_diff": d, "mpjpe_30fps_diff_se": se}
+                        for k, (d, se) in {**motion, "pose_mlp": (mpjpe[0] - mpjpe[3], 0.3)}.items()}})
     for stage in (1, 2):
-        rows = [{"step": s, "loss_rep": 6.0, "loss_pred": 5.0, "loss_act": 0.05, "teacher_entropy": 6.1,
-                 "kl_teacher_student": 0.2, "feature_std": 0.07} for s in range(25, 150, 25)]
+        logged = [{"step": s, "loss_rep": 6.0, "loss_pred": 5.0, "loss_act": 0.05, "teacher_entropy": 5.1,
+                   "kl_teacher_student": 0.2, "feature_std": 0.07} for s in range(25, 150, 25)]
         metrics = run / f"save_ckpt/demo_stage{stage}/metrics.jsonl"
         metrics.parent.mkdir(parents=True, exist_ok=True)
-        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    write(run / "save_ckpt/demo_stage2/125/config.json", {"model": {"output_dim": 1024}})
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in logged))
+    write(run / "save_ckpt/demo_stage2/125/config.json", {"model": {"output_dim": 256}})
     return run
 
 
-def test_claims_hold_when_the_numbers_say_so(report, tmp_path):
-    run = fake_run(tmp_path, knn_top1=40.0, retrieval=(30.0, 45.0), baseline=(20.0, 35.0), mpjpe=(5.0, 6.0, 9.0))
+def test_effects_hold_when_the_numbers_say_so(report, tmp_path):
+    run = fake_run(tmp_path)
     summary = report.main(["--run", str(run)])
-    assert [c["holds"] for c in summary["claims"]] == [True, True, True]
+    assert [e["holds"] for e in summary["effects"]] == [True, True, True]
     text = (run / "REPORT.md").read_text()
-    assert "does not hold" not in text and "Why a claim does not hold" not in text
-    assert "40.00% (± 2.7 standard error over 320 images)" in text  # sqrt(0.4 * 0.6 / 320) = 2.74%
+    assert "does not hold" not in text and "Why an effect does not hold" not in text
+    assert "vs untrained +10.00 ± 2.83" in text  # sqrt(2^2 + 2^2)
+    assert "EgoAgent does **not** beat the learned pose-only baseline: 10.00 vs 9.00 cm" in text
+    assert "oracle ranks first for 100.00%" in text
     assert (run / "training_curves.png").stat().st_size > 0 and (run / "motion_horizon.png").stat().st_size > 0
-    assert json.loads((run / "summary.json").read_text())["mpjpe_30fps"] == [5.0, 6.0, 9.0]
+    assert json.loads((run / "summary.json").read_text())["mpjpe_30fps"]["pose_mlp"] == 9.0
 
 
 @pytest.mark.parametrize("failing, numbers", [
-    (0, dict(knn_top1=40.0, retrieval=(20.0, 45.0), baseline=(20.0, 35.0), mpjpe=(5.0, 6.0, 9.0))),  # a tie fails
-    (0, dict(knn_top1=40.0, retrieval=(30.0, 30.0), baseline=(20.0, 35.0), mpjpe=(5.0, 6.0, 9.0))),  # mAP below
-    (1, dict(knn_top1=40.0, retrieval=(30.0, 45.0), baseline=(20.0, 35.0), mpjpe=(7.0, 6.0, 9.0))),  # zero velocity
-    (1, dict(knn_top1=40.0, retrieval=(30.0, 45.0), baseline=(20.0, 35.0), mpjpe=(7.0, 8.0, 6.5))),  # const velocity
-    (2, dict(knn_top1=37.4, retrieval=(30.0, 45.0), baseline=(20.0, 35.0), mpjpe=(5.0, 6.0, 9.0))),  # < 3 x 12.5
+    (0, dict(knn=(40.0, 37.5, 25.0))),  # 2.5 points above the untrained network: less than its SE (2.83)
+    (0, dict(knn=(40.0, 30.0, 40.0))),  # a tie with raw pixels
+    (1, dict(retrieval={**GOOD["retrieval"], "copy": (1.0, 1.5)})),  # within the noise of the copy baseline
+    (1, dict(retrieval={**GOOD["retrieval"], "shuffled_actions": (0.2, 0.5)})),  # the action is not used
+    (2, dict(motion={**GOOD["motion"], "constant_velocity": (0.5, 0.3)})),  # worse than constant velocity
+    (2, dict(motion={**GOOD["motion"], "zero_velocity": (-0.2, 0.3)})),  # better, but inside the SE
 ])
-def test_each_claim_fails_on_its_own_numbers(report, tmp_path, failing, numbers):
+def test_each_effect_fails_on_its_own_numbers(report, tmp_path, failing, numbers):
     run = fake_run(tmp_path, **numbers)
     summary = report.main(["--run", str(run)])
-    assert [c["holds"] for c in summary["claims"]] == [k != failing for k in range(3)]
+    assert [e["holds"] for e in summary["effects"]] == [k != failing for k in range(3)]
     text = (run / "REPORT.md").read_text()
     assert text.count("**does not hold**") == 1
-    # the diagnosis is written from the run's own logs: 6.10 nats of ln(1024) = 6.93
-    assert "Why a claim does not hold" in text and f"6.10 nats of {math.log(1024):.2f}" in text
+    # the diagnosis is written from the run's own logs: 5.10 nats of ln(256) = 5.55
+    assert "Why an effect does not hold" in text and "5.10 -> 5.10 nats (uniform over 256 prototypes: 5.55)" in text
 
 
-def test_binomial_standard_error(report):
-    assert report.binomial_se(50.0, 100) == pytest.approx(5.0)
-    assert report.binomial_se(28.75, 80) == pytest.approx(5.06, abs=0.01)
-    assert report.binomial_se(0.0, 80) == 0.0
+def test_pose_only_baseline_statement_follows_the_numbers(report, tmp_path):
+    run = fake_run(tmp_path, mpjpe=(8.0, 14.0, 12.0, 9.0))
+    report.main(["--run", str(run)])
+    assert "EgoAgent beats the learned pose-only baseline: 8.00 vs 9.00 cm" in (run / "REPORT.md").read_text()

@@ -94,7 +94,8 @@ def test_knn_script_end_to_end(tmp_path, processed_world):
     out = tmp_path / "knn.json"
     proc = run_script(["eval_knn_conv_stem_cls.py", "--pretrained_weights", str(tmp_path / "hf"), "--data_path",
                        paths["imagefolder"], "--imgnet", "100", "--resize", "36", "--crop", "32",
-                       "--batch_size_per_gpu", "8", "--num_workers", "0", "--output", str(out)], env_extra=env)
+                       "--batch_size_per_gpu", "8", "--num_workers", "0", "--output", str(out),
+                       "--untrained_weights", str(tmp_path / "hf"), "--raw_pixels"], env_extra=env)
     res = json.loads(out.read_text())
     n_train = sum(len(files) for _, _, files in os.walk(os.path.join(paths["imagefolder"], "train")))
     n_val = sum(len(files) for _, _, files in os.walk(os.path.join(paths["imagefolder"], "val")))
@@ -103,3 +104,18 @@ def test_knn_script_end_to_end(tmp_path, processed_world):
     assert res["class_count_check"].startswith("class-count mismatch: --imgnet 100 expects 100 classes")
     assert res["feature_dim"] == 64 and res["source_weights"] == "teacher"
     assert "Top-1 %" in proc.stdout
+    # the reference rows: the same export scored as "untrained" gives the same numbers; raw pixels are the
+    # kNN of the normalised crops themselves, computed here directly
+    rows = res["rows"]
+    assert set(rows) == {"model", "untrained", "raw_pixels"}
+    assert rows["untrained"]["top1"] == rows["model"]["top1"] == res["top1"]
+    from internlm.data.build import build_image_folder
+
+    sets = [build_image_folder(os.path.join(paths["imagefolder"], s), 36, 32) for s in ("train", "val")]
+    feats = [torch.stack([img.flatten() for img, _ in d]) for d in sets]
+    labels = [torch.tensor([lab for _, lab in d]) for d in sets]
+    direct = knn_classify(feats[0], labels[0], feats[1], labels[1], len(sets[0].classes))
+    assert rows["raw_pixels"]["top1"] == pytest.approx(direct.top1)
+    assert rows["raw_pixels"]["feature_dim"] == 3 * 32 * 32
+    p = direct.top1 / 100
+    assert rows["raw_pixels"]["top1_se"] == pytest.approx(100 * (p * (1 - p) / n_val) ** 0.5)

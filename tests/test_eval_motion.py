@@ -1,13 +1,19 @@
 """Motion metrics on hand-computed arrays, the baselines, the rollout's feedback, and the script end to end."""
 
 import json
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
 from internlm.eval.motion import (MotionErrorSums, block_from_poses, constant_velocity, poses_from_blocks,
                                   zero_velocity)
 from internlm.eval.rollout import autoregressive_rollout
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def hand_made_case():
@@ -168,3 +174,60 @@ def test_motion_script_end_to_end(tmp_path, processed_world):
     assert res2["world_size"] == 2 and res2["num_clips"] == num_clips
     for name in ("model", "zero_velocity", "constant_velocity"):
         assert_same_numbers(res2[name], res[name], name)
+
+
+# ------------------------------------------------------------------------------------- learned pose-only baseline
+
+
+def test_pose_mlp_starts_as_zero_velocity_and_learns_a_linear_law():
+    from internlm.eval.motion import MotionErrorSums, constant_velocity, zero_velocity
+    from internlm.model.pose_mlp import PoseMLP, dct_matrix
+    from internlm.train.motion_baseline import train_pose_mlp
+
+    d = dct_matrix(20)
+    assert torch.allclose(d @ d.T, torch.eye(20), atol=1e-5)  # orthonormal: the inverse is the transpose
+    g = torch.Generator().manual_seed(0)
+    N, J = 512, 17
+    # a known law: every joint moves on a straight line at its own constant velocity, with some label noise
+    start, velocity = torch.randn(N, 1, J, 3, generator=g), 0.02 * torch.randn(N, 1, J, 3, generator=g)
+    xyz = start + velocity * torch.arange(20.0).view(1, 20, 1, 1) + 0.002 * torch.randn(N, 20, J, 3, generator=g)
+    visible = torch.rand(N, 20, J, generator=g) > 0.1
+    with torch.no_grad():  # untrained (last layer at 0): exactly the zero-velocity baseline
+        assert torch.allclose(PoseMLP()(xyz[:, :5], visible[:, :5]), zero_velocity(xyz[:, :5], visible[:, :5]),
+                              atol=1e-6)
+    model, losses = train_pose_mlp(xyz[:384], visible[:384], steps=400, progress=False)
+    assert np.mean(losses[-20:]) < 0.5 * losses[0]
+    test = slice(384, None)
+    errors = {}
+    with torch.no_grad():
+        for name, pred in (("mlp", model(xyz[test, :5], visible[test, :5])),
+                           ("zero", zero_velocity(xyz[test, :5], visible[test, :5])),
+                           ("const", constant_velocity(xyz[test, :5], visible[test, :5]))):
+            s = MotionErrorSums()
+            s.add(pred, xyz[test], visible[test])
+            errors[name] = s.summary()["mpjpe_30fps"]
+    assert errors["mlp"] < 0.35 * errors["zero"], errors  # it learned the law, on clips it never saw
+
+
+@pytest.mark.slow
+def test_motion_baseline_tool_and_its_eval_row(tmp_path, processed_world):
+    from eval_helpers import make_checkpoint, run_script, world_paths, write_tiny_config
+
+    paths = world_paths(processed_world)
+    cfg = write_tiny_config(tmp_path / "cfg.py", 2, tmp_path / "run", paths["frames"], paths["poses"])
+    make_checkpoint(cfg)
+    baseline = tmp_path / "pose_mlp.pt"
+    run_script(["tools/train_motion_baseline.py", "--config", cfg, "--steps", "60", "--out", str(baseline)])
+    payload = torch.load(baseline, weights_only=False)
+    assert payload["record"]["pose_frame"] == "camera" and payload["record"]["num_clips"] > 0
+    assert payload["record"]["final_loss"] < payload["record"]["first_loss"]
+    run_script(["eval_3dposes.py", "--config", cfg, "--output_dir", str(tmp_path / "out"), "--batch_size", "8",
+                "--motion_baseline", str(baseline)])
+    res = json.loads((tmp_path / "out" / "motion.json").read_text())
+    assert set(res) >= {"model", "zero_velocity", "constant_velocity", "pose_mlp"}
+    assert 0 < res["pose_mlp"]["mpjpe_30fps"] < 1000
+    # a baseline trained on poses in another coordinate frame is refused, naming both
+    proc = subprocess.run([sys.executable, "eval_3dposes.py", "--config", cfg, "--motion_baseline", str(baseline),
+                           "--opt", "data.pose_frame=world", "--output_dir", str(tmp_path / "bad")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "'camera' frame" in proc.stderr and "'world'" in proc.stderr

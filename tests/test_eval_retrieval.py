@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from internlm.eval.retrieval import (LogitSubspace, deduplicate, rank_sums, retrieval_ranks, summary_from_sums,
-                                    top_retrieved)
+from internlm.eval.retrieval import (CenteredLogitSpace, chance_level, deduplicate, paired_difference,
+                                    rank_statistics, retrieval_ranks, top_retrieved)
 
 # With the identity as gallery, query row i IS its similarity to gallery entries 0..4.
 SIMS = torch.tensor([
@@ -22,10 +22,13 @@ EXCLUDED = torch.tensor([-1, -1, 4, 2])
 def test_ranks_top1_and_map_by_hand():
     ranks = retrieval_ranks(SIMS, torch.eye(5), TARGETS, EXCLUDED)
     assert ranks.tolist() == [1, 4, 1, 2]
-    s = summary_from_sums(rank_sums(ranks[:2]) + rank_sums(ranks[2:]))  # sums add up over ranks/steps
+    s = rank_statistics(ranks)
     assert s["top1"] == pytest.approx(50.0)
     assert s["mAP"] == pytest.approx(100 * (1 + 1 / 4 + 1 + 1 / 2) / 4)  # 68.75
     assert s["num_queries"] == 4
+    assert s["top1_se"] == pytest.approx(100 * 0.57735 / 2, rel=1e-4)  # std of (1, 0, 1, 0) / sqrt(4)
+    d = paired_difference(ranks, torch.tensor([1, 1, 1, 1]))
+    assert d["top1_diff"] == pytest.approx(-50.0) and d["mAP_diff"] == pytest.approx(68.75 - 100.0)
 
 
 def test_chunking_does_not_change_ranks():
@@ -70,31 +73,69 @@ def test_deduplicate_keeps_first_occurrence():
     assert index_of == {("a", 5): 0, ("a", 10): 1, ("b", 5): 2, ("a", 15): 3}
 
 
-def test_logit_subspace_gives_the_exact_k_dim_cosine():
+def _centred_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The K-dim definition, computed directly: (n, K), (m, K) -> (n, m)."""
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T
+
+
+def test_centred_space_gives_the_exact_k_dim_centred_cosine():
     g = torch.Generator().manual_seed(0)
     K, r = 500, 16
-    w_rep, w_pred = torch.randn(K, r, generator=g), torch.randn(K, r, generator=g)
+    w_rep, w_pred, center = torch.randn(K, r, generator=g), torch.randn(K, r, generator=g), torch.randn(K, generator=g)
     rep_logits = torch.nn.functional.normalize(torch.randn(30, r, generator=g), dim=1) @ w_rep.T  # (30, K)
     pred_logits = torch.nn.functional.normalize(torch.randn(12, r, generator=g), dim=1) @ w_pred.T  # (12, K)
-    direct = torch.nn.functional.normalize(pred_logits, dim=1) @ torch.nn.functional.normalize(rep_logits, dim=1).T
-    sub = LogitSubspace(w_rep)
-    fast = sub.queries(pred_logits) @ sub.gallery(rep_logits).T
-    assert torch.allclose(fast, direct, atol=1e-5), (fast - direct).abs().max()
-    with pytest.raises(RuntimeError, match="column space"):
-        sub.gallery(rep_logits + 1.0)  # a bias would leave the subspace: refuse instead of returning wrong numbers
+    space = CenteredLogitSpace([w_rep, w_pred], [center])
+    fast = space.embed(pred_logits) @ space.embed(rep_logits, center).T
+    assert torch.allclose(fast, _centred_cosine(pred_logits, rep_logits - center), atol=1e-5)
+    assert space.basis.shape == (K, 2 * r + 2)  # r floats per head, one per centre, one for the ones vector
+    with pytest.raises(RuntimeError, match="span"):
+        space.embed(rep_logits + torch.randn(K, generator=g))  # a bias would leave the span: refuse
 
 
-def test_logit_subspace_on_the_real_heads():
+def test_a_per_row_constant_changes_no_rank():
+    # L_pred cannot see a constant added to a query's logits, so neither may the metric.
+    g = torch.Generator().manual_seed(1)
+    K, r, Q, G = 300, 8, 64, 40
+    w = torch.randn(K, r, generator=g)
+    center = torch.randn(K, generator=g)
+    space = CenteredLogitSpace([w], [center])
+    gallery = space.embed(torch.randn(G, r, generator=g) @ w.T, center)
+    queries = torch.randn(Q, r, generator=g) @ w.T
+    targets, excluded = torch.randint(0, G, (Q,), generator=g), torch.full((Q,), -1)
+    shifted = queries + 50.0 * torch.randn(Q, 1, generator=g)  # a large random constant per row
+    before = retrieval_ranks(space.embed(queries), gallery, targets, excluded)
+    after = retrieval_ranks(space.embed(shifted), gallery, targets, excluded)
+    assert torch.equal(before, after)
+    assert len(set(before.tolist())) > 5  # the ranks are spread, so the comparison means something
+
+
+def test_oracle_ranks_first_and_random_queries_score_chance():
     from internlm.model.heads import DINOHead
 
     torch.manual_seed(0)
-    rep, pred = DINOHead(32, 300, 64, 16), DINOHead(32, 300, 64, 16)
-    f_now, f_next = torch.randn(9, 32), torch.randn(20, 32)
+    head = DINOHead(32, 256, 64, 16)
+    G, Q = 200, 2000
     with torch.no_grad():
-        q_logits, g_logits = pred(f_now), rep(f_next)
-        sub = LogitSubspace(rep.last_layer.weight)
-        direct = torch.nn.functional.normalize(q_logits, dim=1) @ torch.nn.functional.normalize(g_logits, dim=1).T
-        assert torch.allclose(sub.queries(q_logits) @ sub.gallery(g_logits).T, direct, atol=1e-5)
+        # (G, K) the gallery network's next-frame logits: frames of one world share most of their features
+        logits = head(torch.randn(1, 32) + 0.2 * torch.randn(G, 32))
+        center = logits.mean(0)
+        space = CenteredLogitSpace([head.last_layer.weight], [center])
+        gallery = space.embed(logits, center)
+        tau_ratio = 0.1 / 0.04
+        oracle = space.embed(tau_ratio * (logits - center) + 7.0)  # the loss's minimiser, plus a constant
+        targets, excluded = torch.arange(G), (torch.arange(G) + 1) % G
+        assert rank_statistics(retrieval_ranks(oracle, gallery, targets, excluded))["top1"] == 100.0
+        # without the centre the "oracle" is wrong: the centre is part of what the loss compares
+        no_center = retrieval_ranks(space.embed(tau_ratio * logits), gallery, targets, excluded)
+        assert rank_statistics(no_center)["top1"] < 90.0
+        random_q = space.embed(head(torch.randn(1, 32) + 0.2 * torch.randn(Q, 32)))
+    q_targets = torch.randint(0, G, (Q,))
+    stats = rank_statistics(retrieval_ranks(random_q, gallery, q_targets, (q_targets + 1) % G))
+    chance = chance_level(G)
+    # bound: 4 standard errors of the mean around chance (1 in 15,000 false alarms under the null)
+    assert abs(stats["mAP"] - chance["mAP"]) < 4 * stats["mAP_se"], (stats, chance)
+    assert abs(stats["top1"] - chance["top1"]) < 4 * max(stats["top1_se"], 100 * (chance["top1"] / 100 / Q) ** 0.5)
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -111,34 +152,44 @@ def test_retrieval_script_end_to_end(tmp_path, processed_world):
     paths = world_paths(processed_world)
     cfg2 = write_tiny_config(tmp_path / "cfg2.py", 2, tmp_path / "run2", paths["frames"], paths["poses"])
     make_checkpoint(cfg2)
-    num_clips = len(build_eval_clip_dataset(load_config(cfg2).data))
-    proc = run_script(["eval_feature_retrieval.py", "--config", cfg2, "--output_dir", str(tmp_path / "pred"),
-                       "--batch_size", "4"])
-    res = json.loads((tmp_path / "pred" / "retrieval.json").read_text())
-    assert res["num_clips"] == num_clips and res["num_queries"] == 3 * num_clips
-    assert [s["num_queries"] for s in res["per_step"]] == [num_clips] * 3
-    assert 0 < res["num_gallery"] <= 3 * num_clips
-    assert 0.0 <= res["top1"] <= res["mAP"] <= 100.0
-    assert (res["which"], res["baseline"], res["step"]) == ("model", "none", 7)
-    assert (tmp_path / "pred" / "retrieval_examples.png").stat().st_size > 1000
-    assert "Top-1 %" in proc.stdout
-
-    # two ranks: each its shard of the clips, one gathered gallery, summed counts -> the same numbers
-    torchrun(["eval_feature_retrieval.py", "--config", cfg2, "--output_dir", str(tmp_path / "pred2"),
-              "--batch_size", "4"])
-    res2 = json.loads((tmp_path / "pred2" / "retrieval.json").read_text())
-    assert res2["world_size"] == 2
-    for key in ("num_queries", "num_gallery", "top1", "mAP", "per_step"):
-        assert_same_numbers(res2[key], res[key], key)
-
-    # the representation baseline runs on a stage-1 checkpoint and config; --eval_iters limits the batches
     cfg1 = write_tiny_config(tmp_path / "cfg1.py", 1, tmp_path / "run1", paths["frames"], paths["poses"],
                              paths["walks"])
-    make_checkpoint(cfg1)
-    run_script(["eval_feature_retrieval.py", "--config", cfg1, "--baseline", "representation", "--which", "teacher",
-                "--eval_iters", "1", "--batch_size", "8", "--output_dir", str(tmp_path / "base")])
+    make_checkpoint(cfg1, seed=5)
+    num_clips = len(build_eval_clip_dataset(load_config(cfg2).data))
+    args = ["eval_feature_retrieval.py", "--config", cfg2, "--batch_size", "4", "--baseline_ckpt_folder",
+            str(tmp_path / "run1")]
+    proc = run_script(args + ["--output_dir", str(tmp_path / "pred")])
+    res = json.loads((tmp_path / "pred" / "retrieval.json").read_text())
+    rows = res["rows"]
+    assert set(rows) == {"egoagent", "shuffled_actions", "copy", "stage1_copy", "raw_pixels", "oracle"}
+    assert res["headline"] == "egoagent" and res["top1"] == rows["egoagent"]["top1"]
+    assert res["num_clips"] == num_clips and res["num_queries"] == 3 * num_clips
+    assert all(r["num_queries"] == 3 * num_clips for r in rows.values())
+    assert [s["num_queries"] for s in res["per_step"]] == [num_clips] * 3
+    assert 0 < res["num_gallery"] <= 3 * num_clips
+    # the self-test holds on an untrained network: the protocol, not the model, makes the oracle first
+    assert rows["oracle"]["top1"] >= 99.0 and res["oracle_self_test"]["passed"]
+    # an untrained predictor is nowhere near the oracle; the copy baselines and pixels beat chance
+    assert rows["egoagent"]["top1"] < 50.0
+    for row in ("copy", "stage1_copy", "raw_pixels"):
+        assert rows[row]["mAP"] > 2 * res["chance"]["mAP"], (row, rows[row], res["chance"])
+    assert set(res["comparisons"]) == {"egoagent_minus_copy", "egoagent_minus_stage1_copy",
+                                       "egoagent_minus_shuffled_actions", "egoagent_minus_raw_pixels"}
+    c = res["comparisons"]["egoagent_minus_copy"]
+    assert c["top1_diff"] == pytest.approx(rows["egoagent"]["top1"] - rows["copy"]["top1"])
+    assert (tmp_path / "pred" / "retrieval_examples.png").stat().st_size > 1000
+    assert "Top-1 %" in proc.stdout and "oracle" in proc.stdout
+
+    # two ranks: each its shard of the clips, one gathered gallery, gathered ranks -> the same numbers
+    torchrun(args + ["--output_dir", str(tmp_path / "pred2")])
+    res2 = json.loads((tmp_path / "pred2" / "retrieval.json").read_text())
+    assert res2["world_size"] == 2
+    for key in ("num_queries", "num_gallery", "rows", "comparisons"):
+        assert_same_numbers(res2[key], res[key], key, rel=1e-6)
+
+    # a stage-1 checkpoint alone: copy, pixels and the oracle; --oracle makes the self-test the exit status
+    run_script(["eval_feature_retrieval.py", "--config", cfg1, "--oracle", "--eval_iters", "1", "--batch_size", "8",
+                "--output_dir", str(tmp_path / "base")])
     base = json.loads((tmp_path / "base" / "retrieval.json").read_text())
-    assert (base["num_queries"], base["baseline"], base["which"]) == (24, "representation", "teacher")
-    # Here the query IS the representation of frame t: had frame t stayed in the gallery (it is the next frame of
-    # the previous clip), it would beat the true next frame every time (cosine 1) and Top-1 would be 0.
-    assert 0.0 < base["top1"] <= base["mAP"] <= 100.0
+    assert set(base["rows"]) == {"copy", "raw_pixels", "oracle"} and base["headline"] == "oracle"
+    assert base["num_queries"] == 24 and base["top1"] >= 99.0

@@ -53,6 +53,71 @@ def test_action_query_sees_only_the_past(joint_model):
         assert (out.actions[:, t + 1] - base.actions[:, t + 1]).abs().max() > 1e-4
 
 
+def _visible_poses(seed: int = 1, B: int = 2, T: int = 4) -> torch.Tensor:
+    """(B, T, 4, 5, 17) metres-scale poses, a few joints invisible (-1, visibility 0)."""
+    g = torch.Generator().manual_seed(seed)
+    poses = torch.cat([torch.randn(B, T, 3, 5, 17, generator=g) * 0.3 + 1.0, torch.ones(B, T, 1, 5, 17)], dim=2)
+    poses[:, :, 3, 3:, 0] = 0.0  # joint 0 unseen in the last two frames of every step
+    poses[:, :, 3, :, 1] = 0.0  # joint 1 never seen
+    poses[:, :, :3][poses[:, :, 3:4].expand(-1, -1, 3, -1, -1) == 0] = -1.0
+    return poses
+
+
+def test_residual_action_head_starts_at_the_last_observed_pose():
+    torch.manual_seed(0)
+    mean, std = torch.randn(3, 17), torch.rand(3, 17) + 0.5
+    for normalize in (False, True):
+        model = EgoAgent(tiny_cfg(action_residual=True, pose_normalization=normalize), joint=True).eval()
+        if normalize:
+            model.action_projector.set_pose_statistics(mean, std)
+        frames, _ = clip()
+        poses = _visible_poses()
+        with torch.no_grad():
+            actions = model.forward_joint(frames, poses).actions  # (2, 4, 4, 5, 17)
+        # zero-initialised offsets: step t predicts, for all 5 frames, the last pose seen in step t - 1
+        for t in (1, 2, 3):
+            prev = poses[:, t - 1]
+            want = prev[:, :3, 2].clone()  # joint 0: last seen in frame 2
+            want[:, :, 2:] = prev[:, :3, 4, 2:]  # the other seen joints: frame 4
+            seen = torch.tensor([0] + list(range(2, 17)))
+            want[:, :, 1] = want[:, :, seen].mean(-1)  # never seen: the centre of the seen joints
+            torch.testing.assert_close(actions[:, t, :3], want[:, :, None, :].expand(-1, -1, 5, -1))
+        # step 0 has no earlier pose: the training set's mean pose when normalised, else an absolute 0
+        want0 = mean[None, :, None, :].expand(2, -1, 5, -1) if normalize else torch.zeros(2, 3, 5, 17)
+        torch.testing.assert_close(actions[:, 0, :3], want0)
+
+
+def test_residual_and_normalised_model_still_sees_only_the_past():
+    torch.manual_seed(0)
+    model = EgoAgent(tiny_cfg(action_residual=True, pose_normalization=True), joint=True).eval()
+    model.action_projector.set_pose_statistics(torch.randn(3, 17), torch.rand(3, 17) + 0.5)
+    with torch.no_grad():
+        model.action_head.proj.weight.normal_(0, 0.02)  # a trained head: the offsets depend on the input
+        frames, poses = clip()[0], _visible_poses()
+        base = model.forward_joint(frames, poses).actions
+        for t in range(3):
+            later = poses.clone()
+            later[:, t] = _visible_poses(seed=7)[:, t]
+            out = model.forward_joint(frames, later).actions
+            torch.testing.assert_close(out[:, :t + 1], base[:, :t + 1], rtol=0, atol=1e-6)
+            assert (out[:, t + 1] - base[:, t + 1]).abs().max() > 1e-3
+
+
+def test_pose_normalization_standardises_the_input():
+    torch.manual_seed(0)
+    from internlm.model.projectors import ActionProjector
+
+    plain, norm = ActionProjector(32), ActionProjector(32, normalize=True)
+    norm.load_state_dict(plain.state_dict(), strict=False)
+    mean, std = torch.randn(3, 17), torch.rand(3, 17) + 0.5
+    norm.set_pose_statistics(mean, std)
+    poses = _visible_poses()[:, 0]  # (2, 4, 5, 17)
+    standardised = poses.clone()
+    standardised[:, :3] = (poses[:, :3] - mean[:, None]) / std[:, None] * poses[:, 3:4]  # unseen joints -> 0
+    torch.testing.assert_close(norm(poses), plain(standardised))
+    assert set(norm.state_dict()) - set(plain.state_dict()) == {"pose_mean", "pose_std"}  # saved with the weights
+
+
 def test_block_causal_image_tokens(joint_model):
     """Image tokens of one frame see each other (a later token changes an earlier one's output) and never a
     later frame."""

@@ -8,7 +8,7 @@ DATA_ROOT = "data/synthetic"
 HIDDEN_SIZE = 128
 NUM_ATTENTION_HEAD = 4
 NUM_LAYER = 4
-OUTPUT_DIM = 1024
+OUTPUT_DIM = 256
 PATCH_SIZE = 8
 IMAGE_SIZE = 32  # global crops; local crops are half (16 tokens per frame with 8-px patches)
 N_LOCAL_CROPS = 6
@@ -43,7 +43,7 @@ model_type = "EGOAGENT"
 model = dict(MODEL, teacher=False, checkpoint=False)
 teacher_type = "EGOAGENT"
 teacher = dict(MODEL, teacher=True, checkpoint=False)
-momentum_scheduler = dict(momentum_teacher=0.996)
+momentum_scheduler = dict(momentum_teacher=0.98)
 
 data = dict(
     micro_num=BATCH_SIZE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -46,6 +47,23 @@ def load_model(path: str, which: str = "teacher", device: Optional[torch.device]
     if device is not None:
         model.to(device)
     return model, cfg, folder
+
+
+def read_centers(folder: str, num_prototypes: int) -> Optional[dict[str, torch.Tensor]]:
+    """The DINO centres of a checkpoint step folder: {"rep_center": (K,), "pred_center": (K,)} from its
+    torch.distributed.checkpoint state; None for a weights-only checkpoint (an untrained export has no centres)."""
+    import torch.distributed.checkpoint as dcp
+
+    from .layout import TRAIN_STATE_DIR
+
+    state_dir = os.path.join(folder, TRAIN_STATE_DIR)
+    if not os.path.isdir(state_dir):
+        return None
+    centers = {"rep_center": torch.zeros(num_prototypes), "pred_center": torch.zeros(num_prototypes)}
+    with warnings.catch_warnings():  # DCP warns that a single process is assumed: that is intended here
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(centers, checkpoint_id=state_dir)
+    return centers
 
 
 def git_commit() -> str:

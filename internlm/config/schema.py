@@ -88,6 +88,10 @@ class ModelConfig:
     pose_frames: int = 5  # poses per step (one action token)
     num_joints: int = 17
     pose_channels: int = 4  # x, y, z, visibility
+    # Action head and projector options (off in the paper's configs, which predict absolute poses from raw input):
+    action_residual: bool = False  # predict offsets from the last pose of the previous step (zero-initialised)
+    pose_normalization: bool = False  # standardise the pose input per joint and axis (training-set statistics)
+    compile: bool = False  # torch.compile (inductor) each transformer block of student and teacher
     # InternLM's normal init std (qkv, w1; out_proj and w2 divided by sqrt(2 (layer + 1)); w3 a quarter). 0.006 is
     # InternLM's value for d >= 1024; narrow demo models need a larger one or every image starts with one feature.
     init_std: float = 0.006
@@ -125,6 +129,14 @@ class ModelConfig:
 # ------------------------------------------------------------------------------------------------ data
 
 DATASET_TYPES = ("WTVideos", "WT1Video", "ImgNetDINO", "EgoExoClips", "Generated")
+# data.pose_frame: the coordinate frame the clip loader delivers poses in. The processed fragments store each
+# frame's own camera frame; the others are computed from the fragments' camera rotation and trajectory.
+POSE_FRAMES = {
+    "camera": "each frame's own Aria camera frame (the paper's choice; the stored values)",
+    "world": "the take's world coordinates",
+    "take_first_camera": "the camera frame of the take's first posed frame",
+    "clip_first_camera": "the camera frame of the clip's first frame: ego-motion shows in the poses",
+}
 
 
 @dataclass
@@ -168,6 +180,7 @@ class DataConfig:
     clip_steps: int = 4  # ... split into T=4 steps of 5 frames
     pred_img_size: int = 224  # full frames resized for prediction/action (teacher targets too)
     init_crop_scale: tuple[float, float] = (0.2, 1.0)
+    pose_frame: str = "camera"  # POSE_FRAMES: the coordinate frame of the clips' poses
     num_workers: int = 2
     seed: int = 0  # data order and augmentation; train.py --seed overrides
 
@@ -482,7 +495,7 @@ def _validate_model(m: ModelConfig, section: str) -> None:
 # Fields of the teacher section that must equal the student's: the teacher is an EMA copy of the student.
 _TEACHER_MUST_MATCH = ("hidden_size", "num_layers", "num_attention_heads", "mlp_ratio", "output_dim", "lvm_config",
                        "head_hidden_dim", "head_bottleneck_dim", "rope_base", "layer_norm_epsilon", "perframe_atten",
-                       "causal")
+                       "causal", "action_residual", "pose_normalization")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -540,6 +553,8 @@ def validate(cfg: TrainConfig) -> None:
             f"data.clip_frames={data.clip_frames} / data.clip_steps={data.clip_steps} must equal "
             f"model.pose_frames={model.pose_frames} poses per step"
         )
+    if data.pose_frame not in POSE_FRAMES:
+        raise ConfigError(f"data.pose_frame={data.pose_frame!r}: expected one of {', '.join(POSE_FRAMES)}")
     par = cfg.parallel
     if par.pipeline_size != 1:
         raise _not_built("pipeline parallelism", f"parallel.pipeline.size={par.pipeline_size}")

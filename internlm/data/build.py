@@ -12,6 +12,7 @@ import os
 from typing import Optional
 
 import cv2
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -62,7 +63,23 @@ def build_clip_dataset(data_cfg: DataConfig, split: str, train: bool, cache_dir:
                 len(poses.take_uids), len(poses.frames))
     multicrop = MultiCropTransform(MultiCropConfig.from_data_config(data_cfg)) if train else None
     return EgoExoClips(index, data_cfg.egoexo_frames_folder, data_cfg.pred_img_size, data_cfg.norm_vid,
-                       multicrop, data_cfg.seed, train)
+                       multicrop, data_cfg.seed, train, data_cfg.pose_frame)
+
+
+def pose_statistics(data_cfg: DataConfig, max_clips: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation (3, J) of the training clips' joint positions per axis and joint, over the
+    visible joints of up to ``max_clips`` clips spread evenly over the split (in data.pose_frame): the
+    statistics model.pose_normalization standardises the action input with."""
+    dataset = build_clip_dataset(data_cfg, data_cfg.egoexo_train_split, train=False)
+    picked = np.unique(np.linspace(0, len(dataset) - 1, min(max_clips, len(dataset))).round().astype(np.int64))
+    xyz, visible = zip(*(dataset.clip_xyz(int(i)) for i in picked))
+    xyz, visible = np.stack(xyz).astype(np.float64), np.stack(visible)[..., None]  # (n, 20, J, 3), (n, 20, J, 1)
+    count = visible.sum(axis=(0, 1)).clip(min=1)  # (J, 1)
+    mean = (xyz * visible).sum(axis=(0, 1)) / count  # (J, 3)
+    std = np.sqrt((((xyz - mean) ** 2) * visible).sum(axis=(0, 1)) / count)
+    logger.info("pose statistics of %d training clips (%s frame): mean |xyz| %.3f m, mean std %.3f m", len(picked),
+                data_cfg.pose_frame, float(np.abs(mean).mean()), float(std.mean()))
+    return torch.from_numpy(mean.T.copy()).float(), torch.from_numpy(std.T.copy()).float()
 
 
 def build_train_dataset(data_cfg: DataConfig, cache_dir: Optional[str] = None,

@@ -17,7 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .bad_samples import IndexReport, load_with_replacement
-from .egoexo_format import FRAME_STEP, processed_frame_path, processed_frames_dir
+from ..config.schema import POSE_FRAMES
+from .egoexo_format import (FRAME_STEP, MISSING_JOINT_VALUE, camera_to_world, processed_frame_path,
+                            processed_frames_dir, world_to_camera)
 from .pose_index import PoseIndex, list_fragments
 from .sampler import sample_rng
 from .transforms import MultiCropTransform, Normalizer, resize_square
@@ -126,16 +128,25 @@ class EgoExoClips(Dataset):
     """Clip i -> {"frames": (T, 3, P, P), "poses": (T, 4, 5, 17), "take_uid", "frame_ids": (T,), "sample_id",
     "num_skipped"} and, when training, the multi-crop of one step's full-resolution frame ("global_crops",
     "local_crops"); the step is drawn from the sample's generator. Evaluation (train=False): no crops, no
-    randomness; keys are plain ints."""
+    randomness; keys are plain ints. Poses are in ``pose_frame`` (config.schema.POSE_FRAMES)."""
 
     def __init__(self, index: ClipIndex, frames_folder: str, pred_img_size: int, normalize: bool,
-                 multicrop: Optional[MultiCropTransform], seed: int, train: bool):
+                 multicrop: Optional[MultiCropTransform], seed: int, train: bool, pose_frame: str = "camera"):
         if len(index) == 0:
             raise ValueError(f"{index.report.what}: no valid clips ({index.report.summary()})")
         if train and multicrop is None:
             raise ValueError("EgoExoClips(train=True) needs the multi-crop transform")
+        if pose_frame not in POSE_FRAMES:
+            raise ValueError(f"data.pose_frame={pose_frame!r}: expected one of {', '.join(POSE_FRAMES)}")
+        if pose_frame != "camera":
+            rows = index.poses.rotation[index.clip_rows] if len(index) else np.zeros((0, 3, 3))
+            if np.isnan(rows).any():
+                raise ValueError(f"data.pose_frame={pose_frame!r} needs each pose frame's camera rotation, which "
+                                 f"the pose fragments of {index.report.what} lack (written by an older "
+                                 "preprocess_egoexo_body_pose.py): rerun it, or use data.pose_frame='camera'")
         self.index, self.frames_folder, self.pred_img_size = index, frames_folder, pred_img_size
         self.normalizer, self.multicrop, self.seed, self.train = Normalizer(normalize), multicrop, seed, train
+        self.pose_frame = pose_frame
         self.what = index.report.what
 
     def __len__(self) -> int:
@@ -148,12 +159,30 @@ class EgoExoClips(Dataset):
         frame_ids = np.asarray(idx.poses.frames[row:row + idx.clip_frames:idx.steps_per_clip], np.int64)
         return str(idx.poses.take_uids[idx.clip_takes[i]]), frame_ids
 
+    def clip_xyz(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(20, 17, 3) float32 joints of clip i in ``pose_frame`` (missing joints -1) and (20, 17) visibility."""
+        idx, p = self.index, self.index.poses
+        row = int(idx.clip_rows[i])
+        rows = slice(row, row + idx.clip_frames)
+        xyz, vis = np.array(p.poses[rows], np.float64), np.array(p.visible[rows], np.float32)
+        if self.pose_frame != "camera":
+            if np.isnan(p.rotation[rows]).any():
+                raise ValueError(f"take {p.take_uids[idx.clip_takes[i]]}: a pose frame without its camera rotation")
+            xyz = camera_to_world(xyz, np.asarray(p.rotation[rows], np.float64), np.asarray(p.trajectory[rows],
+                                                                                            np.float64))
+            ref = {"clip_first_camera": row, "take_first_camera": int(p.take_offsets[idx.clip_takes[i]])}
+            if self.pose_frame in ref:
+                r = ref[self.pose_frame]
+                xyz = world_to_camera(xyz, np.asarray(p.rotation[r], np.float64), np.asarray(p.trajectory[r],
+                                                                                             np.float64))
+            xyz = np.where(vis[..., None] > 0, xyz, MISSING_JOINT_VALUE)
+        return xyz.astype(np.float32), vis
+
     def clip_poses(self, i: int) -> torch.Tensor:
         """(T, 4, 5, 17): x, y, z (missing joints -1) and visibility, per step, frame and joint."""
         idx = self.index
-        row, t, s = int(idx.clip_rows[i]), idx.clip_steps, idx.steps_per_clip
-        xyz = torch.from_numpy(np.array(idx.poses.poses[row:row + idx.clip_frames]))  # (20, 17, 3)
-        vis = torch.from_numpy(np.array(idx.poses.visible[row:row + idx.clip_frames], np.float32))  # (20, 17)
+        t, s = idx.clip_steps, idx.steps_per_clip
+        xyz, vis = (torch.from_numpy(a) for a in self.clip_xyz(i))  # (20, 17, 3), (20, 17)
         xyz = xyz.reshape(t, s, -1, 3).permute(0, 3, 1, 2)  # (T, 3, 5, 17)
         return torch.cat([xyz, vis.reshape(t, 1, s, -1)], dim=1).contiguous()
 

@@ -26,7 +26,11 @@ PROCESSED layout (what the preprocessing scripts write and the loaders read):
   egoexo4d_body_pose/{split}/{take_uid}_{first}-{last}.json    ~100-frame fragments, overlapping by 5 frames:
       {frame: {"pose": 17x3 joints in the Aria camera frame of that frame (metres; missing joint -> [-1,-1,-1]),
                "confidence": 17 flags (1 annotated, 0 missing),
-               "trajectory": 3 (the Aria camera centre of that frame in world coordinates, metres)}}
+               "trajectory": 3 (the Aria camera centre of that frame in world coordinates, metres),
+               "rotation": 3x3 (the frame's world->camera rotation R; with the trajectory c, a camera-frame
+                           point p is the world point R^T p + c)}}
+      "rotation" is what lets a loader put a clip's poses into another frame (data.pose_frame); fragments
+      written before it existed load in their per-frame camera frame only.
 Camera frames follow projectaria-tools: x right, y down (in the image), z forward (optical axis).
 """
 
@@ -229,11 +233,16 @@ class TakePoses:
     pose: np.ndarray  # (N, 17, 3) float32, camera frame of each frame, missing joint = -1
     confidence: np.ndarray  # (N, 17) float32 flags, 1 annotated / 0 missing
     trajectory: np.ndarray  # (N, 3) float32, camera centre in world coordinates
+    rotation: np.ndarray  # (N, 3, 3) float32 world->camera rotation; NaN for frames of fragments without one
     dropped: list[str] = field(default_factory=list)  # "file: frame F: reason" for frames left out
 
 
-def _frame_entry(entry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One fragment frame -> (pose (17, 3), confidence (17,), trajectory (3,)); ValueError says what is wrong."""
+NO_ROTATION = np.full((3, 3), np.nan)  # what a frame of an older fragment (no "rotation" key) carries
+
+
+def _frame_entry(entry) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One fragment frame -> (pose (17, 3), confidence (17,), trajectory (3,), rotation (3, 3), NaN when the
+    fragment predates the key); ValueError says what is wrong."""
     if not isinstance(entry, dict):
         raise ValueError(f"expected an object, got {type(entry).__name__}")
     missing = [k for k in ("pose", "confidence", "trajectory") if k not in entry]
@@ -243,15 +252,19 @@ def _frame_entry(entry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pose = np.asarray(entry["pose"], np.float64)
         confidence = np.asarray(entry["confidence"], np.float64)
         trajectory = np.asarray(entry["trajectory"], np.float64)
+        rotation = np.asarray(entry["rotation"], np.float64) if "rotation" in entry else None
     except (TypeError, ValueError) as err:
         raise ValueError(f"non-numeric values ({err})") from err
-    for name, arr, shape in (("pose", pose, (NUM_JOINTS, 3)), ("confidence", confidence, (NUM_JOINTS,)),
-                             ("trajectory", trajectory, (3,))):
+    checks = [("pose", pose, (NUM_JOINTS, 3)), ("confidence", confidence, (NUM_JOINTS,)),
+              ("trajectory", trajectory, (3,))] + ([("rotation", rotation, (3, 3))] if rotation is not None else [])
+    for name, arr, shape in checks:
         if arr.shape != shape:
             raise ValueError(f"'{name}' has shape {arr.shape}, expected {shape}")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"'{name}' holds NaN or inf")
-    return pose, confidence, trajectory
+    if rotation is not None and not is_rotation(rotation, tol=1e-3):
+        raise ValueError("'rotation' is not a rotation matrix")
+    return pose, confidence, trajectory, NO_ROTATION if rotation is None else rotation
 
 
 def load_take_poses(fragment_paths: list[str]) -> TakePoses:
@@ -283,13 +296,30 @@ def load_take_poses(fragment_paths: list[str]) -> TakePoses:
                 dropped.append(f"{path}: frame {key}: {err}")
                 continue
             frame = int(key)
-            if frame in merged and not all(np.allclose(a, b, atol=1e-6) for a, b in zip(merged[frame], arrays)):
+            if frame in merged and not all(np.allclose(a, b, atol=1e-6, equal_nan=True)
+                                           for a, b in zip(merged[frame], arrays)):
                 raise ValueError(f"{path}: frame {frame} differs from the same frame in an overlapping fragment")
             merged[frame] = arrays
     frames = np.array(sorted(merged), np.int64)
     stack = [np.stack([merged[f][i] for f in frames]).astype(np.float32) if len(frames) else
-             np.zeros((0,) + shape, np.float32) for i, shape in enumerate(((NUM_JOINTS, 3), (NUM_JOINTS,), (3,)))]
-    return TakePoses(take_uid, frames, stack[0], stack[1], stack[2], dropped)
+             np.zeros((0,) + shape, np.float32)
+             for i, shape in enumerate(((NUM_JOINTS, 3), (NUM_JOINTS,), (3,), (3, 3)))]
+    return TakePoses(take_uid, frames, *stack, dropped)
+
+
+# ---------------------------------------------------------------- pose coordinate frames
+# (what a loader can deliver: internlm.config.schema.POSE_FRAMES)
+
+
+def camera_to_world(pose: np.ndarray, rotation: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(N, J, 3) points in the camera frame of each of N frames, (N, 3, 3) world->camera R, (N, 3) camera
+    centres c -> (N, J, 3) world points R^T p + c."""
+    return np.einsum("nji,nkj->nki", rotation, pose) + centre[:, None, :]
+
+
+def world_to_camera(points: np.ndarray, rotation: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(N, J, 3) world points, one camera's (3, 3) world->camera R and (3,) centre c -> R (X - c)."""
+    return np.einsum("ij,nkj->nki", rotation, points - centre)
 
 
 def camera_centre(world_to_camera: np.ndarray) -> np.ndarray:

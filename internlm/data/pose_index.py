@@ -1,13 +1,15 @@
 """A compact, cached index of one split of processed Ego-Exo4D poses (SPEC section 5).
 
 The processed poses are ~100-frame JSON fragments per take, overlapping by 5 frames
-(``{split}/{take_uid}_{first}-{last}.json``: {frame: {"pose": 17x3, "confidence": 17, "trajectory": 3}}).
+(``{split}/{take_uid}_{first}-{last}.json``: {frame: {"pose": 17x3, "confidence": 17, "trajectory": 3,
+"rotation": 3x3}}).
 Parsing them is slow at full scale (9.5M pose frames), so the merged per-frame arrays are written once as
 .npy files and memory-mapped afterwards: every worker and rank on a node shares the same pages.
 
 Layout (F pose frames over K takes, rows of take k are [take_offsets[k], take_offsets[k + 1]), frames sorted):
   take_uids (K,) str, take_offsets (K + 1,) int64, frames (F,) int32, poses (F, 17, 3) float32 (metres, camera
-  frame; a missing joint is -1, -1, -1), visible (F, 17) uint8.
+  frame; a missing joint is -1, -1, -1), visible (F, 17) uint8, trajectory (F, 3) float32 (camera centre, world),
+  rotation (F, 3, 3) float32 (world->camera; NaN for fragments written before the key existed).
 The cache (default ~/.cache/egoagent/pose_index, see ``default_cache_root``) is keyed by the folder's absolute
 path and the names, sizes and mtimes of its fragment files; it is rebuilt when any of them changes.
 """
@@ -32,8 +34,8 @@ from .egoexo_format import MISSING_JOINT_VALUE, NUM_JOINTS, list_pose_fragments,
 
 logger = logging.getLogger("internlm.data")
 
-_CACHE_VERSION = "pose-index-v1"
-_ARRAYS = ("take_uids", "take_offsets", "frames", "poses", "visible")
+_CACHE_VERSION = "pose-index-v2"
+_ARRAYS = ("take_uids", "take_offsets", "frames", "poses", "visible", "trajectory", "rotation")
 
 
 def list_fragments(split_dir: str) -> dict[str, list[str]]:
@@ -58,13 +60,14 @@ def _problem(reason: str) -> str:
 
 
 def parse_take(fragment_paths: list[str]):
-    """Merge one take's fragments -> frames (F,) int32, poses (F, 17, 3), visible (F, 17), report.
+    """Merge one take's fragments -> frames (F,) int32, poses (F, 17, 3), visible (F, 17), trajectory (F, 3),
+    rotation (F, 3, 3), report.
 
     Each fragment is read on its own (egoexo_format.load_take_poses) so an unreadable file loses only itself;
     on the 5-frame overlaps the earlier fragment wins.
     """
     report = IndexReport("poses")
-    merged: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    merged: dict[int, tuple[np.ndarray, ...]] = {}
     for path in fragment_paths:
         try:
             part = load_take_poses([path])
@@ -73,14 +76,15 @@ def parse_take(fragment_paths: list[str]):
             continue
         for line in part.dropped:
             report.add(_problem(line), line)
-        for frame, pose, confidence in zip(part.frames.tolist(), part.pose, part.confidence):
-            merged.setdefault(frame, (pose, confidence))
+        for row in zip(part.frames.tolist(), part.pose, part.confidence, part.trajectory, part.rotation):
+            merged.setdefault(row[0], row[1:])
     frames = np.array(sorted(merged), np.int32)
     if not len(frames):
-        return frames, np.zeros((0, NUM_JOINTS, 3), np.float32), np.zeros((0, NUM_JOINTS), np.uint8), report
-    poses = np.stack([merged[f][0] for f in frames]).astype(np.float32)
-    confidence = np.stack([merged[f][1] for f in frames])
-    return frames, poses, visibility(poses, confidence), report
+        return (frames, np.zeros((0, NUM_JOINTS, 3), np.float32), np.zeros((0, NUM_JOINTS), np.uint8),
+                np.zeros((0, 3), np.float32), np.zeros((0, 3, 3), np.float32), report)
+    poses, confidence, trajectory, rotation = (np.stack([merged[f][i] for f in frames]).astype(np.float32)
+                                               for i in range(4))
+    return frames, poses, visibility(poses, confidence), trajectory, rotation, report
 
 
 def _parse_take_job(fragment_paths):
@@ -94,6 +98,8 @@ class PoseIndex:
     frames: np.ndarray  # (F,) int32
     poses: np.ndarray  # (F, 17, 3) float32
     visible: np.ndarray  # (F, 17) uint8
+    trajectory: np.ndarray  # (F, 3) float32 camera centre in world coordinates
+    rotation: np.ndarray  # (F, 3, 3) float32 world->camera rotation (NaN: not in the fragment)
     report: IndexReport
 
     @property
@@ -119,6 +125,8 @@ def _build(split_dir: str, fragments: dict[str, list[str]], workers: int) -> Pos
         frames=np.concatenate([p[0] for p in parsed]) if parsed else np.zeros(0, np.int32),
         poses=np.concatenate([p[1] for p in parsed]) if parsed else np.zeros((0, NUM_JOINTS, 3), np.float32),
         visible=np.concatenate([p[2] for p in parsed]) if parsed else np.zeros((0, NUM_JOINTS), np.uint8),
+        trajectory=np.concatenate([p[3] for p in parsed]) if parsed else np.zeros((0, 3), np.float32),
+        rotation=np.concatenate([p[4] for p in parsed]) if parsed else np.zeros((0, 3, 3), np.float32),
         report=report,
     )
 

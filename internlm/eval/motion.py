@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from internlm.model.pose_ops import block_xyz, fill_unseen, last_observed_pose, last_two_visible, pose_at
+
 FPS = 30
 CLIP_FRAMES = 20
 INPUT_FRAMES = 5
@@ -24,10 +26,8 @@ M_TO_CM = 100.0
 
 def poses_from_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., T, 4, F, J) step blocks (x, y, z, visibility) -> xyz (..., T*F, J, 3), visible (..., T*F, J) bool."""
-    xyz = blocks[..., :3, :, :].movedim(-3, -1)  # (..., T, F, J, 3)
-    xyz = xyz.flatten(-4, -3)  # (..., T*F, J, 3)
-    visible = blocks[..., 3, :, :].flatten(-3, -2) > 0.5  # (..., T*F, J)
-    return xyz, visible
+    xyz, visible = block_xyz(blocks)  # (..., T, F, J, 3), (..., T, F, J)
+    return xyz.flatten(-4, -3), visible.flatten(-3, -2)
 
 
 def block_from_poses(xyz: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -114,34 +114,10 @@ class MotionErrorSums:
 # ----------------------------------------------------------------------------------------------- baselines
 
 
-def _last_two_visible(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """visible (N, F, J) -> frame index of the last and the second-to-last visible observation (N, J), -1 if none."""
-    F = visible.shape[1]
-    frame_idx = torch.arange(F, device=visible.device).view(1, F, 1).expand_as(visible)
-    marked = torch.where(visible, frame_idx, torch.full_like(frame_idx, -1))  # (N, F, J)
-    last = marked.max(dim=1).values  # (N, J)
-    before_last = torch.where(frame_idx < last[:, None], marked, torch.full_like(frame_idx, -1)).max(dim=1).values
-    return last, before_last
-
-
-def _fill_unseen(last_pose: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-    """A joint never visible in the input gets the mean of the visible ones (the body centre), 0 if none is.
-    last_pose (N, J, 3), seen (N, J) -> (N, J, 3)."""
-    w = seen.unsqueeze(-1).to(last_pose.dtype)
-    centre = (last_pose * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1)  # (N, 1, 3)
-    return torch.where(seen.unsqueeze(-1), last_pose, centre.expand_as(last_pose))
-
-
-def _pose_at(xyz: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
-    """xyz (N, F, J, 3), frame (N, J) per-joint frame index (-1 -> 0) -> (N, J, 3)."""
-    return xyz.gather(1, frame.clamp_min(0)[:, None, :, None].expand(-1, 1, -1, 3)).squeeze(1)
-
-
 def zero_velocity(xyz_in: torch.Tensor, visible_in: torch.Tensor, horizon: int = HORIZON) -> torch.Tensor:
     """Every future frame = the last observed pose: per joint, its last visible position among the input
     frames (a joint never seen: the mean of the seen ones). (N, F, J, 3), (N, F, J) -> (N, horizon, J, 3)."""
-    last, _ = _last_two_visible(visible_in)
-    pose = _fill_unseen(_pose_at(xyz_in, last), last >= 0)  # (N, J, 3)
+    pose = last_observed_pose(xyz_in, visible_in)  # (N, J, 3)
     return pose.unsqueeze(1).expand(-1, horizon, -1, -1).clone()
 
 
@@ -154,12 +130,12 @@ def constant_velocity(xyz_in: torch.Tensor, visible_in: torch.Tensor, horizon: i
     once keeps that position (zero velocity); a joint never seen takes the zero-velocity baseline's value.
     (N, F, J, 3), (N, F, J) -> (N, horizon, J, 3)."""
     F = xyz_in.shape[1]
-    last, before = _last_two_visible(visible_in)  # (N, J)
-    p_b, p_a = _pose_at(xyz_in, last), _pose_at(xyz_in, before)  # (N, J, 3)
+    last, before = last_two_visible(visible_in)  # (N, J)
+    p_b, p_a = pose_at(xyz_in, last), pose_at(xyz_in, before)  # (N, J, 3)
     has_two = (before >= 0).unsqueeze(-1)
     gap = (last - before).clamp_min(1).unsqueeze(-1).to(xyz_in.dtype)
     velocity = torch.where(has_two, (p_b - p_a) / gap, torch.zeros_like(p_b))  # (N, J, 3) per frame
-    start = _fill_unseen(p_b, last >= 0)
+    start = fill_unseen(p_b, last >= 0)
     future = torch.arange(F, F + horizon, device=xyz_in.device, dtype=xyz_in.dtype)  # (H,)
     steps = future.view(1, -1, 1) - last.clamp_min(0).unsqueeze(1).to(xyz_in.dtype)  # (N, H, J) frames since p_b
     return start.unsqueeze(1) + steps.unsqueeze(-1) * velocity.unsqueeze(1)

@@ -1,17 +1,27 @@
-"""Future-state retrieval (SPEC section 7): ranks of the true next frame among a gallery of frames.
+"""Future-state retrieval: ranks of the true next frame among a gallery of frames, and the similarity it uses.
 
 Each query has one correct gallery entry (``targets``) and optionally one entry removed from its gallery
-(``excluded``: the query's own current frame). Similarity is the cosine of the K-dim head outputs, given here as
-embeddings whose dot products equal those cosines (see ``LogitSubspace``). rank = 1 + the number of other
-(non-excluded) entries at least as similar as the correct one: ties count against the query, so a collapsed
-model (all similarities equal) ranks last instead of first. Top-1 = % of queries with rank 1; with one correct
-entry per query, AP = 1 / rank and mAP is its mean (%). Ranks stream over query and gallery chunks: memory is
-one (query chunk x gallery chunk) similarity block.
+(``excluded``: the query's own current frame). rank = 1 + the number of other (non-excluded) entries at least
+as similar as the correct one: ties count against the query, so a collapsed model (all similarities equal)
+ranks last instead of first. Top-1 = % of queries with rank 1; with one correct entry per query, AP = 1 / rank
+and mAP is its mean (%). Ranks stream over query and gallery chunks: memory is one (query chunk x gallery chunk)
+similarity block.
+
+Similarity (``CenteredLogitSpace``): L_pred is the cross-entropy H(softmax((l_T - c) / tau_t),
+softmax(s / tau_s)) between the teacher's logits l_T of the next frame (centre c) and the student's prediction s.
+It is minimal exactly when log softmax(s / tau_s) equals log softmax((l_T - c) / tau_t) up to a constant, i.e.
+for s = (tau_s / tau_t) (l_T - c) + any per-row constant. The loss is blind to that constant, so a similarity
+must be too: we compare the centred log-probability vectors (each vector minus its own mean over the K
+prototypes, which removes any per-row constant) by cosine, the query side from s, the gallery side from
+(l_T - c). The minimiser of the loss then has cosine 1 with its target (the oracle ranks first), adding a
+constant to a query changes nothing, and temperatures drop out (a cosine ignores scale: the metric asks which
+frame a prediction points to, not how confident it is).
 """
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+import math
+from typing import Hashable, Optional, Sequence
 
 import torch
 
@@ -52,19 +62,6 @@ def top_retrieved(queries: torch.Tensor, gallery: torch.Tensor, excluded: torch.
     return sims.topk(min(k, gallery.shape[0] - 1 if len(rows) else gallery.shape[0]), dim=1).indices
 
 
-def rank_sums(ranks: torch.Tensor) -> torch.Tensor:
-    """(Q,) ranks -> (3,) float64: queries at rank 1, sum of 1 / rank, number of queries (summable over ranks)."""
-    r = ranks.double().cpu()
-    return torch.stack([(r == 1).sum(), (1.0 / r).sum(), torch.tensor(float(r.numel()), dtype=torch.float64)])
-
-
-def summary_from_sums(sums: torch.Tensor) -> dict:
-    """(3,) sums -> {"top1": %, "mAP": % (AP = 1 / rank: one correct entry per query), "num_queries"}."""
-    n = float(sums[2])
-    return {"top1": 100.0 * float(sums[0]) / max(n, 1.0), "mAP": 100.0 * float(sums[1]) / max(n, 1.0),
-            "num_queries": int(n)}
-
-
 def deduplicate(keys: Sequence[Hashable]) -> tuple[list[int], dict]:
     """Keep the first occurrence of each key: -> (positions of the kept entries, {key: gallery index})."""
     kept, index_of = [], {}
@@ -75,31 +72,66 @@ def deduplicate(keys: Sequence[Hashable]) -> tuple[list[int], dict]:
     return kept, index_of
 
 
-class LogitSubspace:
-    """Exact low-dimensional stand-in for the cosine between K-dim head outputs.
+class CenteredLogitSpace:
+    """Exact low-dimensional coordinates of centred logit vectors, preserving every cosine.
 
-    Both DINO heads end in a bias-free linear layer, so the representation head's logits l_g = W z (W: (K, r),
-    r = 256 << K = 65536) lie in the r-dim column space of W. With an orthonormal basis B (K, r) of that space,
-    <l_q, l_g> = <B^T l_q, B^T l_g> for ANY query vector l_q. Hence cos(l_q, l_g) = u_q . v_g with
-    u_q = B^T l_q / |l_q| (query side; note the full norm) and v_g = B^T l_g / |l_g| (gallery side). This keeps
-    r floats per query instead of K (31k frames x 65536 x 4 bytes = 8 GB at full scale).
+    Every logit vector compared here is a DINO head's output l = W z (the last layer is a bias-free linear map,
+    W: (K, r), r = 256 << K = 65536 in the paper configs), possibly minus a centre c. With an orthonormal basis
+    B of span(W_1, ..., W_n, c_1, ..., c_m, 1) (the heads whose outputs meet in one comparison, their centres,
+    and the all-ones vector that centring subtracts), the centred vector x = (l - c) - mean(l - c) lies in that
+    span, so <x, y> = <B^T x, B^T y> for any two of them. ``embed`` returns B^T x / |x|: n r + m + 1 floats
+    per row instead of K (31k frames x 65536 x 4 bytes = 8 GB at full scale), and dot products equal the
+    K-dim cosines of the centred vectors.
     """
 
-    def __init__(self, last_layer_weight: torch.Tensor):  # (K, r): the representation head's last layer
-        basis, _ = torch.linalg.qr(last_layer_weight.detach().double().cpu())  # (K, r), orthonormal columns
-        self.basis = basis.to(device=last_layer_weight.device, dtype=torch.float32)
+    def __init__(self, last_layers: Sequence[torch.Tensor], centers: Sequence[torch.Tensor] = ()):
+        K = last_layers[0].shape[0]
+        cols = [w.detach().double().cpu() for w in last_layers]  # (K, r_i)
+        cols += [c.detach().double().cpu().reshape(K, 1) for c in centers]
+        cols.append(torch.ones(K, 1, dtype=torch.float64))
+        basis, _ = torch.linalg.qr(torch.cat(cols, dim=1))  # (K, m), orthonormal columns spanning the above
+        self.basis = basis.to(device=last_layers[0].device, dtype=torch.float32)
 
-    def queries(self, logits: torch.Tensor) -> torch.Tensor:  # (n, K) -> (n, r)
-        logits = logits.float()
-        return (logits @ self.basis) / logits.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-    def gallery(self, logits: torch.Tensor, check: bool = True) -> torch.Tensor:  # (n, K) -> (n, r), unit norm
-        logits = logits.float()
-        projected = logits @ self.basis  # (n, r)
-        norms = logits.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        if check:  # the identity needs the gallery logits inside the column space of W
-            lost = (1.0 - (projected.norm(dim=1, keepdim=True) / norms)).abs().max()
+    def embed(self, logits: torch.Tensor, center: Optional[torch.Tensor] = None, check: bool = True) -> torch.Tensor:
+        """(n, K) logits (minus ``center`` (K,) when given) -> (n, m) unit rows: the centred vectors' coordinates."""
+        x = logits.float()
+        if center is not None:
+            x = x - center.to(x)
+        x = x - x.mean(dim=1, keepdim=True)  # a per-row constant is what L_pred cannot see
+        coords = x @ self.basis.to(x.device)  # (n, m)
+        norms = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if check:  # the identity needs x inside the span: a head with a bias (or a stray centre) would break it
+            lost = (1.0 - coords.norm(dim=1, keepdim=True) / norms).abs().max()
             if float(lost) > 1e-3:
-                raise RuntimeError(f"gallery logits leave the column space of the representation head's last layer "
-                                   f"(relative norm lost {float(lost):.2e}); the head is not a bias-free linear map")
-        return projected / norms
+                raise RuntimeError(f"logits leave the span of the heads' last layers and centres (relative norm "
+                                   f"lost {float(lost):.2e}): the head is not a bias-free linear map")
+        return coords / norms
+
+
+def chance_level(gallery_size: int, excluded: bool = True) -> dict:
+    """Expected Top-1 / mAP (%) of a query that ranks the gallery at random: rank uniform on 1..G', G' the
+    entries it competes with (the gallery minus the excluded current frame)."""
+    g = max(gallery_size - (1 if excluded else 0), 1)
+    return {"top1": 100.0 / g, "mAP": 100.0 * sum(1.0 / r for r in range(1, g + 1)) / g}
+
+
+def rank_statistics(ranks: torch.Tensor) -> dict:
+    """(Q,) ranks -> Top-1 and mAP (%) with their standard errors (of the mean over queries)."""
+    r = ranks.double().cpu()
+    n = r.numel()
+    hits, inv = (r == 1).double(), 1.0 / r
+    se = (lambda v: 100.0 * float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan"))  # noqa: E731
+    return {"top1": 100.0 * float(hits.mean()) if n else float("nan"),
+            "mAP": 100.0 * float(inv.mean()) if n else float("nan"),
+            "top1_se": se(hits), "mAP_se": se(inv), "num_queries": n}
+
+
+def paired_difference(ranks_a: torch.Tensor, ranks_b: torch.Tensor) -> dict:
+    """a minus b on the same queries: the Top-1 and mAP differences (points) and the standard errors of the paired
+    differences (the queries are shared, so this is much tighter than two independent errors)."""
+    a, b = ranks_a.double().cpu(), ranks_b.double().cpu()
+    n = a.numel()
+    d_hit, d_inv = (a == 1).double() - (b == 1).double(), 1.0 / a - 1.0 / b
+    se = (lambda v: 100.0 * float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan"))  # noqa: E731
+    return {"top1_diff": 100.0 * float(d_hit.mean()), "top1_diff_se": se(d_hit),
+            "mAP_diff": 100.0 * float(d_inv.mean()), "mAP_diff_se": se(d_inv), "num_queries": n}

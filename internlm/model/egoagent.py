@@ -21,6 +21,7 @@ from internlm.config.schema import ModelConfig
 from .attention import MaskLayout
 from .heads import ActionHead, DINOHead
 from .modeling_internlm import InternLMBackbone, init_internlm_weights
+from .pose_ops import block_xyz, last_observed_pose
 from .projectors import ActionProjector, ImageProjector
 
 TOKENS_PER_STEP_EXTRA = 3  # action query, action token, future-state query
@@ -65,12 +66,14 @@ class EgoAgent(nn.Module):
         self.rep_head = DINOHead(d, cfg.output_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                                  cfg.norm_last_layer)
         if joint:
-            self.action_projector = ActionProjector(d, cfg.pose_channels, cfg.pose_frames, cfg.num_joints)
+            self.action_projector = ActionProjector(d, cfg.pose_channels, cfg.pose_frames, cfg.num_joints,
+                                                    normalize=cfg.pose_normalization)
             self.action_query = nn.Parameter(torch.zeros(d))
             self.future_query = nn.Parameter(torch.zeros(d))
             self.pred_head = DINOHead(d, cfg.output_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                                       cfg.norm_last_layer)
-            self.action_head = ActionHead(d, cfg.pose_channels, cfg.pose_frames, cfg.num_joints)
+            self.action_head = ActionHead(d, cfg.pose_channels, cfg.pose_frames, cfg.num_joints,
+                                          zero_init=cfg.action_residual)
         self.reset_backbone_and_queries()
 
     @torch.no_grad()
@@ -128,9 +131,29 @@ class EgoAgent(nn.Module):
         x = torch.cat([img, aq, act, fq], dim=2).reshape(B, T * (N + TOKENS_PER_STEP_EXTRA), d)
         out = self.backbone(x, self.joint_layout(T, N)).view(B, T, N + TOKENS_PER_STEP_EXTRA, d)
         actions = self.action_head(out[:, :, N])  # (B, T, 4, 5, 17)
+        if self.cfg.action_residual:
+            actions = self.add_residual_base(actions, poses)
         future = out[:, :, N + 2]  # (B, T, d)
         logits = self.pred_head(future) if with_logits else None
         return JointOutput(actions, future, logits)
+
+    def residual_base(self, poses: torch.Tensor) -> torch.Tensor:
+        """poses (B, T, 4, F, J) -> (B, T, 3, 1, J): what the residual action head adds to its output at step t,
+        the last observed pose of step t - 1 (per joint, its last visible frame in that block; the action query
+        of step t sees those poses). Step 0 has no earlier pose: the training set's mean pose when the input is
+        normalised, else 0 (an absolute prediction)."""
+        B, T, _, _, J = poses.shape
+        xyz, visible = block_xyz(poses[:, :T - 1].float())  # (B, T-1, F, J, 3), (B, T-1, F, J)
+        last = last_observed_pose(xyz.flatten(0, 1), visible.flatten(0, 1)).view(B, T - 1, J, 3)
+        if self.cfg.pose_normalization:
+            first = self.action_projector.pose_mean.view(3, J).T.expand(B, 1, J, 3).float()
+        else:
+            first = last.new_zeros(B, 1, J, 3)
+        return torch.cat([first, last], dim=1).permute(0, 1, 3, 2).unsqueeze(3)  # (B, T, 3, 1, J)
+
+    def add_residual_base(self, actions: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        base = self.residual_base(poses).to(actions.dtype)  # (B, T, 3, 1, J)
+        return torch.cat([actions[:, :, :3] + base, actions[:, :, 3:]], dim=2)
 
     def forward(self, views: Sequence[torch.Tensor] = (), frames: Optional[torch.Tensor] = None,
                 poses: Optional[torch.Tensor] = None) -> AgentOutput:

@@ -37,13 +37,20 @@ class DINOHead(nn.Module):
 
 
 class ActionHead(nn.Module):
-    """Linear(d, 4 * 5 * 17) -> the next pose block (x, y, z, visibility) x 5 frames x 17 joints."""
+    """Linear(d, 4 * 5 * 17) -> the next pose block (x, y, z, visibility) x 5 frames x 17 joints.
 
-    def __init__(self, hidden_size: int, channels: int = 4, frames: int = 5, joints: int = 17):
+    ``zero_init``: all outputs start at 0, for a head that predicts offsets from a base pose (the residual option
+    of EgoAgent): training then starts from "the body stays where it was last seen"."""
+
+    def __init__(self, hidden_size: int, channels: int = 4, frames: int = 5, joints: int = 17,
+                 zero_init: bool = False):
         super().__init__()
         self.shape = (channels, frames, joints)
         self.proj = nn.Linear(hidden_size, channels * frames * joints)
-        nn.init.trunc_normal_(self.proj.weight, std=0.02)
+        if zero_init:
+            nn.init.zeros_(self.proj.weight)
+        else:
+            nn.init.trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., 4, 5, 17)

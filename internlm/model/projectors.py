@@ -21,13 +21,32 @@ class ImageProjector(nn.Module):
 
 class ActionProjector(nn.Module):
     """A pose block (x, y, z, visibility) x 5 frames x 17 joints -> Conv2d(4, d, (5, 17)) -> LayerNorm -> GELU:
-    one action token."""
+    one action token.
 
-    def __init__(self, hidden_size: int, channels: int = 4, frames: int = 5, joints: int = 17):
+    ``normalize``: x, y, z are first standardised per joint and axis with the training set's statistics
+    (buffers ``pose_mean``/``pose_std`` (3, 1, J), set by ``set_pose_statistics`` before training and saved
+    with the weights), and a joint that is not visible enters as 0 (its mean) instead of the -1 placeholder."""
+
+    def __init__(self, hidden_size: int, channels: int = 4, frames: int = 5, joints: int = 17,
+                 normalize: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(channels, hidden_size, kernel_size=(frames, joints))
         self.norm = nn.LayerNorm(hidden_size)
         self.act = nn.GELU()
+        self.normalize = normalize
+        if normalize:
+            self.register_buffer("pose_mean", torch.zeros(3, 1, joints))
+            self.register_buffer("pose_std", torch.ones(3, 1, joints))
+
+    @torch.no_grad()
+    def set_pose_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """mean, std (3, J): per axis and joint, over the visible joints of the training clips."""
+        self.pose_mean.copy_(mean.reshape(self.pose_mean.shape))
+        self.pose_std.copy_(std.clamp_min(1e-3).reshape(self.pose_std.shape))
 
     def forward(self, poses: torch.Tensor) -> torch.Tensor:  # (B, 4, 5, 17) -> (B, d)
+        if self.normalize:
+            visible = poses[:, 3:4]  # (B, 1, 5, 17)
+            xyz = (poses[:, :3] - self.pose_mean.to(poses.dtype)) / self.pose_std.to(poses.dtype) * visible
+            poses = torch.cat([xyz, visible], dim=1)
         return self.act(self.norm(self.conv(poses).flatten(1)))

@@ -118,6 +118,13 @@ class EgoAgentMetaArch(nn.Module):
             stats = stats * weights
         return ChunkResult(loss, stats, t_global.sum(0), t_global.shape[0], pred_sum, pred_count)
 
+    @torch.no_grad()
+    def set_pose_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """The action projector's input statistics (model.pose_normalization), for student and teacher alike
+        (buffers are not part of the EMA)."""
+        for model in (self.student, self.teacher):
+            getattr(model, "module", model).action_projector.set_pose_statistics(mean, std)
+
     # ---------------------------------------------------------------------------------- teacher and centers
 
     @torch.no_grad()

@@ -95,8 +95,15 @@ class Trainer:
         student = EgoAgent(cfg.model, joint=self.joint)
         self.meta = EgoAgentMetaArch(cfg, student)
         if resume_folder is None:
+            self._init_pose_statistics()
             self._init_from_other_run()
         self.meta.to(self.device)
+        if cfg.model.compile:
+            from internlm.parallel.compile import check_compile_available, compile_blocks
+
+            check_compile_available(self.device)
+            logger.info("torch.compile: %d transformer blocks (compiled at their first call)",
+                        compile_blocks(self.meta))
         self.plan.apply(self.meta, cfg.hybrid_zero_optimizer.reduce_bucket_size)
         self.optimizer = self.plan.build_optimizer(unwrap(self.meta.student), cfg.adam)
         self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.autocast_dtype == torch.float16)
@@ -130,6 +137,15 @@ class Trainer:
         if info is not None and "all" in info.content:
             return resolve_checkpoint(info.path)
         return None
+
+    def _init_pose_statistics(self) -> None:
+        """model.pose_normalization: the training clips' pose statistics, once, before the first step (saved with
+        the weights; a resumed run or an initialisation from another run keeps the stored ones)."""
+        if not (self.joint and self.cfg.model.pose_normalization) or self.cfg.data.dataset_type == "Generated":
+            return
+        from internlm.data.build import pose_statistics
+
+        self.meta.set_pose_statistics(*pose_statistics(self.cfg.data))
 
     def _init_from_other_run(self) -> None:
         """ckpt.load_ckpt_info with content ("model",): student and teacher weights (stage 2 from stage 1)."""

@@ -28,6 +28,12 @@ FACE_POINTS = {"nose": (0.10, 0.0, -0.02), "left-eye": (0.08, 0.033, 0.02), "rig
                "left-ear": (-0.005, 0.078, 0.0), "right-ear": (-0.005, -0.078, 0.0)}
 CAMERA_IN_HEAD_CENTRE = (0.095, 0.0, 0.035)
 UPPER_ARM, FOREARM, THIGH, SHIN = 0.29, 0.26, 0.45, 0.43
+# Head glances: yaw targets within +-HEAD_YAW_RANGE rad (body-relative), held GLANCE_HOLD_S seconds, reached by a
+# critically damped follower of natural frequency HEAD_OMEGA rad/s: the camera often turns by 10-40 degrees
+# between two 6 Hz frames, so the next frame depends on where the head goes (the world model's test).
+HEAD_YAW_RANGE = 1.3
+GLANCE_HOLD_S = (0.3, 0.9)
+HEAD_OMEGA = 12.0
 
 
 @dataclass
@@ -199,13 +205,14 @@ def simulate(scene: Scene, rng: np.random.Generator, n_frames: int, look_scale: 
     positions, heading, speed, attention, reaches = _walk(scene, rng, n_frames, start,
                                                           float(rng.uniform(-math.pi, math.pi)), reaching)
     reach, reach_side, reach_target = _reach_curves(reaches, n_frames)
-    # gaze: towards the attended landmark while there is one (70% of the time), else scanning around
-    scanning = _piecewise(rng, n_frames, -1.0, 1.0, (0.7, 2.5), 0.35)
-    attending = _piecewise(rng, n_frames, 0.0, 1.0, (1.0, 3.0), 0.0) < 0.7
+    # gaze: towards the attended landmark while there is one (half of the time), else glancing around: quick
+    # head turns between targets held for well under a second, as people look around while they walk
+    scanning = _piecewise(rng, n_frames, -HEAD_YAW_RANGE, HEAD_YAW_RANGE, GLANCE_HOLD_S, 0.2)
+    attending = _piecewise(rng, n_frames, 0.0, 1.0, (0.6, 2.0), 0.0) < 0.3
     yaw_target = np.where(attending & np.isfinite(attention), np.clip(np.nan_to_num(attention), -1.0, 1.0), scanning)
     yaw_target = np.where(reach > 0, 0.25 * reach_side, yaw_target)  # look at the reaching hand
-    look_yaw = look_scale * _follow(yaw_target, 6.0)
-    look_pitch = look_scale * _follow(_piecewise(rng, n_frames, -0.15, 0.4, (0.8, 3.0), 0.3), 5.0)
+    look_yaw = look_scale * _follow(yaw_target, HEAD_OMEGA)
+    look_pitch = look_scale * _follow(_piecewise(rng, n_frames, -0.25, 0.45, GLANCE_HOLD_S, 0.3), HEAD_OMEGA)
     time = np.arange(n_frames) / FPS
 
     # gait: stride frequency and amplitude follow the speed; the phase is integrated so it stays smooth

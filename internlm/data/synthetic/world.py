@@ -30,7 +30,7 @@ from .scene import OBJECT_CLASSES, Scene, Solid, random_scene
 from .sizes import WorldSize
 from .writers import write_json, write_mp4
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "synthetic_world.json"
 TAKE, WALK = 1, 2  # random-stream codes (3 is the ImageFolder's)
 WALK_NAMES = ("SynthAmber", "SynthBirch", "SynthCobalt", "SynthDune", "SynthEmber", "SynthFjord", "SynthGrove",
