@@ -3,6 +3,7 @@ batch; resuming on another number of ranks; a dead rank; the slurm launcher."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -28,8 +29,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(folder, world: int, global_batch: int = 8, mode="ddp", stop_after=None, extra=None) -> list:
-    """Start ``world`` ranks of train.py (torchrun's variables set by hand, as a launcher would)."""
+def launch(folder, world: int, global_batch: int = 8, mode="ddp", stop_after=None, extra=None,
+           own_process_group=False) -> list:
+    """Start ``world`` ranks of train.py (torchrun's variables set by hand, as a launcher would). With
+    ``own_process_group`` the ranks (and so their loader workers) form a new process group, as under slurm."""
     opts = dict(tiny_overrides(folder, steps=TOTAL, micro_num=global_batch // world, accum=1))
     opts.update({"parallel.zero1": MODES[mode], "monitor.record_sample_ids": True, "ckpt.checkpoint_every": 3})
     opts.update(extra or {})
@@ -46,7 +49,10 @@ def launch(folder, world: int, global_batch: int = 8, mode="ddp", stop_after=Non
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
         log = open(os.path.join(folder, f"launch_rank{rank}.log"), "a")
-        procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+        group = {}
+        if own_process_group:
+            group = {"preexec_fn": functools.partial(os.setpgid, 0, procs[0].pid if procs else 0)}
+        procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, **group))
     return procs
 
 
@@ -63,9 +69,12 @@ def wait(procs, timeout=240) -> list[int]:
 
 
 def run(folder, world, **kw):
-    codes = wait(launch(folder, world, **kw))
+    check_exit_codes(folder, wait(launch(folder, world, **kw)))
+
+
+def check_exit_codes(folder, codes: list[int]) -> None:
     if any(codes):
-        logs = "".join(open(os.path.join(folder, f"launch_rank{r}.log")).read()[-3000:] for r in range(world))
+        logs = "".join(open(os.path.join(folder, f"launch_rank{r}.log")).read()[-3000:] for r in range(len(codes)))
         raise AssertionError(f"ranks exited with {codes}:\n{logs}")
 
 
@@ -156,6 +165,42 @@ def test_preemption_signal_saves_and_stops(tmp_path):
     assert wait(procs, timeout=120) == [0, 0]
     steps = [int(d) for d in os.listdir(folder) if d.isdigit() and os.path.isfile(os.path.join(folder, d, "COMPLETE"))]
     assert len(steps) == 1 and steps[0] == max(metrics(folder))
+
+
+def complete_steps_of(folder) -> list[int]:
+    return sorted(int(d) for d in os.listdir(folder)
+                  if d.isdigit() and os.path.isfile(os.path.join(folder, d, "COMPLETE")))
+
+
+def wait_for_steps(folder, procs, steps: int, timeout=180) -> None:
+    deadline = time.time() + timeout
+    while not (os.path.isfile(os.path.join(folder, "metrics.jsonl")) and len(metrics(folder)) >= steps):
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            check_exit_codes(folder, wait(procs, timeout=1))
+            raise AssertionError(f"fewer than {steps} steps after {timeout}s")
+        time.sleep(0.2)
+
+
+def child_pids(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+@pytest.mark.parametrize("world, sig", [(1, signal.SIGUSR1), (2, signal.SIGTERM)])
+def test_preemption_signal_to_the_process_group_with_loader_workers(tmp_path, world, sig):
+    """slurm and torchrun signal the whole process group, DataLoader workers included: the workers must survive it
+    and every rank save at the next step and exit 0."""
+    folder = str(tmp_path / "run")
+    extra = {"data.total_steps": 10000, "lr_scheduler.total_steps": 10000, "ckpt.checkpoint_every": 10000,
+             "data.num_workers": 2}
+    procs = launch(folder, world, extra=extra, own_process_group=True)
+    wait_for_steps(folder, procs, 2)
+    workers = [c for p in procs for c in child_pids(p.pid)]
+    assert len(workers) >= 2 * world and all(os.getpgid(w) == procs[0].pid for w in workers)
+    os.killpg(procs[0].pid, sig)
+    check_exit_codes(folder, wait(procs, timeout=120))
+    assert complete_steps_of(folder) == [max(metrics(folder))]
+    assert "pre-emption signal: saving step" in open(os.path.join(folder, "logs", "rank0.log")).read()
 
 
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu-[03-06]"}

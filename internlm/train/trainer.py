@@ -27,6 +27,7 @@ from internlm.checkpoint.layout import is_complete, latest_checkpoint, resolve_c
 from internlm.checkpoint.train_state import CheckpointManager
 from internlm.config import TrainConfig, to_dict
 from internlm.initialize.launch import DistContext
+from internlm.initialize.signals import PREEMPTION_SIGNALS, preemption_signals_blocked
 from internlm.model import EgoAgent
 from internlm.model.flops import detect_peak_tflops, sample_cost
 from internlm.monitor.progress import StepTimer
@@ -271,8 +272,9 @@ class Trainer:
         start_iteration = self.progress.iteration
         every = cfg.monitor.log_every
         self.meta.train()
-        batches = iter(loader)
         with _PreemptionFlag() as preempt:
+            with preemption_signals_blocked():  # loader workers start here and must not die of a group signal
+                batches = iter(loader)
             while self.progress.step < total:
                 if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
                     break
@@ -360,7 +362,7 @@ class Trainer:
 class _PreemptionFlag:
     """SIGTERM / SIGUSR1 set a flag; ``agreed`` tells every rank at the same step boundary (one tiny all-reduce)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = PREEMPTION_SIGNALS
 
     def __init__(self):
         self.raised = False
