@@ -203,6 +203,18 @@ def test_preemption_signal_to_the_process_group_with_loader_workers(tmp_path, wo
     assert "pre-emption signal: saving step" in open(os.path.join(folder, "logs", "rank0.log")).read()
 
 
+def test_async_checkpoint_on_two_ranks(tmp_path, one_rank):
+    """The background save of the sharded state must not meet the training's collectives on one process group:
+    2 ranks train past an async checkpoint, and a relaunch resumes from it exactly."""
+    folder = str(tmp_path / "run")
+    extra = {"ckpt.async_save": True, "ckpt.checkpoint_every": 2, "parallel.timeout_s": 30.0}
+    run(folder, 2, stop_after=3, extra=extra)  # step 3 runs while step 2's optimizer state is being written
+    assert complete_steps_of(folder) == [2]
+    run(folder, 2, extra=extra)
+    assert complete_steps_of(folder) == [2, 4, 6]
+    assert_same_losses(metrics(one_rank), metrics(folder), range(1, TOTAL + 1))
+
+
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu-[03-06]"}
 
 

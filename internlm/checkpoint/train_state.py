@@ -106,6 +106,7 @@ class CheckpointManager:
         self.plan = plan
         self.folder = cfg.ckpt.save_ckpt_folder
         self._pending: Optional[tuple] = None  # (future, step folder) of an async save
+        self._async_group = None  # the background save's own process group, created at its first use
 
     # -------------------------------------------------------------------------------------------- save
 
@@ -132,7 +133,12 @@ class CheckpointManager:
         atomic_torch_save(rng_state(), os.path.join(folder, RNG_DIR, f"rank{rank}.pt"))
         state_dir = os.path.join(folder, TRAIN_STATE_DIR)
         if self.cfg.ckpt.async_save and dist.is_initialized():
-            future = dcp.async_save(tensors, checkpoint_id=state_dir)
+            if self._async_group is None:
+                # The background save runs collectives (DCP's plan gather) while training runs DDP's; on one
+                # process group they interleave differently on each rank and deadlock. gloo: the staged state is
+                # on the CPU, and a gloo group works on GPU runs as well.
+                self._async_group = dist.new_group(backend="gloo")
+            future = dcp.async_save(tensors, checkpoint_id=state_dir, process_group=self._async_group)
             self._pending = (future, folder)
             logger.info("checkpoint %s: weights written, optimizer state saving in the background", folder)
             return folder
