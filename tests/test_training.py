@@ -1,12 +1,14 @@
 """The training engine: EMA teacher, exact resume, fp16 overflow handling, atomic checkpoints, stage-2 init."""
 
 import copy
+import json
 import os
 
 import pytest
 import torch
 
 from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
+from internlm.train.trainer import RunawayTrainingError
 from train_helpers import flat_state, make_trainer, tiny_config
 
 
@@ -104,3 +106,37 @@ def test_stage2_starts_from_stage1(tmp_path):
     assert any(k.startswith("action_head") for k in new) and any(k.startswith("pred_head") for k in new)
     assert s2.progress.step == 0
     s2.fit()
+
+
+def _strict_json_rows(path) -> list[dict]:
+    def reject(token):
+        raise AssertionError(f"{path}: {token} is not JSON")
+
+    with open(path) as f:
+        return [json.loads(line, parse_constant=reject) for line in f if line.strip()]
+
+
+def test_runaway_run_stops_after_consecutive_skipped_steps(tmp_path):
+    """lr=1e30 blows the weights up: every later step has NaN gradients. The run stops after
+    hybrid_zero_optimizer.max_consecutive_skipped_steps of them, and metrics.jsonl stays valid JSON."""
+    cfg = tiny_config(1, tmp_path, steps=12, **{"adam.lr": 1e30,
+                                                "hybrid_zero_optimizer.max_consecutive_skipped_steps": 3})
+    trainer = make_trainer(cfg)
+    with pytest.raises(RunawayTrainingError, match="3 consecutive steps"):
+        trainer.fit()
+    applied = [h["update_applied"] for h in trainer.history]
+    assert applied[-3:] == [0.0, 0.0, 0.0] and 1.0 in applied and len(applied) < 12
+    rows = _strict_json_rows(tmp_path / "metrics.jsonl")
+    assert len(rows) == len(applied) and rows[-1]["grad_norm"] is None and rows[0]["grad_norm"] > 0
+
+
+def test_fp16_run_stops_when_the_loss_scale_is_at_its_minimum(tmp_path):
+    cfg = tiny_config(2, tmp_path, steps=12, **{
+        "model.dtype": "torch.float16", "teacher.dtype": "torch.float16", "adam.lr": 1e30,
+        "grad_scaler.hysteresis": 1, "grad_scaler.fp16.initial_scale": 4.0, "grad_scaler.fp16.min_scale": 1.0})
+    trainer = make_trainer(cfg)
+    with pytest.raises(RunawayTrainingError, match=r"grad_scaler.fp16.min_scale=1"):
+        trainer.fit()
+    # scale 4, 2 and 1 overflowed; the overflow at 1 stopped the run
+    assert [h["loss_scale"] for h in trainer.history if not h["update_applied"]][-3:] == [2.0, 1.0, 1.0]
+    assert trainer.progress.skipped_steps == 3

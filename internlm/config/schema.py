@@ -277,6 +277,8 @@ class ZeroOptimizerConfig:
     overlap_sync_param: bool = False  # compat
     reduce_bucket_size: int = 512 * 1024 * 1024  # DDP bucket size in bytes
     clip_grad_norm: float = 1.0
+    # added
+    max_consecutive_skipped_steps: int = 50  # this many non-finite steps in a row stop the run (0: never)
 
 
 @dataclass

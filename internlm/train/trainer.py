@@ -59,6 +59,10 @@ class Progress:
         return dict(self.__dict__)
 
 
+class RunawayTrainingError(RuntimeError):
+    """Training cannot make progress any more (every update skipped); the message says why and what to change."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -103,6 +107,7 @@ class Trainer:
         self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.autocast_dtype == torch.float16)
         self.schedules = Schedules.from_config(cfg)
         self.progress = Progress()
+        self.consecutive_skips = 0  # skipped steps since the last applied update
         if resume_folder is not None:
             meta = self.manager.load(resume_folder, self.meta, self.optimizer)
             self.progress = Progress(**{k: meta[k] for k in Progress().as_dict()})
@@ -217,8 +222,10 @@ class Trainer:
             if "num_skipped" in batch else 0
         if finite:
             p.step += 1
+            self.consecutive_skips = 0
         else:
             p.skipped_steps += 1
+            self.consecutive_skips += 1
             logger.warning("step %d: non-finite gradients, update skipped (%d so far); loss scale now %g",
                            p.step, p.skipped_steps, self.scaler.scale)
 
@@ -287,6 +294,7 @@ class Trainer:
                 scalars = self.train_step(batch)
                 dt = timer.tick()
                 self._account(scalars, dt)
+                self._stop_if_runaway()
                 step = self.progress.step
                 if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
                     logger.info(self._log_line(scalars, timer))
@@ -303,6 +311,23 @@ class Trainer:
         self.writer.close()
         return self.history
 
+    def _stop_if_runaway(self) -> None:
+        """Every rank sees the same all-reduced gradient norm, so every rank stops at the same step."""
+        limit = self.cfg.hybrid_zero_optimizer.max_consecutive_skipped_steps
+        if self.scaler.overflowed_at_min_scale:
+            why = (f"non-finite gradients with the fp16 loss scale already at its minimum "
+                   f"(grad_scaler.fp16.min_scale={self.scaler.min_scale:g}): scaling can no longer avoid them")
+        elif limit and self.consecutive_skips >= limit:
+            why = (f"non-finite gradients in {self.consecutive_skips} consecutive steps "
+                   f"(hybrid_zero_optimizer.max_consecutive_skipped_steps={limit})")
+        else:
+            return
+        latest = latest_checkpoint(self.cfg.ckpt.save_ckpt_folder)
+        message = (f"training stopped at step {self.progress.step}: {why}. The run has diverged: lower adam.lr, "
+                   f"check the data, or use bf16/fp32; the newest checkpoint is {latest or 'none'}")
+        logger.error(message)
+        raise RunawayTrainingError(message)
+
     def _account(self, scalars: dict, dt: float) -> None:
         """Throughput figures, then the step's scalars to TensorBoard, metrics.jsonl and ``history``."""
         samples_s = self.global_batch / dt
@@ -318,7 +343,7 @@ class Trainer:
         self.writer.write(self.progress.step, scalars)
         if self.ctx.is_main and self.cfg.monitor.metrics_file:
             with open(self._metrics_path(), "a") as f:
-                f.write(json.dumps(scalars) + "\n")
+                f.write(json.dumps(_json_numbers(scalars), allow_nan=False) + "\n")
 
     def _metrics_path(self) -> str:
         return os.path.join(self.cfg.ckpt.save_ckpt_folder, "metrics.jsonl")
@@ -357,6 +382,11 @@ class Trainer:
         if "mfu" in s:
             line += f" {s['tflops']:.1f} TFLOP/s MFU {100 * s['mfu']:.1f}%"
         return line + f" | ETA {timer.eta(p.step)}"
+
+
+def _json_numbers(scalars: dict) -> dict:
+    """NaN and inf -> None (null): JSON has no token for them."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in scalars.items()}
 
 
 class _PreemptionFlag:
