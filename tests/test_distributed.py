@@ -3,6 +3,7 @@ batch; resuming on another number of ranks; a dead rank; the slurm launcher."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -194,11 +195,15 @@ def test_preemption_signal_to_the_process_group_with_loader_workers(tmp_path, wo
     extra = {"data.total_steps": 10000, "lr_scheduler.total_steps": 10000, "ckpt.checkpoint_every": 10000,
              "data.num_workers": 2}
     procs = launch(folder, world, extra=extra, own_process_group=True)
-    wait_for_steps(folder, procs, 2)
-    workers = [c for p in procs for c in child_pids(p.pid)]
-    assert len(workers) >= 2 * world and all(os.getpgid(w) == procs[0].pid for w in workers)
-    os.killpg(procs[0].pid, sig)
-    check_exit_codes(folder, wait(procs, timeout=120))
+    try:
+        wait_for_steps(folder, procs, 2)
+        workers = [c for p in procs for c in child_pids(p.pid)]
+        assert len(workers) >= 2 * world and all(os.getpgid(w) == procs[0].pid for w in workers)
+        os.killpg(procs[0].pid, sig)
+        check_exit_codes(folder, wait(procs, timeout=120))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(procs[0].pid, signal.SIGKILL)  # whatever is left of a failed run
     assert complete_steps_of(folder) == [max(metrics(folder))]
     assert "pre-emption signal: saving step" in open(os.path.join(folder, "logs", "rank0.log")).read()
 
