@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
+from internlm.model import AttentionBackendError
 from internlm.train.trainer import RunawayTrainingError
 from train_helpers import flat_state, make_trainer, tiny_config
 
@@ -140,3 +141,12 @@ def test_fp16_run_stops_when_the_loss_scale_is_at_its_minimum(tmp_path):
     # scale 4, 2 and 1 overflowed; the overflow at 1 stopped the run
     assert [h["loss_scale"] for h in trainer.history if not h["update_applied"]][-3:] == [2.0, 1.0, 1.0]
     assert trainer.progress.skipped_steps == 3
+
+
+@pytest.mark.parametrize("stage, backend, reason", [(1, "flash", "flash-attn package is not installed"),
+                                                    (2, "flex", "no backward pass on the CPU")])
+def test_attention_backend_that_cannot_train_stops_at_start_up(tmp_path, stage, backend, reason):
+    """Raised by the constructor: before the model is built and long before the data is indexed."""
+    cfg = tiny_config(stage, tmp_path, **{"model.attn_backend": backend})
+    with pytest.raises(AttentionBackendError, match=reason):
+        make_trainer(cfg)

@@ -487,8 +487,23 @@ _TEACHER_MUST_MATCH = ("hidden_size", "num_layers", "num_attention_heads", "mlp_
                        "causal")
 
 
+def _validate_ranges(cfg: TrainConfig) -> None:
+    """Numbers that would only fail (or silently do nothing) later in the run."""
+    lowest = (("data.micro_num", cfg.data.micro_num, 1), ("data.total_steps", cfg.data.total_steps, 1),
+              ("data.num_workers", cfg.data.num_workers, 0), ("adam.lr", cfg.adam.lr, 0.0),
+              ("lr_scheduler.eta_min", cfg.lr_scheduler.eta_min, 0.0), ("monitor.log_every", cfg.monitor.log_every, 1),
+              ("ckpt.checkpoint_every", cfg.ckpt.checkpoint_every, 1), ("ckpt.keep_last", cfg.ckpt.keep_last, 0),
+              ("hybrid_zero_optimizer.max_consecutive_skipped_steps",
+               cfg.hybrid_zero_optimizer.max_consecutive_skipped_steps, 0))
+    for key, value, low in lowest:
+        if not (math.isfinite(value) and value >= low):
+            kind = "an integer" if isinstance(low, int) else "a finite number"
+            raise ConfigError(f"{key}={value!r}: expected {kind} >= {low}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Cross-section checks. Raises ConfigError naming the offending key."""
+    _validate_ranges(cfg)
     _validate_model(cfg.model, "model")
     if cfg.teacher is not None:
         _validate_model(cfg.teacher, "teacher")
@@ -564,5 +579,3 @@ def validate(cfg: TrainConfig) -> None:
         bad = [c for c in info.content if c not in ("model", "all")]
         if bad:
             raise ConfigError(f"ckpt.load_ckpt_info.content: {bad} not understood; use ('model',) or ('all',)")
-    if cfg.ckpt.checkpoint_every < 1:
-        raise ConfigError(f"ckpt.checkpoint_every={cfg.ckpt.checkpoint_every} must be >= 1")

@@ -29,6 +29,7 @@ from internlm.config import TrainConfig, to_dict
 from internlm.initialize.launch import DistContext
 from internlm.initialize.signals import PREEMPTION_SIGNALS, preemption_signals_blocked
 from internlm.model import EgoAgent
+from internlm.model.egoagent import check_backend_can_train
 from internlm.model.flops import detect_peak_tflops, sample_cost
 from internlm.monitor.progress import StepTimer
 from internlm.monitor.tensorboard import ScalarWriter
@@ -89,6 +90,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.deterministic = cfg.cudnn_deterministic
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        check_backend_can_train(cfg.model, self.joint, self.device, self.autocast_dtype or torch.float32)
         if not cfg.ckpt.save_ckpt_folder:
             raise ValueError("ckpt.save_ckpt_folder is not set: the run needs a folder for logs and checkpoints")
 
