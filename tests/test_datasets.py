@@ -385,3 +385,27 @@ def test_all_bad_raises_a_clear_error(synthetic_world, tmp_path):
     dataset = MultiCropFrames(ImageFolderIndex(str(root)), MultiCropTransform(MultiCropConfig()), 0, "broken set")
     with pytest.raises(DataBrokenError, match="51 consecutive samples"):
         dataset[(0, 0)]
+
+
+# ------------------------------------------------------------------------------------ configured data roots
+
+
+@pytest.mark.parametrize("key", ["egoexo_frames_folder", "egoexo_pose_folder", "train_folder"])
+def test_a_configured_data_root_that_does_not_exist_is_an_error(processed_world, tmp_path, key):
+    """A typo in one root must not train on what the others hold."""
+    missing = str(tmp_path / "nonexistent")
+    value = [str(processed_world.wtour_videos[0]), missing] if key == "train_folder" else missing
+    with pytest.raises(FileNotFoundError, match=f"data.{key}.*{missing}.* does not exist"):
+        build_train_dataset(data_cfg(processed_world, **{key: value}))
+
+
+def test_a_data_root_that_yields_nothing_is_an_error_naming_it(processed_world, tmp_path):
+    w = processed_world
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"data.train_folder.*{empty}.*yields no samples"):
+        build_train_dataset(data_cfg(w, train_folder=[str(w.wtour_videos[0]), str(empty)]))
+    with pytest.raises(ValueError, match=f"data.egoexo_frames_folder.*{empty}.*yields no samples"):
+        build_train_dataset(data_cfg(w, egoexo_frames_folder=str(empty)))
+    with pytest.raises(ValueError, match=f"data.egoexo_frames_folder.*{empty}.*yields no samples"):
+        build_train_dataset(clip_cfg(w, egoexo_frames_folder=str(empty)), cache_dir=str(tmp_path / "cache"))
