@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -218,6 +219,27 @@ def test_async_checkpoint_on_two_ranks(tmp_path, one_rank):
     run(folder, 2, extra=extra)
     assert complete_steps_of(folder) == [2, 4, 6]
     assert_same_losses(metrics(one_rank), metrics(folder), range(1, TOTAL + 1))
+
+
+@pytest.fixture(scope="module")
+def two_rank_checkpoints(tmp_path_factory):
+    """Complete checkpoints at steps 1 and 2, saved by 2 ranks of 4 samples each."""
+    folder = str(tmp_path_factory.mktemp("two_rank_checkpoints"))
+    run(folder, 2, stop_after=2, extra={"ckpt.checkpoint_every": 1})
+    assert complete_steps_of(folder) == [1, 2]
+    return folder
+
+
+def test_file_of_one_rank_corrupt_all_ranks_fall_back_together(tmp_path, two_rank_checkpoints):
+    """Only rank 1 reads rng/rank1.pt: both ranks must still agree to resume from the previous checkpoint."""
+    folder = str(tmp_path / "run")
+    shutil.copytree(two_rank_checkpoints, folder)
+    with open(os.path.join(folder, "2", "rng", "rank1.pt"), "r+b") as f:
+        f.truncate(100)
+    run(folder, 2, stop_after=1, extra={"ckpt.checkpoint_every": 1})
+    assert complete_steps_of(folder) == [1, 2] and os.path.isdir(os.path.join(folder, "2.corrupt"))
+    log = open(os.path.join(folder, "logs", "rank0.log")).read()
+    assert f"{folder}/2/rng/rank1.pt cannot be read" in log and "resumed from " + os.path.join(folder, "1") in log
 
 
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu-[03-06]"}

@@ -2,12 +2,16 @@
 
 import copy
 import json
+import logging
 import os
+import re
+import shutil
 
 import pytest
 import torch
 
 from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
+from internlm.checkpoint.train_state import CorruptCheckpointError
 from internlm.model import AttentionBackendError
 from internlm.train.trainer import RunawayTrainingError
 from train_helpers import flat_state, make_trainer, tiny_config
@@ -80,15 +84,17 @@ def test_fp16_overflow_skips_the_step(tmp_path):
     assert trainer.history[-1]["update_applied"] == 1.0 and progress.step == step_before + 1
 
 
-def test_interrupted_save_is_ignored(tmp_path):
+def test_interrupted_save_is_ignored(tmp_path, caplog):
     cfg = tiny_config(1, tmp_path, steps=4, **{"ckpt.checkpoint_every": 2})
     trainer = make_trainer(cfg)
     trainer.fit()
     assert complete_steps(str(tmp_path)) == [2, 4]
     os.remove(tmp_path / "4" / MARKER)  # as if the process died while writing step 4
     assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "2")
-    resumed = make_trainer(copy.deepcopy(cfg))
+    with caplog.at_level(logging.WARNING):
+        resumed = make_trainer(copy.deepcopy(cfg))
     assert resumed.progress.step == 2
+    assert any(f"skipping {tmp_path / '4'}: no COMPLETE marker" in r.getMessage() for r in caplog.records)
     resumed.fit()
     assert complete_steps(str(tmp_path)) == [2, 4]  # the broken step-4 folder was rewritten, completely
 
@@ -150,3 +156,40 @@ def test_attention_backend_that_cannot_train_stops_at_start_up(tmp_path, stage, 
     cfg = tiny_config(stage, tmp_path, **{"model.attn_backend": backend})
     with pytest.raises(AttentionBackendError, match=reason):
         make_trainer(cfg)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """A stage-1 run with complete checkpoints at steps 2 and 4, and its per-step scalars."""
+    folder = tmp_path_factory.mktemp("two_checkpoints")
+    history = make_trainer(tiny_config(1, folder, steps=4, **{"ckpt.checkpoint_every": 2})).fit()
+    assert complete_steps(str(folder)) == [2, 4]
+    return folder, history
+
+
+CHECKPOINT_FILES = {"sharded state": "train_state/__0_0.distcp", "rng": "rng/rank0.pt", "meta": "meta.json",
+                    "weights": "teacher_tp0_pp0.pt"}
+
+
+@pytest.mark.parametrize("which", sorted(CHECKPOINT_FILES))
+def test_corrupt_file_in_a_complete_checkpoint_falls_back_to_the_previous_one(tmp_path, two_checkpoints, which,
+                                                                              caplog):
+    source, history = two_checkpoints
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    path = run / "4" / CHECKPOINT_FILES[which]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    cfg = tiny_config(1, run, steps=4, **{"ckpt.checkpoint_every": 2})
+
+    strict = copy.deepcopy(cfg)
+    strict.ckpt.fallback_on_corrupt = False
+    with pytest.raises(CorruptCheckpointError, match=re.escape(str(path))):
+        make_trainer(strict)
+    with caplog.at_level(logging.WARNING):
+        resumed = make_trainer(cfg)
+    assert resumed.progress.step == 2
+    assert any(str(path) in r.getMessage() and f"previous complete checkpoint {run / '2'}" in r.getMessage()
+               for r in caplog.records)
+    assert complete_steps(str(run)) == [2] and (run / "4.corrupt" / CHECKPOINT_FILES[which]).is_file()
+    assert [h["loss"] for h in resumed.fit()] == [h["loss"] for h in history[2:]]  # exactly the original run
+    assert complete_steps(str(run)) == [2, 4]

@@ -365,6 +365,9 @@ class CkptConfig:
     # added
     async_save: bool = False  # torch.distributed.checkpoint.async_save for the sharded training state
     keep_last: int = 0  # > 0: delete older complete checkpoints, keeping this many
+    # a file of the newest complete checkpoint cannot be read: True resumes from the previous complete one (with a
+    # warning; the corrupt folder is renamed {step}.corrupt and kept), False stops with the error
+    fallback_on_corrupt: bool = True
 
     def init_source(self) -> Optional[LoadCkptInfo]:
         if self.load_ckpt_info is not None:

@@ -23,8 +23,9 @@ import torch.distributed as dist
 
 from internlm.checkpoint.atomic import atomic_write_text
 from internlm.checkpoint.export import git_commit, load_state_dict
-from internlm.checkpoint.layout import is_complete, latest_checkpoint, resolve_checkpoint, step_folder
-from internlm.checkpoint.train_state import CheckpointManager
+from internlm.checkpoint.layout import (MARKER, complete_steps, incomplete_steps, is_complete, latest_checkpoint,
+                                        resolve_checkpoint, step_folder)
+from internlm.checkpoint.train_state import CheckpointManager, CorruptCheckpointError
 from internlm.config import TrainConfig, to_dict
 from internlm.initialize.launch import DistContext
 from internlm.initialize.signals import PREEMPTION_SIGNALS, preemption_signals_blocked
@@ -96,12 +97,12 @@ class Trainer:
 
         self.plan = DataParallelPlan(cfg.parallel, self.world, self.device)
         self.manager = CheckpointManager(cfg, self.plan)
-        resume_folder = self._resume_folder()
+        resume_candidates = self._resume_candidates()
 
         seed_everything(cfg.data.seed)  # identical initial weights on every rank
         student = EgoAgent(cfg.model, joint=self.joint)
         self.meta = EgoAgentMetaArch(cfg, student)
-        if resume_folder is None:
+        if not resume_candidates:
             self._init_from_other_run()
         self.meta.to(self.device)
         self.plan.apply(self.meta, cfg.hybrid_zero_optimizer.reduce_bucket_size)
@@ -110,8 +111,8 @@ class Trainer:
         self.schedules = Schedules.from_config(cfg)
         self.progress = Progress()
         self.consecutive_skips = 0  # skipped steps since the last applied update
-        if resume_folder is not None:
-            meta = self.manager.load(resume_folder, self.meta, self.optimizer)
+        if resume_candidates:
+            resume_folder, meta = self._load_newest_readable(resume_candidates)
             self.progress = Progress(**{k: meta[k] for k in Progress().as_dict()})
             self.scaler.load_state_dict(meta["scaler"])
             logger.info("resumed from %s at step %d (%d samples consumed)", resume_folder, self.progress.step,
@@ -128,16 +129,37 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- initialisation
 
-    def _resume_folder(self) -> Optional[str]:
+    def _resume_candidates(self) -> list[str]:
+        """The checkpoints to resume from, newest first (the older ones are fallbacks); [] for a fresh start."""
         ck = self.cfg.ckpt
         if ck.auto_resume:
-            latest = latest_checkpoint(ck.save_ckpt_folder)
-            if latest is not None:
-                return latest
+            if self.ctx.is_main:
+                for step in incomplete_steps(ck.save_ckpt_folder):
+                    logger.warning("skipping %s: no %s marker, i.e. a save that was interrupted; it is written anew "
+                                   "when the run reaches step %d", step_folder(ck.save_ckpt_folder, step), MARKER, step)
+            steps = complete_steps(ck.save_ckpt_folder)
+            if steps:
+                return [step_folder(ck.save_ckpt_folder, step) for step in reversed(steps)]
         info = ck.init_source()
         if info is not None and "all" in info.content:
-            return resolve_checkpoint(info.path)
-        return None
+            return [resolve_checkpoint(info.path)]
+        return []
+
+    def _load_newest_readable(self, candidates: list[str]) -> tuple[str, dict]:
+        """Load the first candidate that reads; with ckpt.fallback_on_corrupt, a corrupt one is set aside with a
+        warning and the next one tried."""
+        folder, *older = candidates
+        while True:
+            try:
+                return folder, self.manager.load(folder, self.meta, self.optimizer)
+            except CorruptCheckpointError as exc:
+                if not older or not self.cfg.ckpt.fallback_on_corrupt:
+                    raise
+                kept = self.manager.set_aside(folder)
+                logger.warning("checkpoint %s is corrupt: %s. Resuming from the previous complete checkpoint %s "
+                               "instead (ckpt.fallback_on_corrupt); the corrupt one is kept as %s", folder, exc,
+                               older[0], kept)
+                folder, *older = older
 
     def _init_from_other_run(self) -> None:
         """ckpt.load_ckpt_info with content ("model",): student and teacher weights (stage 2 from stage 1)."""
