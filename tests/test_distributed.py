@@ -131,6 +131,7 @@ def test_resume_on_another_world_size(tmp_path, one_rank, first, second):
     assert_same_losses(reference, resumed, range(1, TOTAL + 1))
     assert samples_seen(folder, 2) == samples_seen(one_rank, 1)
     assert len(samples_seen(folder, 2)) == TOTAL * 8
+    assert "the global batch is now" not in open(os.path.join(folder, "logs", "rank0.log")).read()
 
 
 def test_dead_rank_fails_the_job_and_relaunch_resumes(tmp_path):
@@ -240,6 +241,16 @@ def test_file_of_one_rank_corrupt_all_ranks_fall_back_together(tmp_path, two_ran
     assert complete_steps_of(folder) == [1, 2] and os.path.isdir(os.path.join(folder, "2.corrupt"))
     log = open(os.path.join(folder, "logs", "rank0.log")).read()
     assert f"{folder}/2/rng/rank1.pt cannot be read" in log and "resumed from " + os.path.join(folder, "1") in log
+
+
+def test_resume_on_another_world_size_without_adjusting_micro_num_warns(tmp_path, two_rank_checkpoints):
+    folder = str(tmp_path / "run")
+    shutil.copytree(two_rank_checkpoints, folder)
+    run(folder, 1, global_batch=4, stop_after=1)  # data.micro_num=4 as on each of the 2 ranks: global batch 8 -> 4
+    log = open(os.path.join(folder, "logs", "rank0.log")).read()
+    assert "saved on 2 ranks with data.micro_num=4 (global batch 8)" in log
+    assert ("the global batch is now 4 (data.micro_num=4 x 1 rank); to keep 8, relaunch with --opt "
+            "data.micro_num=8") in log
 
 
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu-[03-06]"}

@@ -162,7 +162,8 @@ class CheckpointManager:
         teacher_state = full_state_dict(meta_arch.teacher, self.plan)
         if rank == 0:
             world = dist.get_world_size() if dist.is_initialized() else 1
-            meta = dict(progress, step=step, world_size=world, git_commit=git_commit(), stage=self.cfg.stage,
+            meta = dict(progress, step=step, world_size=world, micro_num=self.cfg.data.micro_num,
+                        git_commit=git_commit(), stage=self.cfg.stage,
                         parallel_mode=self.plan.mode, time=time.strftime("%Y-%m-%d %H:%M:%S"))
             write_weights(folder, student_state, teacher_state, self.cfg, meta)
         del student_state, teacher_state

@@ -23,8 +23,8 @@ import torch.distributed as dist
 
 from internlm.checkpoint.atomic import atomic_write_text
 from internlm.checkpoint.export import git_commit, load_state_dict
-from internlm.checkpoint.layout import (MARKER, complete_steps, incomplete_steps, is_complete, latest_checkpoint,
-                                        resolve_checkpoint, step_folder)
+from internlm.checkpoint.layout import (CONFIG_FILE, MARKER, complete_steps, incomplete_steps, is_complete,
+                                        latest_checkpoint, resolve_checkpoint, step_folder)
 from internlm.checkpoint.train_state import CheckpointManager, CorruptCheckpointError
 from internlm.config import TrainConfig, to_dict
 from internlm.initialize.launch import DistContext
@@ -115,6 +115,7 @@ class Trainer:
             resume_folder, meta = self._load_newest_readable(resume_candidates)
             self.progress = Progress(**{k: meta[k] for k in Progress().as_dict()})
             self.scaler.load_state_dict(meta["scaler"])
+            self._warn_if_global_batch_changed(resume_folder, meta)
             logger.info("resumed from %s at step %d (%d samples consumed)", resume_folder, self.progress.step,
                         self.progress.consumed_samples)
         self.loader_factory = loader_factory or _default_loader_factory
@@ -178,6 +179,30 @@ class Trainer:
                             len(result.missing_keys), ", ".join(sorted({k.split('.')[0] for k in result.missing_keys})))
             else:
                 logger.info("initialised %s from %s", which, folder)
+
+    def _warn_if_global_batch_changed(self, folder: str, meta: dict) -> None:
+        """Another number of ranks with the same data.micro_num changes the global batch (and so the training)."""
+        saved_world = meta.get("world_size", self.world)
+        if not self.ctx.is_main or saved_world == self.world:
+            return
+        saved_micro = meta.get("micro_num")
+        if saved_micro is None:  # a checkpoint written before meta.json had it
+            with open(os.path.join(folder, CONFIG_FILE)) as f:
+                saved_micro = json.load(f)["data"]["micro_num"]
+        saved_batch = saved_micro * saved_world
+        if saved_batch == self.global_batch:
+            return
+        if saved_batch % self.world:
+            keep = f"no data.micro_num keeps {saved_batch} on {self.world} ranks"
+        else:
+            micro = saved_batch // self.world
+            keep = f"to keep {saved_batch}, relaunch with --opt data.micro_num={micro}"
+            if micro % self.cfg.data.gradient_accumulation:
+                keep += " and a data.gradient_accumulation (and loss.grad_accum) that divides it"
+        logger.warning("%s was saved on %d ranks with data.micro_num=%d (global batch %d); on %d rank%s the global "
+                       "batch is now %d (data.micro_num=%d x %d rank%s); %s", folder, saved_world, saved_micro,
+                       saved_batch, self.world, "s" if self.world > 1 else "", self.global_batch,
+                       self.cfg.data.micro_num, self.world, "s" if self.world > 1 else "", keep)
 
     def write_run_record(self) -> None:
         """The resolved config, the git commit and the command line, once per run (rank 0)."""
