@@ -193,3 +193,37 @@ def test_corrupt_file_in_a_complete_checkpoint_falls_back_to_the_previous_one(tm
     assert complete_steps(str(run)) == [2] and (run / "4.corrupt" / CHECKPOINT_FILES[which]).is_file()
     assert [h["loss"] for h in resumed.fit()] == [h["loss"] for h in history[2:]]  # exactly the original run
     assert complete_steps(str(run)) == [2, 4]
+
+
+def _sample_ids(folder) -> list[list[int]]:
+    with open(os.path.join(folder, "samples_rank0.jsonl")) as f:
+        return [json.loads(line)["sample_ids"] for line in f if line.strip()]
+
+
+def test_bad_files_are_reported_once_and_replaced_the_same_after_resume(tmp_path, synthetic_world, caplog):
+    """12 images, 2 of them truncated, 3 epochs through 2 loader workers: 2 bad files, warned about once each (also
+    across a resume), and the replacements are the same with and without the resume."""
+    root = tmp_path / "images"
+    for cls in sorted((synthetic_world.imagefolder / "train").iterdir())[:2]:
+        (root / cls.name).mkdir(parents=True)
+        for image in sorted(cls.iterdir())[:6]:
+            shutil.copy(image, root / cls.name)
+    bad = sorted(root.glob("*/*.jpg"))[1::7]
+    for path in bad:
+        path.write_bytes(path.read_bytes()[:300])
+    opts = {"data.dataset_type": "ImgNetDINO", "data.train_folder": [str(root)], "data.num_workers": 2,
+            "monitor.record_sample_ids": True}
+    with caplog.at_level(logging.WARNING):
+        straight = make_trainer(tiny_config(1, tmp_path / "straight", steps=9, **opts))
+        straight.fit()
+        cfg = tiny_config(1, tmp_path / "resumed", steps=9, **opts, **{"ckpt.checkpoint_every": 4})
+        make_trainer(cfg).fit(max_iterations=4)
+        resumed = make_trainer(copy.deepcopy(cfg))
+        resumed.fit()
+    assert straight.progress.bad_samples == resumed.progress.bad_samples == len(bad) == 2
+    for path in bad:  # once in the straight run, once in the interrupted one
+        assert sum(str(path) in r.getMessage() for r in caplog.records) == 2, str(path)
+    ids = _sample_ids(tmp_path / "straight")
+    assert ids == _sample_ids(tmp_path / "resumed") and len(ids) == 9
+    bad_index = [straight_index for straight_index, p in enumerate(sorted(root.glob("*/*.jpg"))) if p in bad]
+    assert not set(bad_index) & {i for step in ids for i in step}  # every draw of a bad file was replaced

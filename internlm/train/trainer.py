@@ -27,6 +27,7 @@ from internlm.checkpoint.layout import (CONFIG_FILE, MARKER, complete_steps, inc
                                         latest_checkpoint, resolve_checkpoint, step_folder)
 from internlm.checkpoint.train_state import CheckpointManager, CorruptCheckpointError
 from internlm.config import TrainConfig, to_dict
+from internlm.data.bad_samples import parse_bad_files
 from internlm.initialize.launch import DistContext
 from internlm.initialize.signals import PREEMPTION_SIGNALS, preemption_signals_blocked
 from internlm.model import EgoAgent
@@ -55,7 +56,7 @@ class Progress:
     iteration: int = 0  # batches consumed, skipped steps included
     consumed_samples: int = 0  # global position in the sample stream
     skipped_steps: int = 0  # non-finite gradients (fp16 overflow)
-    bad_samples: int = 0  # unreadable samples the loader replaced
+    bad_samples: int = 0  # distinct unreadable input files met so far, all ranks (their samples were replaced)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -111,10 +112,12 @@ class Trainer:
         self.schedules = Schedules.from_config(cfg)
         self.progress = Progress()
         self.consecutive_skips = 0  # skipped steps since the last applied update
+        self.bad_files: dict[str, str] = {}  # path -> reason of each unreadable input file met, the same on all ranks
         if resume_candidates:
             resume_folder, meta = self._load_newest_readable(resume_candidates)
             self.progress = Progress(**{k: meta[k] for k in Progress().as_dict()})
             self.scaler.load_state_dict(meta["scaler"])
+            self.bad_files = dict(meta.get("bad_files", {}))
             self._warn_if_global_batch_changed(resume_folder, meta)
             logger.info("resumed from %s at step %d (%d samples consumed)", resume_folder, self.progress.step,
                         self.progress.consumed_samples)
@@ -267,8 +270,7 @@ class Trainer:
         p = self.progress
         p.iteration += 1
         p.consumed_samples += self.global_batch
-        p.bad_samples += int(_all_reduce_(torch.tensor([int(batch["num_skipped"].sum())]))[0]) \
-            if "num_skipped" in batch else 0
+        self._note_bad_files(batch)
         if finite:
             p.step += 1
             self.consecutive_skips = 0
@@ -293,6 +295,23 @@ class Trainer:
                        skipped_steps=p.skipped_steps, bad_samples=p.bad_samples, update_applied=float(finite))
         return scalars
 
+    def _note_bad_files(self, batch: dict) -> None:
+        """Each unreadable input file is warned about once per run, for all ranks and loader workers (which do not
+        warn themselves, see _default_loader_factory), and counted once in bad_samples."""
+        if "bad_files" not in batch:
+            return
+        new = {path: why for path, why in parse_bad_files(batch["bad_files"]).items() if path not in self.bad_files}
+        if self.world > 1 and int(_all_reduce_(torch.tensor([len(new)], device=self.device))[0]):
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, new)
+            new = {path: why for part in reversed(gathered) for path, why in part.items()}
+        if self.ctx.is_main:
+            for count, path in enumerate(sorted(new), len(self.bad_files) + 1):
+                logger.warning("bad input file %s: %s; the samples it cannot give are replaced by random valid ones "
+                               "(%d distinct bad files so far)", path, new[path], count)
+        self.bad_files.update(new)
+        self.progress.bad_samples = len(self.bad_files)
+
     def _unscale_and_clip(self) -> float:
         """Undo the loss scale, clip to clip_grad_norm over all ranks' gradients; returns the norm before clipping
         (inf/nan when some gradient is not finite)."""
@@ -312,7 +331,7 @@ class Trainer:
         folder = step_folder(self.cfg.ckpt.save_ckpt_folder, self.progress.step)
         if is_complete(folder):
             return folder  # this step is already saved (e.g. pre-emption right after a periodic save)
-        progress = dict(self.progress.as_dict(), scaler=self.scaler.state_dict())
+        progress = dict(self.progress.as_dict(), scaler=self.scaler.state_dict(), bad_files=self.bad_files)
         return self.manager.save(self.progress.step, self.meta, self.optimizer, progress)
 
     def fit(self, max_iterations: Optional[int] = None) -> list[dict]:
@@ -481,12 +500,14 @@ def _requeue_slurm_job(is_main: bool) -> None:
 
 
 def _default_loader_factory(cfg: TrainConfig, ctx: DistContext, consumed: int) -> Iterator[dict]:
-    from internlm.data.build import build_train_loader
+    from internlm.data.build import build_train_dataset, build_train_loader
 
-    dataset = None
     if cfg.data.dataset_type == "Generated":
         from internlm.data.generated import GeneratedSamples
 
         dataset = GeneratedSamples(cfg.data, joint=cfg.loss.is_joint)
+    else:
+        dataset = build_train_dataset(cfg.data)
+        dataset.bad_files.warn = False  # Trainer._note_bad_files warns, once for all ranks and workers
     return build_train_loader(cfg.data, rank=ctx.rank, world_size=ctx.world_size, consumed=consumed,
                               dataset=dataset)
