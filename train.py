@@ -47,10 +47,13 @@ def main(argv=None) -> int:
     setup_logging(ctx.rank, os.path.join(cfg.ckpt.save_ckpt_folder, "logs", f"rank{ctx.rank}.log"))
     logging.getLogger(__name__).info("config %s: stage %d, %d process(es) on %s", args.config, cfg.stage,
                                      ctx.world_size, ctx.device)
-    from internlm.train.trainer import Trainer
+    from internlm.model.attention import AttentionBackendError
+    from internlm.train.trainer import RunawayTrainingError, Trainer
 
     try:
         Trainer(cfg, ctx).fit(max_iterations=args.stop_after)
+    except (AttentionBackendError, RunawayTrainingError) as exc:
+        raise SystemExit(str(exc))
     finally:
         destroy_distributed()
     return 0

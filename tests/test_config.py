@@ -86,3 +86,17 @@ def test_constants_local_prefix_and_overrides(tmp_path):
     shipped = load_config(path).lr_scheduler.total_steps
     with pytest.raises(ConfigError, match=f"lr_scheduler.total_steps={shipped} differs from data.total_steps=7"):
         load_config(path, [("data.total_steps", 7)])
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("data.micro_num", 0, "data.micro_num=0: expected an integer >= 1"),
+    ("data.total_steps", 0, "data.total_steps=0: expected an integer >= 1"),
+    ("adam.lr", -1, "adam.lr=-1.0: expected a finite number >= 0"),
+    ("adam.lr", float("nan"), "adam.lr=nan: expected a finite number >= 0"),
+    ("hybrid_zero_optimizer.max_consecutive_skipped_steps", -1, "max_consecutive_skipped_steps=-1"),
+    ("monitor.log_every", 0, "monitor.log_every=0: expected an integer >= 1"),
+])
+def test_out_of_range_values_are_errors_at_load_time(key, value, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/demo/stage2_joint_tiny.py", [(key, value)])
+    assert expected in str(err.value)

@@ -193,7 +193,7 @@ def test_clip_samples_equal_the_files(processed_world, cache_dir):
 def test_eval_clips_have_no_crops_and_no_randomness(processed_world, cache_dir):
     val = build_eval_clip_dataset(clip_cfg(processed_world), cache_dir=cache_dir)
     a, b = val[3], val[3]
-    assert set(a) == {"frames", "poses", "take_uid", "frame_ids", "sample_id", "num_skipped"}
+    assert set(a) == {"frames", "poses", "take_uid", "frame_ids", "sample_id", "num_skipped", "bad_files"}
     assert torch.equal(a["frames"], b["frames"]) and a["sample_id"] == 3
     assert torch.equal(val[(3, 99)]["frames"], a["frames"])
 
@@ -275,21 +275,26 @@ def private_world(processed_world, tmp_path):
                     train_folder=videos)
 
 
-def test_corrupt_jpeg_is_skipped_and_counted(processed_world, private_world, caplog):
+def test_corrupt_jpeg_is_replaced_by_random_valid_samples_and_reported_once(processed_world, private_world, caplog):
     dataset = build_train_dataset(private_world)
     index = len(dataset) - 5
     path = dataset.frames.name(index)
     open(path, "wb").write(b"\xff\xd8 broken" * 30)
     with caplog.at_level(logging.WARNING, logger="internlm.data"):
-        sample = dataset[(index, 0)]
-    assert (sample["sample_id"], sample["num_skipped"]) == (index + 1, 1)
-    assert float(sample["global_crops"].std()) > 0.1  # the replacement, not zeros
-    assert any(path in r.getMessage() for r in caplog.records)
+        samples = [dataset[(index, draw)] for draw in range(6)]
+    used = [s["sample_id"] for s in samples]
+    assert index not in used and len(set(used)) > 1  # random replacements, not always the next index
+    assert all(s["num_skipped"] == 1 and s["bad_files"].startswith(f"{path}\t") for s in samples)
+    assert float(samples[0]["global_crops"].std()) > 0.1  # the replacement, not zeros
+    assert sum(path in r.getMessage() for r in caplog.records) == 1 and path in dataset.bad_files.reasons
+    fresh = build_train_dataset(private_world)[(index, 0)]  # another worker, or a resumed run: the same sample
+    assert fresh["sample_id"] == used[0] and torch.equal(fresh["global_crops"], samples[0]["global_crops"])
     assert dataset[(index - 1, 0)]["num_skipped"] == 0
 
 
-def test_truncated_jpeg_in_a_clip_skips_to_the_next_clip_without_it(processed_world, private_world, tmp_path,
-                                                                    caplog):
+def test_truncated_jpeg_shared_by_overlapping_clips(processed_world, private_world, tmp_path, caplog):
+    """Clips 0, 1, 2, ... share the frame: each draw gets its own random replacement without the frame, and the
+    file is read and reported once."""
     cfg = clip_cfg(processed_world, egoexo_frames_folder=private_world.egoexo_frames_folder,
                    egoexo_pose_folder=private_world.egoexo_pose_folder)
     dataset = build_train_dataset(cfg, cache_dir=str(tmp_path / "cache"))
@@ -297,14 +302,15 @@ def test_truncated_jpeg_in_a_clip_skips_to_the_next_clip_without_it(processed_wo
     path = processed_frame_path(cfg.egoexo_frames_folder, take, int(frames[2]))
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    users = [i for i in range(len(dataset))
-             if dataset.clip_meta(i)[0] == take and int(frames[2]) in dataset.clip_meta(i)[1]]
-    assert users[0] == 0 and users == list(range(len(users)))  # clips 0, 1, 2 share the frame
+    users = [i for i in range(len(dataset)) if path in dataset.image_files(i)]
+    assert users[0] == 0 and users == list(range(len(users))) and len(users) >= 3
     with caplog.at_level(logging.WARNING, logger="internlm.data"):
-        sample = dataset[(0, 0)]
-    assert (sample["sample_id"], sample["num_skipped"]) == (len(users), len(users))
-    assert sum(path in r.getMessage() for r in caplog.records) == len(users)
-    assert float(sample["frames"].std()) > 0.1
+        samples = [dataset[(i, 100 + i)] for i in users]
+    replacements = [s["sample_id"] for s in samples]
+    assert len(set(replacements)) > 1 and not set(replacements) & set(users)  # spread out, never the bad frame
+    assert all(s["num_skipped"] >= 1 and s["bad_files"].startswith(f"{path}\ttruncated JPEG") for s in samples)
+    assert sum(path in r.getMessage() for r in caplog.records) == 1
+    assert float(samples[0]["frames"].std()) > 0.1
 
 
 def test_missing_frame_nan_pose_and_missing_key_are_left_out_of_the_index(processed_world, private_world, tmp_path,
@@ -371,9 +377,11 @@ def test_truncated_videos(processed_world, tmp_path, caplog):
         assert len(dataset) == math.ceil(processed_world.size.walk_frames / STEP)  # only the streamable one
         assert any("cut.mp4" in r.getMessage() and "cannot open" in r.getMessage() for r in caplog.records)
         first = dataset[(0, 0)]
-        last = dataset[(len(dataset) - 1, 0)]  # frame 80 is past the cut: wraps around to frame 0
+        last = dataset[(len(dataset) - 1, 0)]
+        replacement = dataset[(last["sample_id"], 0)]
     assert (first["sample_id"], first["num_skipped"]) == (0, 0)
-    assert (last["sample_id"], last["num_skipped"]) == (0, 1)
+    assert last["num_skipped"] >= 1 and "streamable.mp4" in last["bad_files"]  # frame 80 is past the cut...
+    assert replacement["num_skipped"] == 0  # ... and was replaced by a frame that decodes
     assert any("streamable.mp4" in r.getMessage() and "frame 80" in r.getMessage() for r in caplog.records)
 
 
@@ -385,3 +393,27 @@ def test_all_bad_raises_a_clear_error(synthetic_world, tmp_path):
     dataset = MultiCropFrames(ImageFolderIndex(str(root)), MultiCropTransform(MultiCropConfig()), 0, "broken set")
     with pytest.raises(DataBrokenError, match="51 consecutive samples"):
         dataset[(0, 0)]
+
+
+# ------------------------------------------------------------------------------------ configured data roots
+
+
+@pytest.mark.parametrize("key", ["egoexo_frames_folder", "egoexo_pose_folder", "train_folder"])
+def test_a_configured_data_root_that_does_not_exist_is_an_error(processed_world, tmp_path, key):
+    """A typo in one root must not train on what the others hold."""
+    missing = str(tmp_path / "nonexistent")
+    value = [str(processed_world.wtour_videos[0]), missing] if key == "train_folder" else missing
+    with pytest.raises(FileNotFoundError, match=f"data.{key}.*{missing}.* does not exist"):
+        build_train_dataset(data_cfg(processed_world, **{key: value}))
+
+
+def test_a_data_root_that_yields_nothing_is_an_error_naming_it(processed_world, tmp_path):
+    w = processed_world
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"data.train_folder.*{empty}.*yields no samples"):
+        build_train_dataset(data_cfg(w, train_folder=[str(w.wtour_videos[0]), str(empty)]))
+    with pytest.raises(ValueError, match=f"data.egoexo_frames_folder.*{empty}.*yields no samples"):
+        build_train_dataset(data_cfg(w, egoexo_frames_folder=str(empty)))
+    with pytest.raises(ValueError, match=f"data.egoexo_frames_folder.*{empty}.*yields no samples"):
+        build_train_dataset(clip_cfg(w, egoexo_frames_folder=str(empty)), cache_dir=str(tmp_path / "cache"))

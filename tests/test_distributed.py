@@ -3,8 +3,11 @@ batch; resuming on another number of ranks; a dead rank; the slurm launcher."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,8 +31,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(folder, world: int, global_batch: int = 8, mode="ddp", stop_after=None, extra=None) -> list:
-    """Start ``world`` ranks of train.py (torchrun's variables set by hand, as a launcher would)."""
+def launch(folder, world: int, global_batch: int = 8, mode="ddp", stop_after=None, extra=None,
+           own_process_group=False) -> list:
+    """Start ``world`` ranks of train.py (torchrun's variables set by hand, as a launcher would). With
+    ``own_process_group`` the ranks (and so their loader workers) form a new process group, as under slurm."""
     opts = dict(tiny_overrides(folder, steps=TOTAL, micro_num=global_batch // world, accum=1))
     opts.update({"parallel.zero1": MODES[mode], "monitor.record_sample_ids": True, "ckpt.checkpoint_every": 3})
     opts.update(extra or {})
@@ -46,7 +51,10 @@ def launch(folder, world: int, global_batch: int = 8, mode="ddp", stop_after=Non
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
         log = open(os.path.join(folder, f"launch_rank{rank}.log"), "a")
-        procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+        group = {}
+        if own_process_group:
+            group = {"preexec_fn": functools.partial(os.setpgid, 0, procs[0].pid if procs else 0)}
+        procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, **group))
     return procs
 
 
@@ -63,9 +71,12 @@ def wait(procs, timeout=240) -> list[int]:
 
 
 def run(folder, world, **kw):
-    codes = wait(launch(folder, world, **kw))
+    check_exit_codes(folder, wait(launch(folder, world, **kw)))
+
+
+def check_exit_codes(folder, codes: list[int]) -> None:
     if any(codes):
-        logs = "".join(open(os.path.join(folder, f"launch_rank{r}.log")).read()[-3000:] for r in range(world))
+        logs = "".join(open(os.path.join(folder, f"launch_rank{r}.log")).read()[-3000:] for r in range(len(codes)))
         raise AssertionError(f"ranks exited with {codes}:\n{logs}")
 
 
@@ -120,6 +131,7 @@ def test_resume_on_another_world_size(tmp_path, one_rank, first, second):
     assert_same_losses(reference, resumed, range(1, TOTAL + 1))
     assert samples_seen(folder, 2) == samples_seen(one_rank, 1)
     assert len(samples_seen(folder, 2)) == TOTAL * 8
+    assert "the global batch is now" not in open(os.path.join(folder, "logs", "rank0.log")).read()
 
 
 def test_dead_rank_fails_the_job_and_relaunch_resumes(tmp_path):
@@ -156,6 +168,89 @@ def test_preemption_signal_saves_and_stops(tmp_path):
     assert wait(procs, timeout=120) == [0, 0]
     steps = [int(d) for d in os.listdir(folder) if d.isdigit() and os.path.isfile(os.path.join(folder, d, "COMPLETE"))]
     assert len(steps) == 1 and steps[0] == max(metrics(folder))
+
+
+def complete_steps_of(folder) -> list[int]:
+    return sorted(int(d) for d in os.listdir(folder)
+                  if d.isdigit() and os.path.isfile(os.path.join(folder, d, "COMPLETE")))
+
+
+def wait_for_steps(folder, procs, steps: int, timeout=180) -> None:
+    deadline = time.time() + timeout
+    while not (os.path.isfile(os.path.join(folder, "metrics.jsonl")) and len(metrics(folder)) >= steps):
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            check_exit_codes(folder, wait(procs, timeout=1))
+            raise AssertionError(f"fewer than {steps} steps after {timeout}s")
+        time.sleep(0.2)
+
+
+def child_pids(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+@pytest.mark.parametrize("world, sig", [(1, signal.SIGUSR1), (2, signal.SIGTERM)])
+def test_preemption_signal_to_the_process_group_with_loader_workers(tmp_path, world, sig):
+    """slurm and torchrun signal the whole process group, DataLoader workers included: the workers must survive it
+    and every rank save at the next step and exit 0."""
+    folder = str(tmp_path / "run")
+    extra = {"data.total_steps": 10000, "lr_scheduler.total_steps": 10000, "ckpt.checkpoint_every": 10000,
+             "data.num_workers": 2}
+    procs = launch(folder, world, extra=extra, own_process_group=True)
+    try:
+        wait_for_steps(folder, procs, 2)
+        workers = [c for p in procs for c in child_pids(p.pid)]
+        assert len(workers) >= 2 * world and all(os.getpgid(w) == procs[0].pid for w in workers)
+        os.killpg(procs[0].pid, sig)
+        check_exit_codes(folder, wait(procs, timeout=120))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(procs[0].pid, signal.SIGKILL)  # whatever is left of a failed run
+    assert complete_steps_of(folder) == [max(metrics(folder))]
+    assert "pre-emption signal: saving step" in open(os.path.join(folder, "logs", "rank0.log")).read()
+
+
+def test_async_checkpoint_on_two_ranks(tmp_path, one_rank):
+    """The background save of the sharded state must not meet the training's collectives on one process group:
+    2 ranks train past an async checkpoint, and a relaunch resumes from it exactly."""
+    folder = str(tmp_path / "run")
+    extra = {"ckpt.async_save": True, "ckpt.checkpoint_every": 2, "parallel.timeout_s": 30.0}
+    run(folder, 2, stop_after=3, extra=extra)  # step 3 runs while step 2's optimizer state is being written
+    assert complete_steps_of(folder) == [2]
+    run(folder, 2, extra=extra)
+    assert complete_steps_of(folder) == [2, 4, 6]
+    assert_same_losses(metrics(one_rank), metrics(folder), range(1, TOTAL + 1))
+
+
+@pytest.fixture(scope="module")
+def two_rank_checkpoints(tmp_path_factory):
+    """Complete checkpoints at steps 1 and 2, saved by 2 ranks of 4 samples each."""
+    folder = str(tmp_path_factory.mktemp("two_rank_checkpoints"))
+    run(folder, 2, stop_after=2, extra={"ckpt.checkpoint_every": 1})
+    assert complete_steps_of(folder) == [1, 2]
+    return folder
+
+
+def test_file_of_one_rank_corrupt_all_ranks_fall_back_together(tmp_path, two_rank_checkpoints):
+    """Only rank 1 reads rng/rank1.pt: both ranks must still agree to resume from the previous checkpoint."""
+    folder = str(tmp_path / "run")
+    shutil.copytree(two_rank_checkpoints, folder)
+    with open(os.path.join(folder, "2", "rng", "rank1.pt"), "r+b") as f:
+        f.truncate(100)
+    run(folder, 2, stop_after=1, extra={"ckpt.checkpoint_every": 1})
+    assert complete_steps_of(folder) == [1, 2] and os.path.isdir(os.path.join(folder, "2.corrupt"))
+    log = open(os.path.join(folder, "logs", "rank0.log")).read()
+    assert f"{folder}/2/rng/rank1.pt cannot be read" in log and "resumed from " + os.path.join(folder, "1") in log
+
+
+def test_resume_on_another_world_size_without_adjusting_micro_num_warns(tmp_path, two_rank_checkpoints):
+    folder = str(tmp_path / "run")
+    shutil.copytree(two_rank_checkpoints, folder)
+    run(folder, 1, global_batch=4, stop_after=1)  # data.micro_num=4 as on each of the 2 ranks: global batch 8 -> 4
+    log = open(os.path.join(folder, "logs", "rank0.log")).read()
+    assert "saved on 2 ranks with data.micro_num=4 (global batch 8)" in log
+    assert ("the global batch is now 4 (data.micro_num=4 x 1 rank); to keep 8, relaunch with --opt "
+            "data.micro_num=8") in log
 
 
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu-[03-06]"}

@@ -1,12 +1,19 @@
 """The training engine: EMA teacher, exact resume, fp16 overflow handling, atomic checkpoints, stage-2 init."""
 
 import copy
+import json
+import logging
 import os
+import re
+import shutil
 
 import pytest
 import torch
 
 from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
+from internlm.checkpoint.train_state import CorruptCheckpointError
+from internlm.model import AttentionBackendError
+from internlm.train.trainer import RunawayTrainingError
 from train_helpers import flat_state, make_trainer, tiny_config
 
 
@@ -77,15 +84,17 @@ def test_fp16_overflow_skips_the_step(tmp_path):
     assert trainer.history[-1]["update_applied"] == 1.0 and progress.step == step_before + 1
 
 
-def test_interrupted_save_is_ignored(tmp_path):
+def test_interrupted_save_is_ignored(tmp_path, caplog):
     cfg = tiny_config(1, tmp_path, steps=4, **{"ckpt.checkpoint_every": 2})
     trainer = make_trainer(cfg)
     trainer.fit()
     assert complete_steps(str(tmp_path)) == [2, 4]
     os.remove(tmp_path / "4" / MARKER)  # as if the process died while writing step 4
     assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "2")
-    resumed = make_trainer(copy.deepcopy(cfg))
+    with caplog.at_level(logging.WARNING):
+        resumed = make_trainer(copy.deepcopy(cfg))
     assert resumed.progress.step == 2
+    assert any(f"skipping {tmp_path / '4'}: no COMPLETE marker" in r.getMessage() for r in caplog.records)
     resumed.fit()
     assert complete_steps(str(tmp_path)) == [2, 4]  # the broken step-4 folder was rewritten, completely
 
@@ -104,3 +113,117 @@ def test_stage2_starts_from_stage1(tmp_path):
     assert any(k.startswith("action_head") for k in new) and any(k.startswith("pred_head") for k in new)
     assert s2.progress.step == 0
     s2.fit()
+
+
+def _strict_json_rows(path) -> list[dict]:
+    def reject(token):
+        raise AssertionError(f"{path}: {token} is not JSON")
+
+    with open(path) as f:
+        return [json.loads(line, parse_constant=reject) for line in f if line.strip()]
+
+
+def test_runaway_run_stops_after_consecutive_skipped_steps(tmp_path):
+    """lr=1e30 blows the weights up: every later step has NaN gradients. The run stops after
+    hybrid_zero_optimizer.max_consecutive_skipped_steps of them, and metrics.jsonl stays valid JSON."""
+    cfg = tiny_config(1, tmp_path, steps=12, **{"adam.lr": 1e30,
+                                                "hybrid_zero_optimizer.max_consecutive_skipped_steps": 3})
+    trainer = make_trainer(cfg)
+    with pytest.raises(RunawayTrainingError, match="3 consecutive steps"):
+        trainer.fit()
+    applied = [h["update_applied"] for h in trainer.history]
+    assert applied[-3:] == [0.0, 0.0, 0.0] and 1.0 in applied and len(applied) < 12
+    rows = _strict_json_rows(tmp_path / "metrics.jsonl")
+    assert len(rows) == len(applied) and rows[-1]["grad_norm"] is None and rows[0]["grad_norm"] > 0
+
+
+def test_fp16_run_stops_when_the_loss_scale_is_at_its_minimum(tmp_path):
+    cfg = tiny_config(2, tmp_path, steps=12, **{
+        "model.dtype": "torch.float16", "teacher.dtype": "torch.float16", "adam.lr": 1e30,
+        "grad_scaler.hysteresis": 1, "grad_scaler.fp16.initial_scale": 4.0, "grad_scaler.fp16.min_scale": 1.0})
+    trainer = make_trainer(cfg)
+    with pytest.raises(RunawayTrainingError, match=r"grad_scaler.fp16.min_scale=1"):
+        trainer.fit()
+    # scale 4, 2 and 1 overflowed; the overflow at 1 stopped the run
+    assert [h["loss_scale"] for h in trainer.history if not h["update_applied"]][-3:] == [2.0, 1.0, 1.0]
+    assert trainer.progress.skipped_steps == 3
+
+
+@pytest.mark.parametrize("stage, backend, reason", [(1, "flash", "flash-attn package is not installed"),
+                                                    (2, "flex", "no backward pass on the CPU")])
+def test_attention_backend_that_cannot_train_stops_at_start_up(tmp_path, stage, backend, reason):
+    """Raised by the constructor: before the model is built and long before the data is indexed."""
+    cfg = tiny_config(stage, tmp_path, **{"model.attn_backend": backend})
+    with pytest.raises(AttentionBackendError, match=reason):
+        make_trainer(cfg)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """A stage-1 run with complete checkpoints at steps 2 and 4, and its per-step scalars."""
+    folder = tmp_path_factory.mktemp("two_checkpoints")
+    history = make_trainer(tiny_config(1, folder, steps=4, **{"ckpt.checkpoint_every": 2})).fit()
+    assert complete_steps(str(folder)) == [2, 4]
+    return folder, history
+
+
+CHECKPOINT_FILES = {"sharded state": "train_state/__0_0.distcp", "rng": "rng/rank0.pt", "meta": "meta.json",
+                    "weights": "teacher_tp0_pp0.pt"}
+
+
+@pytest.mark.parametrize("which", sorted(CHECKPOINT_FILES))
+def test_corrupt_file_in_a_complete_checkpoint_falls_back_to_the_previous_one(tmp_path, two_checkpoints, which,
+                                                                              caplog):
+    source, history = two_checkpoints
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    path = run / "4" / CHECKPOINT_FILES[which]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    cfg = tiny_config(1, run, steps=4, **{"ckpt.checkpoint_every": 2})
+
+    strict = copy.deepcopy(cfg)
+    strict.ckpt.fallback_on_corrupt = False
+    with pytest.raises(CorruptCheckpointError, match=re.escape(str(path))):
+        make_trainer(strict)
+    with caplog.at_level(logging.WARNING):
+        resumed = make_trainer(cfg)
+    assert resumed.progress.step == 2
+    assert any(str(path) in r.getMessage() and f"previous complete checkpoint {run / '2'}" in r.getMessage()
+               for r in caplog.records)
+    assert complete_steps(str(run)) == [2] and (run / "4.corrupt" / CHECKPOINT_FILES[which]).is_file()
+    assert [h["loss"] for h in resumed.fit()] == [h["loss"] for h in history[2:]]  # exactly the original run
+    assert complete_steps(str(run)) == [2, 4]
+
+
+def _sample_ids(folder) -> list[list[int]]:
+    with open(os.path.join(folder, "samples_rank0.jsonl")) as f:
+        return [json.loads(line)["sample_ids"] for line in f if line.strip()]
+
+
+def test_bad_files_are_reported_once_and_replaced_the_same_after_resume(tmp_path, synthetic_world, caplog):
+    """12 images, 2 of them truncated, 3 epochs through 2 loader workers: 2 bad files, warned about once each (also
+    across a resume), and the replacements are the same with and without the resume."""
+    root = tmp_path / "images"
+    for cls in sorted((synthetic_world.imagefolder / "train").iterdir())[:2]:
+        (root / cls.name).mkdir(parents=True)
+        for image in sorted(cls.iterdir())[:6]:
+            shutil.copy(image, root / cls.name)
+    bad = sorted(root.glob("*/*.jpg"))[1::7]
+    for path in bad:
+        path.write_bytes(path.read_bytes()[:300])
+    opts = {"data.dataset_type": "ImgNetDINO", "data.train_folder": [str(root)], "data.num_workers": 2,
+            "monitor.record_sample_ids": True}
+    with caplog.at_level(logging.WARNING):
+        straight = make_trainer(tiny_config(1, tmp_path / "straight", steps=9, **opts))
+        straight.fit()
+        cfg = tiny_config(1, tmp_path / "resumed", steps=9, **opts, **{"ckpt.checkpoint_every": 4})
+        make_trainer(cfg).fit(max_iterations=4)
+        resumed = make_trainer(copy.deepcopy(cfg))
+        resumed.fit()
+    assert straight.progress.bad_samples == resumed.progress.bad_samples == len(bad) == 2
+    for path in bad:  # once in the straight run, once in the interrupted one
+        assert sum(str(path) in r.getMessage() for r in caplog.records) == 2, str(path)
+    ids = _sample_ids(tmp_path / "straight")
+    assert ids == _sample_ids(tmp_path / "resumed") and len(ids) == 9
+    bad_index = [straight_index for straight_index, p in enumerate(sorted(root.glob("*/*.jpg"))) if p in bad]
+    assert not set(bad_index) & {i for step in ids for i in step}  # every draw of a bad file was replaced

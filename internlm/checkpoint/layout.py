@@ -34,15 +34,21 @@ def is_complete(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, MARKER))
 
 
-def complete_steps(save_folder: str) -> list[int]:
-    """Steps of the complete checkpoints in a run folder, ascending."""
+def _steps(save_folder: str, complete: bool) -> list[int]:
     if not os.path.isdir(save_folder):
         return []
-    steps = []
-    for name in os.listdir(save_folder):
-        if name.isdigit() and is_complete(os.path.join(save_folder, name)):
-            steps.append(int(name))
-    return sorted(steps)
+    return sorted(int(name) for name in os.listdir(save_folder)
+                  if name.isdigit() and is_complete(os.path.join(save_folder, name)) == complete)
+
+
+def complete_steps(save_folder: str) -> list[int]:
+    """Steps of the complete checkpoints in a run folder, ascending."""
+    return _steps(save_folder, complete=True)
+
+
+def incomplete_steps(save_folder: str) -> list[int]:
+    """Step folders without the marker (interrupted saves), ascending."""
+    return _steps(save_folder, complete=False)
 
 
 def latest_checkpoint(save_folder: str) -> Optional[str]:

@@ -21,20 +21,59 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from internlm.config.schema import TrainConfig
 from internlm.parallel.data_parallel import DataParallelPlan, unwrap
 
 from .atomic import atomic_torch_save, mark_complete
 from .export import git_commit, write_weights
-from .layout import (RNG_DIR, STUDENT_FILE, TEACHER_FILE, TRAIN_STATE_DIR, complete_steps, is_complete, read_meta,
-                     step_folder)
+from .layout import (META_FILE, RNG_DIR, STUDENT_FILE, TEACHER_FILE, TRAIN_STATE_DIR, complete_steps, is_complete,
+                     read_meta, step_folder)
 
 logger = logging.getLogger(__name__)
 
 ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # DCP warns on every single-process save/load that it assumes a single process: that is intended here.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A file of a complete checkpoint cannot be read; the message names it (on every rank)."""
+
+
+def _read(path: str, read):
+    """``read(path)``, or CorruptCheckpointError naming the file: truncated or garbled files fail in many ways."""
+    try:
+        return read(path)
+    except Exception as exc:  # noqa: BLE001 (torch.load, json and unpickling raise many kinds; all mean the same)
+        raise CorruptCheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_train_state(state_dir: str) -> None:
+    """Every byte range the DCP metadata points to must be on disk (a truncated .distcp is found here, by name,
+    before the collective load)."""
+    metadata = _read(os.path.join(state_dir, ".metadata"), lambda _: dcp.FileSystemReader(state_dir).read_metadata())
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        path = os.path.join(state_dir, name)
+        if not os.path.isfile(path):
+            raise CorruptCheckpointError(f"{path} is missing")
+        if os.path.getsize(path) < size:
+            raise CorruptCheckpointError(f"{path} is truncated ({os.path.getsize(path)} of {size} bytes)")
+
+
+def _raise_on_every_rank(error: Optional[CorruptCheckpointError]) -> None:
+    """If any rank could not read its files, every rank raises (naming them) before a collective load starts."""
+    messages = [str(error)] if error is not None else []
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, messages[0] if messages else None)
+        messages = sorted({m for m in gathered if m})
+    if messages:
+        raise CorruptCheckpointError("; ".join(messages))
 
 
 def _barrier() -> None:
@@ -106,6 +145,7 @@ class CheckpointManager:
         self.plan = plan
         self.folder = cfg.ckpt.save_ckpt_folder
         self._pending: Optional[tuple] = None  # (future, step folder) of an async save
+        self._async_group = None  # the background save's own process group, created at its first use
 
     # -------------------------------------------------------------------------------------------- save
 
@@ -122,7 +162,8 @@ class CheckpointManager:
         teacher_state = full_state_dict(meta_arch.teacher, self.plan)
         if rank == 0:
             world = dist.get_world_size() if dist.is_initialized() else 1
-            meta = dict(progress, step=step, world_size=world, git_commit=git_commit(), stage=self.cfg.stage,
+            meta = dict(progress, step=step, world_size=world, micro_num=self.cfg.data.micro_num,
+                        git_commit=git_commit(), stage=self.cfg.stage,
                         parallel_mode=self.plan.mode, time=time.strftime("%Y-%m-%d %H:%M:%S"))
             write_weights(folder, student_state, teacher_state, self.cfg, meta)
         del student_state, teacher_state
@@ -132,7 +173,12 @@ class CheckpointManager:
         atomic_torch_save(rng_state(), os.path.join(folder, RNG_DIR, f"rank{rank}.pt"))
         state_dir = os.path.join(folder, TRAIN_STATE_DIR)
         if self.cfg.ckpt.async_save and dist.is_initialized():
-            future = dcp.async_save(tensors, checkpoint_id=state_dir)
+            if self._async_group is None:
+                # The background save runs collectives (DCP's plan gather) while training runs DDP's; on one
+                # process group they interleave differently on each rank and deadlock. gloo: the staged state is
+                # on the CPU, and a gloo group works on GPU runs as well.
+                self._async_group = dist.new_group(backend="gloo")
+            future = dcp.async_save(tensors, checkpoint_id=state_dir, process_group=self._async_group)
             self._pending = (future, folder)
             logger.info("checkpoint %s: weights written, optimizer state saving in the background", folder)
             return folder
@@ -167,23 +213,56 @@ class CheckpointManager:
 
     # -------------------------------------------------------------------------------------------- load
 
+    def set_aside(self, folder: str) -> str:
+        """Rename a corrupt checkpoint to {step}.corrupt: kept for inspection, never resumed from again, and the
+        run can write that step anew. Every rank must call this."""
+        target, n = folder + ".corrupt", 1
+        while os.path.exists(target):
+            target, n = f"{folder}.corrupt{n}", n + 1
+        _barrier()
+        if _rank() == 0:
+            os.rename(folder, target)
+        _barrier()
+        return target
+
+    def _read_files(self, folder: str) -> tuple[dict, list[dict], Optional[dict]]:
+        """(meta, [student, teacher weights], this rank's RNG states or None), and the sharded state checked."""
+        meta = _read(os.path.join(folder, META_FILE), lambda _: read_meta(folder))
+        weights = [_read(os.path.join(folder, file), lambda p: torch.load(p, map_location="cpu", weights_only=True,
+                                                                          mmap=True))
+                   for file in (STUDENT_FILE, TEACHER_FILE)]
+        _check_train_state(os.path.join(folder, TRAIN_STATE_DIR))
+        rng_file = os.path.join(folder, RNG_DIR, f"rank{_rank()}.pt")
+        rng = None
+        if os.path.isfile(rng_file) and meta.get("world_size") == (dist.get_world_size() if dist.is_initialized()
+                                                                      else 1):
+            rng = _read(rng_file, lambda p: torch.load(p, weights_only=False))
+        return meta, weights, rng
+
     def load(self, folder: str, meta_arch, optimizer) -> dict:
-        """Restore everything from a complete checkpoint; returns its meta (progress) dict."""
+        """Restore everything from a complete checkpoint; returns its meta (progress) dict. A file that cannot be
+        read raises CorruptCheckpointError naming it, on every rank."""
         if not is_complete(folder):
             raise FileNotFoundError(f"{folder} has no COMPLETE marker: an interrupted save cannot be resumed")
-        for model, file in ((meta_arch.student, STUDENT_FILE), (meta_arch.teacher, TEACHER_FILE)):
-            state = torch.load(os.path.join(folder, file), map_location="cpu", weights_only=True, mmap=True)
+        files, error = None, None
+        try:
+            files = self._read_files(folder)
+        except CorruptCheckpointError as exc:
+            error = exc
+        _raise_on_every_rank(error)
+        meta, weights, rng = files
+        for model, state in zip((meta_arch.student, meta_arch.teacher), weights):
             load_full_state_dict(model, state, self.plan, strict=True)
         tensors = _optimizer_tensors(self.plan, meta_arch.student, optimizer, allocate=True)
         tensors["rep_center"] = meta_arch.rep_center
         tensors["pred_center"] = meta_arch.pred_center
-        dcp.load(tensors, checkpoint_id=os.path.join(folder, TRAIN_STATE_DIR))
-        meta = read_meta(folder)
-        rank = _rank()
-        rng_file = os.path.join(folder, RNG_DIR, f"rank{rank}.pt")
-        if os.path.isfile(rng_file) and meta.get("world_size") == (dist.get_world_size() if dist.is_initialized()
-                                                                      else 1):
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        state_dir = os.path.join(folder, TRAIN_STATE_DIR)
+        try:
+            dcp.load(tensors, checkpoint_id=state_dir)
+        except CheckpointException as exc:  # raised on every rank
+            raise CorruptCheckpointError(f"{state_dir} cannot be read ({exc})") from exc
+        if rng is not None:
+            set_rng_state(rng)
         else:
             logger.info("RNG states not restored (saved on %s ranks); data order and augmentation do not depend "
                         "on them", meta.get("world_size"))

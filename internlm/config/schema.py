@@ -290,6 +290,8 @@ class ZeroOptimizerConfig:
     overlap_sync_param: bool = False  # compat
     reduce_bucket_size: int = 512 * 1024 * 1024  # DDP bucket size in bytes
     clip_grad_norm: float = 1.0
+    # added
+    max_consecutive_skipped_steps: int = 50  # this many non-finite steps in a row stop the run (0: never)
 
 
 @dataclass
@@ -376,6 +378,9 @@ class CkptConfig:
     # added
     async_save: bool = False  # torch.distributed.checkpoint.async_save for the sharded training state
     keep_last: int = 0  # > 0: delete older complete checkpoints, keeping this many
+    # a file of the newest complete checkpoint cannot be read: True resumes from the previous complete one (with a
+    # warning; the corrupt folder is renamed {step}.corrupt and kept), False stops with the error
+    fallback_on_corrupt: bool = True
 
     def init_source(self) -> Optional[LoadCkptInfo]:
         if self.load_ckpt_info is not None:
@@ -498,8 +503,23 @@ _TEACHER_MUST_MATCH = ("hidden_size", "num_layers", "num_attention_heads", "mlp_
                        "causal", "action_residual", "pose_normalization")
 
 
+def _validate_ranges(cfg: TrainConfig) -> None:
+    """Numbers that would only fail (or silently do nothing) later in the run."""
+    lowest = (("data.micro_num", cfg.data.micro_num, 1), ("data.total_steps", cfg.data.total_steps, 1),
+              ("data.num_workers", cfg.data.num_workers, 0), ("adam.lr", cfg.adam.lr, 0.0),
+              ("lr_scheduler.eta_min", cfg.lr_scheduler.eta_min, 0.0), ("monitor.log_every", cfg.monitor.log_every, 1),
+              ("ckpt.checkpoint_every", cfg.ckpt.checkpoint_every, 1), ("ckpt.keep_last", cfg.ckpt.keep_last, 0),
+              ("hybrid_zero_optimizer.max_consecutive_skipped_steps",
+               cfg.hybrid_zero_optimizer.max_consecutive_skipped_steps, 0))
+    for key, value, low in lowest:
+        if not (math.isfinite(value) and value >= low):
+            kind = "an integer" if isinstance(low, int) else "a finite number"
+            raise ConfigError(f"{key}={value!r}: expected {kind} >= {low}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Cross-section checks. Raises ConfigError naming the offending key."""
+    _validate_ranges(cfg)
     _validate_model(cfg.model, "model")
     if cfg.teacher is not None:
         _validate_model(cfg.teacher, "teacher")
@@ -577,5 +597,3 @@ def validate(cfg: TrainConfig) -> None:
         bad = [c for c in info.content if c not in ("model", "all")]
         if bad:
             raise ConfigError(f"ckpt.load_ckpt_info.content: {bad} not understood; use ('model',) or ('all',)")
-    if cfg.ckpt.checkpoint_every < 1:
-        raise ConfigError(f"ckpt.checkpoint_every={cfg.ckpt.checkpoint_every} must be >= 1")

@@ -17,11 +17,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config.schema import DataConfig
+from ..initialize.signals import ignore_preemption_signals
+from .bad_samples import IndexReport
 from .egoexo_clips import EgoExoClips, build_clip_index, index_egoexo_frames
 from .image_folder import ImageFolderEval, ImageFolderIndex
 from .pose_index import load_pose_index
 from .sampler import EvalShardSampler, StepBatchSampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig, MultiCropTransform
+from .video import VIDEO_EXTENSIONS
 from .walking_tours import FrameIndex, MultiCropFrames, index_walking_tours
 
 logger = logging.getLogger("internlm.data")
@@ -37,15 +40,44 @@ def _check_frames_per_clip(data_cfg: DataConfig) -> None:
                          "(the authors' configs use 1); multi-frame samples are not built")
 
 
+def _existing(key: str, path: str) -> str:
+    """A configured data root: a typo in one must stop the run, not train on what the others hold."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{key}: {path} does not exist")
+    return path
+
+
+def _require_samples(count: int, key: str, path: str, report: IndexReport) -> None:
+    if count == 0:
+        raise ValueError(f"{key}: {path} yields no samples ({report.summary() if report.total else 'nothing found'})")
+
+
+def _egoexo_roots(data_cfg: DataConfig, split: str) -> tuple[str, str]:
+    """(frames folder, pose folder of ``split``), both checked to exist."""
+    return (_existing("data.egoexo_frames_folder", data_cfg.egoexo_frames_folder),
+            _existing("data.egoexo_pose_folder", _split_dir(data_cfg, split)))
+
+
 def build_stage1_frames(data_cfg: DataConfig) -> FrameIndex:
-    """The frames of a WTVideos / WT1Video run: WalkingTours sources, plus Ego-Exo4D train frames if use_egoexo."""
+    """The frames of a WTVideos / WT1Video run: WalkingTours sources, plus Ego-Exo4D train frames if use_egoexo.
+
+    Every configured root must exist and yield frames, except that a video file that cannot be opened is bad
+    input: left out and reported, like a corrupt file inside a folder."""
     folders = data_cfg.folders("train")
     if data_cfg.dataset_type == "WT1Video" and len(folders) != 1:
         raise ValueError(f"data.dataset_type='WT1Video' needs exactly one data.train_folder entry, got {folders}")
-    parts = [index_walking_tours(folders, data_cfg.step_between_clips)]
+    parts = []
+    for folder in map(os.fspath, folders):
+        part = index_walking_tours([_existing("data.train_folder", folder)], data_cfg.step_between_clips)
+        if not (os.path.isfile(folder) and folder.lower().endswith(VIDEO_EXTENSIONS)):
+            _require_samples(len(part), "data.train_folder", folder, part.report)
+        parts.append(part)
     if data_cfg.use_egoexo:
-        parts.append(index_egoexo_frames(data_cfg.egoexo_frames_folder,
-                                         _split_dir(data_cfg, data_cfg.egoexo_train_split)))
+        frames_folder, pose_dir = _egoexo_roots(data_cfg, data_cfg.egoexo_train_split)
+        part = index_egoexo_frames(frames_folder, pose_dir)
+        _require_samples(len(part), "data.egoexo_frames_folder", f"{frames_folder} (the takes of {pose_dir})",
+                         part.report)
+        parts.append(part)
     index = FrameIndex.concat(parts, "stage-1 frames")
     for part in parts:
         part.report.log()
@@ -55,9 +87,12 @@ def build_stage1_frames(data_cfg: DataConfig) -> FrameIndex:
 
 def build_clip_dataset(data_cfg: DataConfig, split: str, train: bool, cache_dir: Optional[str] = None,
                        index_workers: Optional[int] = None) -> EgoExoClips:
-    poses = load_pose_index(_split_dir(data_cfg, split), cache_dir=cache_dir, workers=index_workers)
-    index = build_clip_index(poses, data_cfg.egoexo_frames_folder, data_cfg.clip_frames, data_cfg.clip_steps,
+    frames_folder, pose_dir = _egoexo_roots(data_cfg, split)
+    poses = load_pose_index(pose_dir, cache_dir=cache_dir, workers=index_workers)
+    index = build_clip_index(poses, frames_folder, data_cfg.clip_frames, data_cfg.clip_steps,
                              what=f"Ego-Exo4D clips ({split})")
+    _require_samples(len(index), "data.egoexo_frames_folder", f"{frames_folder} (with the poses of {pose_dir})",
+                     index.report)
     index.report.log()
     logger.info("Ego-Exo4D %s: %d clips from %d takes, %d pose frames", split, len(index),
                 len(poses.take_uids), len(poses.frames))
@@ -97,7 +132,8 @@ def build_train_dataset(data_cfg: DataConfig, cache_dir: Optional[str] = None,
         if len(folders) != 1:
             raise ValueError(f"data.dataset_type='ImgNetDINO' needs one ImageFolder root in data.train_folder, "
                              f"got {folders}")
-        return MultiCropFrames(ImageFolderIndex(folders[0]), transform, data_cfg.seed, f"ImgNetDINO {folders[0]}")
+        return MultiCropFrames(ImageFolderIndex(_existing("data.train_folder", folders[0])), transform, data_cfg.seed,
+                               f"ImgNetDINO {folders[0]}")
     raise ValueError(f"data.dataset_type={kind!r}: expected WTVideos, WT1Video, ImgNetDINO or EgoExoClips")
 
 
@@ -115,7 +151,8 @@ def build_train_loader(data_cfg: DataConfig, rank: int, world_size: int, consume
                        dataset: Optional[Dataset] = None, pin_memory: Optional[bool] = None,
                        prefetch_factor: int = 2, cache_dir: Optional[str] = None) -> DataLoader:
     """Batches of this rank's ``data.micro_num`` samples per optimizer step, continuing the global stream at
-    ``consumed`` (global samples consumed so far). Endless unless ``data.train_one_epoch``."""
+    ``consumed`` (global samples consumed so far). Endless unless ``data.train_one_epoch``. The workers ignore the
+    pre-emption signals (start them under ``initialize.signals.preemption_signals_blocked``)."""
     dataset = dataset if dataset is not None else build_train_dataset(data_cfg, cache_dir)
     sampler = StepBatchSampler(len(dataset), data_cfg.micro_num, rank, world_size, data_cfg.seed, start=consumed,
                                shuffle=True, one_epoch=data_cfg.train_one_epoch)
@@ -124,6 +161,7 @@ def build_train_loader(data_cfg: DataConfig, rank: int, world_size: int, consume
         _single_threaded_opencv()
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+        worker_init_fn=ignore_preemption_signals if workers > 0 else None,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         prefetch_factor=prefetch_factor if workers > 0 else None,
     )

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .bad_samples import IndexReport, load_with_replacement
 from ..config.schema import POSE_FRAMES
+from .bad_samples import IndexReport, KnownBadFiles
 from .egoexo_format import (FRAME_STEP, MISSING_JOINT_VALUE, camera_to_world, processed_frame_path,
                             processed_frames_dir, world_to_camera)
 from .pose_index import PoseIndex, list_fragments
@@ -126,7 +126,7 @@ def build_clip_index(poses: PoseIndex, frames_folder: str, clip_frames: int = 20
 
 class EgoExoClips(Dataset):
     """Clip i -> {"frames": (T, 3, P, P), "poses": (T, 4, 5, 17), "take_uid", "frame_ids": (T,), "sample_id",
-    "num_skipped"} and, when training, the multi-crop of one step's full-resolution frame ("global_crops",
+    "num_skipped", "bad_files"} and, when training, the multi-crop of one step's full-resolution frame ("global_crops",
     "local_crops"); the step is drawn from the sample's generator. Evaluation (train=False): no crops, no
     randomness; keys are plain ints. Poses are in ``pose_frame`` (config.schema.POSE_FRAMES)."""
 
@@ -148,6 +148,7 @@ class EgoExoClips(Dataset):
         self.normalizer, self.multicrop, self.seed, self.train = Normalizer(normalize), multicrop, seed, train
         self.pose_frame = pose_frame
         self.what = index.report.what
+        self.bad_files = KnownBadFiles(self.what)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -207,8 +208,9 @@ class EgoExoClips(Dataset):
                       frame_ids=torch.from_numpy(frame_ids))
         return sample
 
+    def image_files(self, i: int) -> list[str]:
+        take_uid, frame_ids = self.clip_meta(i)
+        return [processed_frame_path(self.frames_folder, take_uid, int(frame)) for frame in frame_ids]
+
     def __getitem__(self, key) -> dict:
-        index, draw_id = key if isinstance(key, tuple) else (key, key)
-        sample, used, skipped = load_with_replacement(lambda i: self._load(i, draw_id), index, len(self), self.what)
-        sample["sample_id"], sample["num_skipped"] = used, skipped
-        return sample
+        return self.bad_files.load_sample(self._load, key, len(self), self.seed, self.image_files)

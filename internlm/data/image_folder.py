@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .bad_samples import BadSampleError, load_with_replacement
+from .bad_samples import BadSampleError, KnownBadFiles
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, resize_center_crop
 from .video import IMAGE_EXTENSIONS, DecodedImage, largest_reduction, read_image
 
 
 class ImageFolderIndex:
-    """Implements the FrameLocator protocol of walking_tours (len, name, load) over an image folder."""
+    """Implements the FrameLocator protocol of walking_tours (len, name, load, image_files) over an image folder."""
 
     def __init__(self, root: str):
         if not os.path.isdir(root):
@@ -50,11 +50,14 @@ class ImageFolderIndex:
     def load(self, i: int, reduction_for=None) -> DecodedImage:
         return read_image(self.name(i), reduction_for)
 
+    def image_files(self, i: int) -> list[str]:
+        return [self.name(i)]
+
 
 class ImageFolderEval(Dataset):
     """Image i -> (FloatTensor (3, crop, crop), class index): shorter side to ``resize``, center ``crop``.
 
-    An undecodable image is replaced by the next one (warning with its file name), like the training sets.
+    An undecodable image is replaced by a random one (warning with its file name), like the training sets.
     """
 
     def __init__(self, root: str, resize: int = 256, crop: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -63,6 +66,7 @@ class ImageFolderEval(Dataset):
         self.classes, self.targets = self.index.classes, self.index.targets
         self.resize, self.crop = resize, crop
         self.normalizer = Normalizer(normalize, mean, std)
+        self.bad_files = KnownBadFiles(f"ImageFolder {root}")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -78,5 +82,6 @@ class ImageFolderEval(Dataset):
             raise BadSampleError(self.index.name(i), str(err)) from None
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        item, _, _ = load_with_replacement(self._load, int(i), len(self), f"ImageFolder {self.index.root}")
+        item, _, _ = self.bad_files.load_with_replacement(self._load, int(i), len(self), 0, int(i),
+                                                          self.index.image_files)
         return item

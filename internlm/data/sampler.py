@@ -20,6 +20,7 @@ from torch.utils.data import Sampler
 # Domain tags keep the permutation generators and the per-sample generators apart even when epoch == draw_id.
 _EPOCH_TAG = 0x0E90C
 _SAMPLE_TAG = 0x5A3B1E
+_REPLACEMENT_TAG = 0x8EB1A
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -30,6 +31,11 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
 def sample_rng(seed: int, draw_id: int) -> np.random.Generator:
     """The generator of one drawn sample's augmentation."""
     return np.random.default_rng([_SAMPLE_TAG, seed, draw_id])
+
+
+def replacement_rng(seed: int, draw_id: int) -> np.random.Generator:
+    """The generator of the indices that replace a drawn sample that cannot be loaded (bad_samples.py)."""
+    return np.random.default_rng([_REPLACEMENT_TAG, seed, draw_id])
 
 
 class SampleStream:

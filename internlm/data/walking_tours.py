@@ -14,7 +14,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from .bad_samples import BadSampleError, IndexReport, load_with_replacement
+from .bad_samples import BadSampleError, IndexReport, KnownBadFiles
 from .sampler import sample_rng
 from .transforms import MultiCropTransform
 from .video import VIDEO_EXTENSIONS, DecodedImage, VideoFrameReader, largest_reduction, probe_video, read_image
@@ -31,6 +31,8 @@ class FrameLocator(Protocol):
     def name(self, i: int) -> str: ...
 
     def load(self, i: int, reduction_for=None) -> DecodedImage: ...
+
+    def image_files(self, i: int) -> list[str]: ...
 
 
 @dataclass
@@ -75,6 +77,11 @@ class FrameIndex:
         if source.is_video:
             return self._video.read(source.path, frame)
         return read_image(source.path.format(frame), reduction_for)
+
+    def image_files(self, i: int) -> list[str]:
+        """The image file entry i reads; [] for a video frame (a decoding error names the whole video)."""
+        source = self.sources[self.source_ids[i]]
+        return [] if source.is_video else [source.path.format(int(self.frames[i]))]
 
 
 def _escape(path: str) -> str:
@@ -140,7 +147,8 @@ def _list_frame_folder(folder: str, report: IndexReport):
 
 
 class MultiCropFrames(Dataset):
-    """One frame -> {"global_crops": (2, 3, G, G), "local_crops": (n, 3, L, L), "sample_id", "num_skipped"}.
+    """One frame -> {"global_crops": (2, 3, G, G), "local_crops": (n, 3, L, L), "sample_id", "num_skipped",
+    "bad_files"}.
 
     Keys are (dataset_index, draw_id) from StepBatchSampler; a plain int i means (i, i).
     """
@@ -149,6 +157,7 @@ class MultiCropFrames(Dataset):
         if len(frames) == 0:
             raise ValueError(f"{what}: no frames to train on")
         self.frames, self.transform, self.seed, self.what = frames, transform, seed, what
+        self.bad_files = KnownBadFiles(what)
         init_size = transform.cfg.init_crop_size
         # A JPEG may be decoded at 1/2..1/8 size when even the smallest init crop keeps its resolution.
         self._reduction_for = lambda hw: largest_reduction(transform.min_init_box_side(*hw), init_size)
@@ -161,7 +170,4 @@ class MultiCropFrames(Dataset):
         return self.transform(image.rgb, sample_rng(self.seed, draw_id), source_hw=image.source_hw)
 
     def __getitem__(self, key) -> dict:
-        index, draw_id = key if isinstance(key, tuple) else (key, key)
-        sample, used, skipped = load_with_replacement(lambda i: self._load(i, draw_id), index, len(self), self.what)
-        sample["sample_id"], sample["num_skipped"] = used, skipped
-        return sample
+        return self.bad_files.load_sample(self._load, key, len(self), self.seed, self.frames.image_files)

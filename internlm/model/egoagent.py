@@ -18,13 +18,38 @@ from torch import nn
 
 from internlm.config.schema import ModelConfig
 
-from .attention import MaskLayout
+from .attention import MaskLayout, check_backend
 from .heads import ActionHead, DINOHead
 from .modeling_internlm import InternLMBackbone, init_internlm_weights
 from .pose_ops import block_xyz, last_observed_pose
 from .projectors import ActionProjector, ImageProjector
 
 TOKENS_PER_STEP_EXTRA = 3  # action query, action token, future-state query
+
+
+def representation_layout(cfg: ModelConfig, num_image_tokens: int) -> MaskLayout:
+    L = num_image_tokens + 1
+    if cfg.causal and not cfg.perframe_atten:
+        return MaskLayout("causal", L)
+    # block-causal over one frame + a trailing query = every token sees every token
+    return MaskLayout("full", L)
+
+
+def joint_layout(cfg: ModelConfig, num_steps: int, num_image_tokens: int) -> MaskLayout:
+    per_step = num_image_tokens + TOKENS_PER_STEP_EXTRA
+    L = num_steps * per_step
+    if not cfg.perframe_atten:
+        return MaskLayout("causal", L)
+    blocks = tuple((t * per_step, t * per_step + num_image_tokens) for t in range(num_steps))
+    return MaskLayout("block_causal", L, blocks)
+
+
+def check_backend_can_train(cfg: ModelConfig, joint: bool, device: torch.device, dtype: torch.dtype) -> None:
+    """Raise AttentionBackendError now if cfg's attention backend cannot train the layouts of this model here
+    (else the first forward finds out, after the model is built and the data indexed)."""
+    layouts = [representation_layout(cfg, 1)] + ([joint_layout(cfg, 1, 1)] if joint else [])
+    for layout in layouts:
+        check_backend(cfg.resolved_attn_backend, layout.kind, device, dtype, needs_grad=True)
 
 
 @dataclass
@@ -91,19 +116,10 @@ class EgoAgent(nn.Module):
     # ------------------------------------------------------------------------------------ layouts
 
     def representation_layout(self, num_image_tokens: int) -> MaskLayout:
-        L = num_image_tokens + 1
-        if self.cfg.causal and not self.cfg.perframe_atten:
-            return MaskLayout("causal", L)
-        # block-causal over one frame + a trailing query = every token sees every token
-        return MaskLayout("full", L)
+        return representation_layout(self.cfg, num_image_tokens)
 
     def joint_layout(self, num_steps: int, num_image_tokens: int) -> MaskLayout:
-        per_step = num_image_tokens + TOKENS_PER_STEP_EXTRA
-        L = num_steps * per_step
-        if not self.cfg.perframe_atten:
-            return MaskLayout("causal", L)
-        blocks = tuple((t * per_step, t * per_step + num_image_tokens) for t in range(num_steps))
-        return MaskLayout("block_causal", L, blocks)
+        return joint_layout(self.cfg, num_steps, num_image_tokens)
 
     # ------------------------------------------------------------------------------------ branches
 

@@ -19,10 +19,12 @@ class DynamicLossScaler:
         self.scale = float(cfg.fp16.initial_scale) if enabled else 1.0
         self._growth_tracker = 0
         self._hysteresis_left = cfg.hysteresis
+        self.overflowed_at_min_scale = False  # the last update: an overflow the scale can no longer back off from
 
     def update(self, found_inf: bool) -> None:
         if not self.enabled:
             return
+        self.overflowed_at_min_scale = found_inf and self.scale <= self.min_scale
         if found_inf:
             self._growth_tracker = 0
             self._hysteresis_left -= 1

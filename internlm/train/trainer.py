@@ -23,11 +23,15 @@ import torch.distributed as dist
 
 from internlm.checkpoint.atomic import atomic_write_text
 from internlm.checkpoint.export import git_commit, load_state_dict
-from internlm.checkpoint.layout import is_complete, latest_checkpoint, resolve_checkpoint, step_folder
-from internlm.checkpoint.train_state import CheckpointManager
+from internlm.checkpoint.layout import (CONFIG_FILE, MARKER, complete_steps, incomplete_steps, is_complete,
+                                        latest_checkpoint, resolve_checkpoint, step_folder)
+from internlm.checkpoint.train_state import CheckpointManager, CorruptCheckpointError
 from internlm.config import TrainConfig, to_dict
+from internlm.data.bad_samples import parse_bad_files
 from internlm.initialize.launch import DistContext
+from internlm.initialize.signals import PREEMPTION_SIGNALS, preemption_signals_blocked
 from internlm.model import EgoAgent
+from internlm.model.egoagent import check_backend_can_train
 from internlm.model.flops import detect_peak_tflops, sample_cost
 from internlm.monitor.progress import StepTimer
 from internlm.monitor.tensorboard import ScalarWriter
@@ -52,10 +56,14 @@ class Progress:
     iteration: int = 0  # batches consumed, skipped steps included
     consumed_samples: int = 0  # global position in the sample stream
     skipped_steps: int = 0  # non-finite gradients (fp16 overflow)
-    bad_samples: int = 0  # unreadable samples the loader replaced
+    bad_samples: int = 0  # distinct unreadable input files met so far, all ranks (their samples were replaced)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+class RunawayTrainingError(RuntimeError):
+    """Training cannot make progress any more (every update skipped); the message says why and what to change."""
 
 
 def seed_everything(seed: int) -> None:
@@ -84,17 +92,18 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.deterministic = cfg.cudnn_deterministic
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        check_backend_can_train(cfg.model, self.joint, self.device, self.autocast_dtype or torch.float32)
         if not cfg.ckpt.save_ckpt_folder:
             raise ValueError("ckpt.save_ckpt_folder is not set: the run needs a folder for logs and checkpoints")
 
         self.plan = DataParallelPlan(cfg.parallel, self.world, self.device)
         self.manager = CheckpointManager(cfg, self.plan)
-        resume_folder = self._resume_folder()
+        resume_candidates = self._resume_candidates()
 
         seed_everything(cfg.data.seed)  # identical initial weights on every rank
         student = EgoAgent(cfg.model, joint=self.joint)
         self.meta = EgoAgentMetaArch(cfg, student)
-        if resume_folder is None:
+        if not resume_candidates:
             self._init_pose_statistics()
             self._init_from_other_run()
         self.meta.to(self.device)
@@ -109,10 +118,14 @@ class Trainer:
         self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.autocast_dtype == torch.float16)
         self.schedules = Schedules.from_config(cfg)
         self.progress = Progress()
-        if resume_folder is not None:
-            meta = self.manager.load(resume_folder, self.meta, self.optimizer)
+        self.consecutive_skips = 0  # skipped steps since the last applied update
+        self.bad_files: dict[str, str] = {}  # path -> reason of each unreadable input file met, the same on all ranks
+        if resume_candidates:
+            resume_folder, meta = self._load_newest_readable(resume_candidates)
             self.progress = Progress(**{k: meta[k] for k in Progress().as_dict()})
             self.scaler.load_state_dict(meta["scaler"])
+            self.bad_files = dict(meta.get("bad_files", {}))
+            self._warn_if_global_batch_changed(resume_folder, meta)
             logger.info("resumed from %s at step %d (%d samples consumed)", resume_folder, self.progress.step,
                         self.progress.consumed_samples)
         self.loader_factory = loader_factory or _default_loader_factory
@@ -127,16 +140,37 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- initialisation
 
-    def _resume_folder(self) -> Optional[str]:
+    def _resume_candidates(self) -> list[str]:
+        """The checkpoints to resume from, newest first (the older ones are fallbacks); [] for a fresh start."""
         ck = self.cfg.ckpt
         if ck.auto_resume:
-            latest = latest_checkpoint(ck.save_ckpt_folder)
-            if latest is not None:
-                return latest
+            if self.ctx.is_main:
+                for step in incomplete_steps(ck.save_ckpt_folder):
+                    logger.warning("skipping %s: no %s marker, i.e. a save that was interrupted; it is written anew "
+                                   "when the run reaches step %d", step_folder(ck.save_ckpt_folder, step), MARKER, step)
+            steps = complete_steps(ck.save_ckpt_folder)
+            if steps:
+                return [step_folder(ck.save_ckpt_folder, step) for step in reversed(steps)]
         info = ck.init_source()
         if info is not None and "all" in info.content:
-            return resolve_checkpoint(info.path)
-        return None
+            return [resolve_checkpoint(info.path)]
+        return []
+
+    def _load_newest_readable(self, candidates: list[str]) -> tuple[str, dict]:
+        """Load the first candidate that reads; with ckpt.fallback_on_corrupt, a corrupt one is set aside with a
+        warning and the next one tried."""
+        folder, *older = candidates
+        while True:
+            try:
+                return folder, self.manager.load(folder, self.meta, self.optimizer)
+            except CorruptCheckpointError as exc:
+                if not older or not self.cfg.ckpt.fallback_on_corrupt:
+                    raise
+                kept = self.manager.set_aside(folder)
+                logger.warning("checkpoint %s is corrupt: %s. Resuming from the previous complete checkpoint %s "
+                               "instead (ckpt.fallback_on_corrupt); the corrupt one is kept as %s", folder, exc,
+                               older[0], kept)
+                folder, *older = older
 
     def _init_pose_statistics(self) -> None:
         """model.pose_normalization: the training clips' pose statistics, once, before the first step (saved with
@@ -164,6 +198,30 @@ class Trainer:
                             len(result.missing_keys), ", ".join(sorted({k.split('.')[0] for k in result.missing_keys})))
             else:
                 logger.info("initialised %s from %s", which, folder)
+
+    def _warn_if_global_batch_changed(self, folder: str, meta: dict) -> None:
+        """Another number of ranks with the same data.micro_num changes the global batch (and so the training)."""
+        saved_world = meta.get("world_size", self.world)
+        if not self.ctx.is_main or saved_world == self.world:
+            return
+        saved_micro = meta.get("micro_num")
+        if saved_micro is None:  # a checkpoint written before meta.json had it
+            with open(os.path.join(folder, CONFIG_FILE)) as f:
+                saved_micro = json.load(f)["data"]["micro_num"]
+        saved_batch = saved_micro * saved_world
+        if saved_batch == self.global_batch:
+            return
+        if saved_batch % self.world:
+            keep = f"no data.micro_num keeps {saved_batch} on {self.world} ranks"
+        else:
+            micro = saved_batch // self.world
+            keep = f"to keep {saved_batch}, relaunch with --opt data.micro_num={micro}"
+            if micro % self.cfg.data.gradient_accumulation:
+                keep += " and a data.gradient_accumulation (and loss.grad_accum) that divides it"
+        logger.warning("%s was saved on %d ranks with data.micro_num=%d (global batch %d); on %d rank%s the global "
+                       "batch is now %d (data.micro_num=%d x %d rank%s); %s", folder, saved_world, saved_micro,
+                       saved_batch, self.world, "s" if self.world > 1 else "", self.global_batch,
+                       self.cfg.data.micro_num, self.world, "s" if self.world > 1 else "", keep)
 
     def write_run_record(self) -> None:
         """The resolved config, the git commit and the command line, once per run (rank 0)."""
@@ -228,12 +286,13 @@ class Trainer:
         p = self.progress
         p.iteration += 1
         p.consumed_samples += self.global_batch
-        p.bad_samples += int(_all_reduce_(torch.tensor([int(batch["num_skipped"].sum())]))[0]) \
-            if "num_skipped" in batch else 0
+        self._note_bad_files(batch)
         if finite:
             p.step += 1
+            self.consecutive_skips = 0
         else:
             p.skipped_steps += 1
+            self.consecutive_skips += 1
             logger.warning("step %d: non-finite gradients, update skipped (%d so far); loss scale now %g",
                            p.step, p.skipped_steps, self.scaler.scale)
 
@@ -251,6 +310,23 @@ class Trainer:
                        teacher_temp=values.teacher_temp, grad_norm=grad_norm, loss_scale=self.scaler.scale,
                        skipped_steps=p.skipped_steps, bad_samples=p.bad_samples, update_applied=float(finite))
         return scalars
+
+    def _note_bad_files(self, batch: dict) -> None:
+        """Each unreadable input file is warned about once per run, for all ranks and loader workers (which do not
+        warn themselves, see _default_loader_factory), and counted once in bad_samples."""
+        if "bad_files" not in batch:
+            return
+        new = {path: why for path, why in parse_bad_files(batch["bad_files"]).items() if path not in self.bad_files}
+        if self.world > 1 and int(_all_reduce_(torch.tensor([len(new)], device=self.device))[0]):
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, new)
+            new = {path: why for part in reversed(gathered) for path, why in part.items()}
+        if self.ctx.is_main:
+            for count, path in enumerate(sorted(new), len(self.bad_files) + 1):
+                logger.warning("bad input file %s: %s; the samples it cannot give are replaced by random valid ones "
+                               "(%d distinct bad files so far)", path, new[path], count)
+        self.bad_files.update(new)
+        self.progress.bad_samples = len(self.bad_files)
 
     def _unscale_and_clip(self) -> float:
         """Undo the loss scale, clip to clip_grad_norm over all ranks' gradients; returns the norm before clipping
@@ -271,7 +347,7 @@ class Trainer:
         folder = step_folder(self.cfg.ckpt.save_ckpt_folder, self.progress.step)
         if is_complete(folder):
             return folder  # this step is already saved (e.g. pre-emption right after a periodic save)
-        progress = dict(self.progress.as_dict(), scaler=self.scaler.state_dict())
+        progress = dict(self.progress.as_dict(), scaler=self.scaler.state_dict(), bad_files=self.bad_files)
         return self.manager.save(self.progress.step, self.meta, self.optimizer, progress)
 
     def fit(self, max_iterations: Optional[int] = None) -> list[dict]:
@@ -287,8 +363,9 @@ class Trainer:
         start_iteration = self.progress.iteration
         every = cfg.monitor.log_every
         self.meta.train()
-        batches = iter(loader)
         with _PreemptionFlag() as preempt:
+            with preemption_signals_blocked():  # loader workers start here and must not die of a group signal
+                batches = iter(loader)
             while self.progress.step < total:
                 if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
                     break
@@ -301,6 +378,7 @@ class Trainer:
                 scalars = self.train_step(batch)
                 dt = timer.tick()
                 self._account(scalars, dt)
+                self._stop_if_runaway()
                 step = self.progress.step
                 if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
                     logger.info(self._log_line(scalars, timer))
@@ -317,6 +395,23 @@ class Trainer:
         self.writer.close()
         return self.history
 
+    def _stop_if_runaway(self) -> None:
+        """Every rank sees the same all-reduced gradient norm, so every rank stops at the same step."""
+        limit = self.cfg.hybrid_zero_optimizer.max_consecutive_skipped_steps
+        if self.scaler.overflowed_at_min_scale:
+            why = (f"non-finite gradients with the fp16 loss scale already at its minimum "
+                   f"(grad_scaler.fp16.min_scale={self.scaler.min_scale:g}): scaling can no longer avoid them")
+        elif limit and self.consecutive_skips >= limit:
+            why = (f"non-finite gradients in {self.consecutive_skips} consecutive steps "
+                   f"(hybrid_zero_optimizer.max_consecutive_skipped_steps={limit})")
+        else:
+            return
+        latest = latest_checkpoint(self.cfg.ckpt.save_ckpt_folder)
+        message = (f"training stopped at step {self.progress.step}: {why}. The run has diverged: lower adam.lr, "
+                   f"check the data, or use bf16/fp32; the newest checkpoint is {latest or 'none'}")
+        logger.error(message)
+        raise RunawayTrainingError(message)
+
     def _account(self, scalars: dict, dt: float) -> None:
         """Throughput figures, then the step's scalars to TensorBoard, metrics.jsonl and ``history``."""
         samples_s = self.global_batch / dt
@@ -332,7 +427,7 @@ class Trainer:
         self.writer.write(self.progress.step, scalars)
         if self.ctx.is_main and self.cfg.monitor.metrics_file:
             with open(self._metrics_path(), "a") as f:
-                f.write(json.dumps(scalars) + "\n")
+                f.write(json.dumps(_json_numbers(scalars), allow_nan=False) + "\n")
 
     def _metrics_path(self) -> str:
         return os.path.join(self.cfg.ckpt.save_ckpt_folder, "metrics.jsonl")
@@ -373,10 +468,15 @@ class Trainer:
         return line + f" | ETA {timer.eta(p.step)}"
 
 
+def _json_numbers(scalars: dict) -> dict:
+    """NaN and inf -> None (null): JSON has no token for them."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in scalars.items()}
+
+
 class _PreemptionFlag:
     """SIGTERM / SIGUSR1 set a flag; ``agreed`` tells every rank at the same step boundary (one tiny all-reduce)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = PREEMPTION_SIGNALS
 
     def __init__(self):
         self.raised = False
@@ -416,12 +516,14 @@ def _requeue_slurm_job(is_main: bool) -> None:
 
 
 def _default_loader_factory(cfg: TrainConfig, ctx: DistContext, consumed: int) -> Iterator[dict]:
-    from internlm.data.build import build_train_loader
+    from internlm.data.build import build_train_dataset, build_train_loader
 
-    dataset = None
     if cfg.data.dataset_type == "Generated":
         from internlm.data.generated import GeneratedSamples
 
         dataset = GeneratedSamples(cfg.data, joint=cfg.loss.is_joint)
+    else:
+        dataset = build_train_dataset(cfg.data)
+        dataset.bad_files.warn = False  # Trainer._note_bad_files warns, once for all ranks and workers
     return build_train_loader(cfg.data, rank=ctx.rank, world_size=ctx.world_size, consumed=consumed,
                               dataset=dataset)
