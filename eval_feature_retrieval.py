@@ -17,7 +17,7 @@ minus its mean over the K prototypes and c is the checkpoint's own L_pred centre
 changes no rank; the loss's minimiser has cosine 1 with its target. (The raw cosine of uncentred logits, the
 metric before this protocol, depends on exactly the constant the loss leaves free: it scored the loss's
 minimiser as low as a trained model.) The K-dim cosines are computed exactly in the span of the heads' last
-layers, centres and the ones vector (internlm/eval/retrieval.py, CenteredLogitSpace).
+layers, centres and the ones vector (internlm/eval/retrieval.py, LogitSpace).
 Ranks: 1 + the number of other entries at least as similar (ties count against the query). Top-1 = % of
 queries at rank 1; mAP = mean of 1 / rank (one correct entry per query), in %, each with its standard error.
 
@@ -61,7 +61,7 @@ from internlm.eval.cli import (add_config_args, add_launch_args, eval_checkpoint
                                move, num_batches, progress, start, write_json)
 from internlm.eval.distributed import gather_lists, gather_rows
 from internlm.eval.plots import RetrievalExample, plot_retrieval_examples, to_image
-from internlm.eval.retrieval import (CenteredLogitSpace, chance_level, deduplicate, paired_difference,
+from internlm.eval.retrieval import (LogitSpace, chance_level, deduplicate, paired_difference,
                                     rank_statistics, retrieval_ranks, top_retrieved)
 from internlm.initialize.launch import destroy_distributed
 
@@ -115,14 +115,7 @@ class Checkpoint:
     gallery_net: torch.nn.Module
     center: torch.Tensor  # (K,) the centre the checkpoint's loss applies to the gallery network's logits
     center_source: str
-    tau_ratio: float  # tau_s / tau_t: the oracle's scale (irrelevant to the cosine, kept for the record)
-    space: CenteredLogitSpace = field(init=False)
-
-    def __post_init__(self):
-        heads = [self.gallery_net.rep_head.last_layer.weight]
-        if getattr(self.student, "joint", False):
-            heads.append(self.student.pred_head.last_layer.weight)
-        self.space = CenteredLogitSpace(heads, [self.center])
+    space: LogitSpace
 
 
 def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Checkpoint:
@@ -135,8 +128,9 @@ def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Check
         center, source = torch.zeros(cfg.model.output_dim), "none (weights-only checkpoint: zero centre)"
     else:
         center, source = centers[which], which
-    tau_ratio = cfg.loss.student_temp / cfg.loss.teacher_temp
-    return Checkpoint(folder, student, gallery_net, center.to(device), source, tau_ratio)
+    heads = [gallery_net.rep_head.last_layer.weight] + ([student.pred_head.last_layer.weight] if student.joint else [])
+    space = LogitSpace(heads, [center], cfg.loss.student_temp, cfg.loss.teacher_temp)
+    return Checkpoint(folder, student, gallery_net, center.to(device), source, space)
 
 
 # ------------------------------------------------------------------------------------------------ collection
@@ -178,20 +172,20 @@ def collect(ck: Checkpoint, baseline, loader, dataset, ctx, total: int) -> Colle
         flat = frames.flatten(0, 1)  # (B*T, 3, P, P)
         logits = ck.gallery_net.represent(flat).logits.unflatten(0, (B, T))  # (B, T, K)
         now, nxt = logits[:, :T - 1].flatten(0, 1), logits[:, 1:].flatten(0, 1)  # frames t and t+1
-        out.add(out.galleries, "model", ck.space.embed(nxt, ck.center))
-        out.add(out.queries, "copy", ck.space.embed(now, ck.center))
-        out.add(out.queries, "oracle", ck.space.embed(ck.tau_ratio * (nxt - ck.center)))
+        space = ck.space
+        out.add(out.galleries, "model", space.gallery(nxt, ck.center))
+        out.add(out.queries, "copy", space.query(space.minimiser(now, ck.center)))
+        out.add(out.queries, "oracle", space.query(space.minimiser(nxt, ck.center)))
         if ck.student.joint:
             pred = ck.student.forward_joint(frames, batch["poses"]).future_logits[:, :T - 1]  # (B, T-1, K)
-            out.add(out.queries, "egoagent", ck.space.embed(pred.flatten(0, 1)))
+            out.add(out.queries, "egoagent", space.query(pred.flatten(0, 1)))
             shuffled = other_clip_poses(dataset, batch["sample_id"].tolist()).to(ctx.device)
             pred = ck.student.forward_joint(frames, shuffled).future_logits[:, :T - 1]
-            out.add(out.queries, "shuffled_actions", ck.space.embed(pred.flatten(0, 1)))
+            out.add(out.queries, "shuffled_actions", space.query(pred.flatten(0, 1)))
         if baseline is not None:
-            b_logits = baseline.gallery_net.represent(flat).logits.unflatten(0, (B, T))
-            out.add(out.galleries, "stage1", baseline.space.embed(b_logits[:, 1:].flatten(0, 1), baseline.center))
-            out.add(out.queries, "stage1_copy", baseline.space.embed(b_logits[:, :T - 1].flatten(0, 1),
-                                                                     baseline.center))
+            b, bs = baseline.gallery_net.represent(flat).logits.unflatten(0, (B, T)), baseline.space
+            out.add(out.galleries, "stage1", bs.gallery(b[:, 1:].flatten(0, 1), baseline.center))
+            out.add(out.queries, "stage1_copy", bs.query(bs.minimiser(b[:, :T - 1].flatten(0, 1), baseline.center)))
         pixels = F.normalize(flat.flatten(1).float(), dim=1).unflatten(0, (B, T))  # (B, T, 3*P*P)
         out.add(out.galleries, "pixels", pixels[:, 1:].flatten(0, 1))
         out.add(out.queries, "raw_pixels", pixels[:, :T - 1].flatten(0, 1))

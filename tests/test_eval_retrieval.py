@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from internlm.eval.retrieval import (CenteredLogitSpace, chance_level, deduplicate, paired_difference,
+from internlm.eval.retrieval import (LogitSpace, chance_level, deduplicate, paired_difference,
                                     rank_statistics, retrieval_ranks, top_retrieved)
 
 # With the identity as gallery, query row i IS its similarity to gallery entries 0..4.
@@ -85,12 +85,12 @@ def test_centred_space_gives_the_exact_k_dim_centred_cosine():
     w_rep, w_pred, center = torch.randn(K, r, generator=g), torch.randn(K, r, generator=g), torch.randn(K, generator=g)
     rep_logits = torch.nn.functional.normalize(torch.randn(30, r, generator=g), dim=1) @ w_rep.T  # (30, K)
     pred_logits = torch.nn.functional.normalize(torch.randn(12, r, generator=g), dim=1) @ w_pred.T  # (12, K)
-    space = CenteredLogitSpace([w_rep, w_pred], [center])
-    fast = space.embed(pred_logits) @ space.embed(rep_logits, center).T
+    space = LogitSpace([w_rep, w_pred], [center])
+    fast = space.query(pred_logits) @ space.gallery(rep_logits, center).T
     assert torch.allclose(fast, _centred_cosine(pred_logits, rep_logits - center), atol=1e-5)
     assert space.basis.shape == (K, 2 * r + 2)  # r floats per head, one per centre, one for the ones vector
     with pytest.raises(RuntimeError, match="span"):
-        space.embed(rep_logits + torch.randn(K, generator=g))  # a bias would leave the span: refuse
+        space.query(rep_logits + torch.randn(K, generator=g))  # a bias would leave the span: refuse
 
 
 def test_a_per_row_constant_changes_no_rank():
@@ -99,13 +99,13 @@ def test_a_per_row_constant_changes_no_rank():
     K, r, Q, G = 300, 8, 64, 40
     w = torch.randn(K, r, generator=g)
     center = torch.randn(K, generator=g)
-    space = CenteredLogitSpace([w], [center])
-    gallery = space.embed(torch.randn(G, r, generator=g) @ w.T, center)
+    space = LogitSpace([w], [center])
+    gallery = space.gallery(torch.randn(G, r, generator=g) @ w.T, center)
     queries = torch.randn(Q, r, generator=g) @ w.T
     targets, excluded = torch.randint(0, G, (Q,), generator=g), torch.full((Q,), -1)
     shifted = queries + 50.0 * torch.randn(Q, 1, generator=g)  # a large random constant per row
-    before = retrieval_ranks(space.embed(queries), gallery, targets, excluded)
-    after = retrieval_ranks(space.embed(shifted), gallery, targets, excluded)
+    before = retrieval_ranks(space.query(queries), gallery, targets, excluded)
+    after = retrieval_ranks(space.query(shifted), gallery, targets, excluded)
     assert torch.equal(before, after)
     assert len(set(before.tolist())) > 5  # the ranks are spread, so the comparison means something
 
@@ -120,16 +120,16 @@ def test_oracle_ranks_first_and_random_queries_score_chance():
         # (G, K) the gallery network's next-frame logits: frames of one world share most of their features
         logits = head(torch.randn(1, 32) + 0.2 * torch.randn(G, 32))
         center = logits.mean(0)
-        space = CenteredLogitSpace([head.last_layer.weight], [center])
-        gallery = space.embed(logits, center)
-        tau_ratio = 0.1 / 0.04
-        oracle = space.embed(tau_ratio * (logits - center) + 7.0)  # the loss's minimiser, plus a constant
+        space = LogitSpace([head.last_layer.weight], [center], student_temp=0.1, teacher_temp=0.04)
+        gallery = space.gallery(logits, center)
+        oracle = space.query(space.minimiser(logits, center) + 7.0)  # the loss's minimiser, plus a constant
         targets, excluded = torch.arange(G), (torch.arange(G) + 1) % G
         assert rank_statistics(retrieval_ranks(oracle, gallery, targets, excluded))["top1"] == 100.0
         # without the centre the "oracle" is wrong: the centre is part of what the loss compares
-        no_center = retrieval_ranks(space.embed(tau_ratio * logits), gallery, targets, excluded)
+        no_center = retrieval_ranks(space.query(space.minimiser(logits, torch.zeros(256))), gallery, targets,
+                                    excluded)
         assert rank_statistics(no_center)["top1"] < 90.0
-        random_q = space.embed(head(torch.randn(1, 32) + 0.2 * torch.randn(Q, 32)))
+        random_q = space.query(head(torch.randn(1, 32) + 0.2 * torch.randn(Q, 32)))
     q_targets = torch.randint(0, G, (Q,))
     stats = rank_statistics(retrieval_ranks(random_q, gallery, q_targets, (q_targets + 1) % G))
     chance = chance_level(G)

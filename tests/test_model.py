@@ -103,6 +103,19 @@ def test_residual_and_normalised_model_still_sees_only_the_past():
             assert (out[:, t + 1] - base[:, t + 1]).abs().max() > 1e-3
 
 
+def test_prediction_can_start_as_the_copy_of_the_representation():
+    torch.manual_seed(0)
+    model = EgoAgent(tiny_cfg(), joint=True).eval()
+    feats = torch.randn(3, 64)
+    with torch.no_grad():
+        assert (model.pred_head(feats) - model.rep_head(feats)).abs().max() > 1e-3  # fresh: another head
+        model.init_prediction_from_representation()
+        torch.testing.assert_close(model.pred_head(feats), model.rep_head(feats))
+        torch.testing.assert_close(model.future_query, model.state_query)
+        model.rep_head.mlp[0].weight.add_(1.0)  # copies, not shared tensors: they train apart
+        assert (model.pred_head(feats) - model.rep_head(feats)).abs().max() > 1e-3
+
+
 def test_pose_normalization_standardises_the_input():
     torch.manual_seed(0)
     from internlm.model.projectors import ActionProjector

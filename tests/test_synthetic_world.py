@@ -205,10 +205,13 @@ def test_imagefolder(synthetic_world):
         images = [cv2.imread(str(p)) for p in sorted(folder.glob("*.jpg"))]
         assert len(images) == size.images_per_class and images[0].shape == (size.image_size, size.image_size, 3)
         assert len(list((val / folder.name).glob("*.jpg"))) == size.val_images_per_class
-        # varied viewpoints and backgrounds: no two images of a class are alike
+        # varied viewpoints and exposures: no two images of a place are alike
         assert min(np.abs(a.astype(int) - b).mean() for i, a in enumerate(images) for b in images[i + 1:]) > 5
-        means[folder.name] = np.mean([im.astype(float) for im in images], axis=0)
-    assert len(means) == size.classes
+        means[folder.name] = np.mean([im.astype(float).reshape(-1, 3).mean(0) for im in images], axis=0)
+    assert len(means) == size.classes and sorted(means) == [f"place_{c:02d}" for c in range(size.classes)]
+    # each place has its own palette: the mean colours of the classes differ
+    colours = np.array(list(means.values()))
+    assert min(np.abs(a - b).max() for i, a in enumerate(colours) for b in colours[i + 1:]) > 3
 
 
 def _small_size():

@@ -92,6 +92,10 @@ class ModelConfig:
     action_residual: bool = False  # predict offsets from the last pose of the previous step (zero-initialised)
     pose_normalization: bool = False  # standardise the pose input per joint and axis (training-set statistics)
     compile: bool = False  # torch.compile (inductor) each transformer block of student and teacher
+    # Stage 2 from a stage-1 checkpoint (which has no prediction head): "fresh" initialises the state-prediction
+    # head and future-state query like any new layer (the paper); "representation" copies the representation head
+    # and state query into them, so the predictor starts as the copy baseline.
+    prediction_init: str = "fresh"
     # InternLM's normal init std (qkv, w1; out_proj and w2 divided by sqrt(2 (layer + 1)); w3 a quarter). 0.006 is
     # InternLM's value for d >= 1024; narrow demo models need a larger one or every image starts with one feature.
     init_std: float = 0.006
@@ -490,6 +494,8 @@ def _validate_model(m: ModelConfig, section: str) -> None:
         raise ConfigError(f"{section}: head_dim={m.head_dim} must be even for rotary embeddings")
     if not 0.0 <= m.checkpoint_fraction <= 1.0:
         raise ConfigError(f"{section}.checkpoint={m.checkpoint}: expected True/False or a fraction in [0, 1]")
+    if m.prediction_init not in ("fresh", "representation"):
+        raise ConfigError(f"{section}.prediction_init={m.prediction_init!r}: expected 'fresh' or 'representation'")
     if m.img_size % m.patch_size:
         raise ConfigError(
             f"{section}.lvm_config.conv_stem_config: img_size={m.img_size} is not a multiple of "

@@ -7,15 +7,17 @@ ranks last instead of first. Top-1 = % of queries with rank 1; with one correct 
 and mAP is its mean (%). Ranks stream over query and gallery chunks: memory is one (query chunk x gallery chunk)
 similarity block.
 
-Similarity (``CenteredLogitSpace``): L_pred is the cross-entropy H(softmax((l_T - c) / tau_t),
-softmax(s / tau_s)) between the teacher's logits l_T of the next frame (centre c) and the student's prediction s.
-It is minimal exactly when log softmax(s / tau_s) equals log softmax((l_T - c) / tau_t) up to a constant, i.e.
-for s = (tau_s / tau_t) (l_T - c) + any per-row constant. The loss is blind to that constant, so a similarity
-must be too: we compare the centred log-probability vectors (each vector minus its own mean over the K
-prototypes, which removes any per-row constant) by cosine, the query side from s, the gallery side from
-(l_T - c). The minimiser of the loss then has cosine 1 with its target (the oracle ranks first), adding a
-constant to a query changes nothing, and temperatures drop out (a cosine ignores scale: the metric asks which
-frame a prediction points to, not how confident it is).
+Similarity (``LogitSpace``): L_pred is the cross-entropy H(softmax((l_T - c) / tau_t), softmax(s / tau_s))
+between the teacher's logits l_T of the next frame (centre c) and the student's prediction s. It is minimal
+exactly when log softmax(s / tau_s) equals log softmax((l_T - c) / tau_t), i.e. for s = (tau_s / tau_t)(l_T - c)
++ any per-row constant. The loss is blind to that constant, so a similarity must be too: we compare the centred
+log-probability vectors (each minus its own mean over the K prototypes, which removes any per-row constant) by
+cosine, the query side from s, the gallery side from (l_T - c). The minimiser of the loss then has cosine 1 with
+its target (the oracle ranks first), adding a constant to a query changes nothing, and temperatures drop out (a
+cosine ignores scale: the metric asks which frame a prediction points to, not how confident it is). The
+loss-exact alternative, ranking by KL(p_g || q), L_pred's excess had g been the next frame, was measured too: it
+ranks the same predictors in the same order on the demo, but near-duplicate frames under a sharp teacher differ
+by less than float32 resolves, so its own oracle fails the self-test; the cosine has no such blind spot.
 """
 
 from __future__ import annotations
@@ -72,39 +74,50 @@ def deduplicate(keys: Sequence[Hashable]) -> tuple[list[int], dict]:
     return kept, index_of
 
 
-class CenteredLogitSpace:
-    """Exact low-dimensional coordinates of centred logit vectors, preserving every cosine.
+class LogitSpace:
+    """Exact low-dimensional embeddings of predictions and gallery frames whose dot products are the protocol's
+    similarity: the cosine of the centred log-probabilities, centred(s) for a prediction s and centred(l_g - c)
+    for a gallery frame's teacher logits l_g and the teacher's centre c (centred(v) = v minus its mean over the K
+    prototypes). It is blind to a constant added to a query (L_pred is), and the minimiser of L_pred towards
+    frame g, s = (tau_s / tau_t)(l_g - c) + any constant, has cosine 1 with g.
 
-    Every logit vector compared here is a DINO head's output l = W z (the last layer is a bias-free linear map,
-    W: (K, r), r = 256 << K = 65536 in the paper configs), possibly minus a centre c. With an orthonormal basis
-    B of span(W_1, ..., W_n, c_1, ..., c_m, 1) (the heads whose outputs meet in one comparison, their centres,
-    and the all-ones vector that centring subtracts), the centred vector x = (l - c) - mean(l - c) lies in that
-    span, so <x, y> = <B^T x, B^T y> for any two of them. ``embed`` returns B^T x / |x|: n r + m + 1 floats
-    per row instead of K (31k frames x 65536 x 4 bytes = 8 GB at full scale), and dot products equal the
-    K-dim cosines of the centred vectors.
+    Every logit vector here is a DINO head's output (a bias-free linear layer W: (K, r), r = 256 << K = 65536 in
+    the paper configs) or (tau_s / tau_t)(l - c); with an orthonormal basis B of span(W_1, ..., W_n, c_1, ...,
+    c_m, 1) they all lie in the span, centred or not, so <x, y> = <B^T x, B^T y>: rows of n r + m + 1 floats
+    instead of K (31k frames x 65536 x 4 bytes = 8 GB at full scale), and dot products equal the K-dim cosines.
     """
 
-    def __init__(self, last_layers: Sequence[torch.Tensor], centers: Sequence[torch.Tensor] = ()):
+    def __init__(self, last_layers: Sequence[torch.Tensor], centers: Sequence[torch.Tensor] = (),
+                 student_temp: float = 0.1, teacher_temp: float = 0.04):
         K = last_layers[0].shape[0]
         cols = [w.detach().double().cpu() for w in last_layers]  # (K, r_i)
         cols += [c.detach().double().cpu().reshape(K, 1) for c in centers]
         cols.append(torch.ones(K, 1, dtype=torch.float64))
         basis, _ = torch.linalg.qr(torch.cat(cols, dim=1))  # (K, m), orthonormal columns spanning the above
         self.basis = basis.to(device=last_layers[0].device, dtype=torch.float32)
+        self.student_temp, self.teacher_temp = student_temp, teacher_temp
 
-    def embed(self, logits: torch.Tensor, center: Optional[torch.Tensor] = None, check: bool = True) -> torch.Tensor:
-        """(n, K) logits (minus ``center`` (K,) when given) -> (n, m) unit rows: the centred vectors' coordinates."""
-        x = logits.float()
-        if center is not None:
-            x = x - center.to(x)
+    def minimiser(self, logits: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        """(n, K) teacher logits -> the student logits s = (tau_s / tau_t)(l - c) that minimise L_pred towards
+        them (what a perfect predictor outputs: the oracle's query; on frame t, the copy baseline's)."""
+        return (self.student_temp / self.teacher_temp) * (logits.float() - center.to(logits.device).float())
+
+    def query(self, logits: torch.Tensor) -> torch.Tensor:
+        """(n, K) student logits s -> (n, m) unit rows."""
+        return self._embed(logits.float())
+
+    def gallery(self, logits: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        """(n, K) teacher logits of gallery frames and the teacher's centre -> (n, m) unit rows."""
+        return self._embed(logits.float() - center.to(logits.device).float())
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = x - x.mean(dim=1, keepdim=True)  # a per-row constant is what L_pred cannot see
         coords = x @ self.basis.to(x.device)  # (n, m)
         norms = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        if check:  # the identity needs x inside the span: a head with a bias (or a stray centre) would break it
-            lost = (1.0 - coords.norm(dim=1, keepdim=True) / norms).abs().max()
-            if float(lost) > 1e-3:
-                raise RuntimeError(f"logits leave the span of the heads' last layers and centres (relative norm "
-                                   f"lost {float(lost):.2e}): the head is not a bias-free linear map")
+        lost = (1.0 - coords.norm(dim=1, keepdim=True) / norms).abs().max() if len(x) else 0.0
+        if float(lost) > 1e-3:  # a head with a bias (or a stray centre) would break the identity
+            raise RuntimeError(f"logits leave the span of the heads' last layers and centres (relative norm "
+                               f"lost {float(lost):.2e}): the head is not a bias-free linear map")
         return coords / norms
 
 

@@ -107,6 +107,13 @@ class EgoAgent(nn.Module):
         for q in self.query_parameters():
             nn.init.trunc_normal_(q, std=0.02)
 
+    @torch.no_grad()
+    def init_prediction_from_representation(self) -> None:
+        """The state-prediction head and the future-state query become copies of the representation head and the
+        state query: the predictor starts from "the next frame looks like this one" (model.prediction_init)."""
+        self.pred_head.load_state_dict(self.rep_head.state_dict())
+        self.future_query.copy_(self.state_query)
+
     def query_parameters(self) -> list[nn.Parameter]:
         qs = [self.state_query]
         if self.joint:

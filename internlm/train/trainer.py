@@ -198,6 +198,11 @@ class Trainer:
                             len(result.missing_keys), ", ".join(sorted({k.split('.')[0] for k in result.missing_keys})))
             else:
                 logger.info("initialised %s from %s", which, folder)
+            if self.cfg.model.prediction_init == "representation" and any(k.startswith("pred_head.")
+                                                                             for k in result.missing_keys):
+                getattr(model, "module", model).init_prediction_from_representation()
+                logger.info("%s: state-prediction head and future-state query start as copies of the representation "
+                            "head and the state query (model.prediction_init)", which)
 
     def _warn_if_global_batch_changed(self, folder: str, meta: dict) -> None:
         """Another number of ranks with the same data.micro_num changes the global batch (and so the training)."""

@@ -13,7 +13,7 @@
       device_calibration_from_json_string) whose "camera-rgb" is a FISHEYE624 camera at a LARGER resolution
       than the video (size.calibration_scale times), like the real data, so consumers must rescale it.
   WTour/Walking_Tour_<Name>.mp4        WalkingTours-style walks, pinhole, 30 fps, no poses
-  imagefolder/{train,val}/{class}/*.jpg   catalogue objects for the kNN evaluation
+  imagefolder/{train,val}/{class}/*.jpg   place recognition for the kNN evaluation (held-out courtyards)
   synthetic_world.json                  the manifest: seed, sizes, takes (uid, name, split, frame counts)
 All formats are those of egoexo_format (see its docstring). World: z up, metres. Camera frames: x right,
 y down, z forward; the video is stored upright (no 90-degree Aria sensor rotation).

@@ -1,11 +1,13 @@
-"""The ImageFolder classification set: catalogue objects of the world seen from varied viewpoints, distances,
-positions in the frame, backgrounds and exposures, for the kNN evaluation. One class = one object kind (shape +
-colour + texture).
+"""The ImageFolder classification set for the kNN evaluation: place recognition. One class = one courtyard that no
+take or walk of the world uses (its own random stream), built like the takes' courtyards (palette, wall and
+ground materials, landmark objects); its images are views from random standpoints, headings and pitches inside
+it, each with its own exposure (brightness, contrast and saturation factors in 0.6-1.4, like a camera's
+auto-exposure and white balance).
 
-The nuisances are what a representation should ignore and what raw pixels cannot: the object sits anywhere in
-the central part of the frame at 25-60% of its half-width, in a random courtyard, and each photo has its own exposure (brightness,
-contrast and saturation factors in 0.6-1.4, like a camera's auto-exposure and white balance). Raw-pixel cosine
-on such photos is mostly a comparison of backgrounds and exposures.
+Why places and not the object catalogue: catalogue objects have fixed colours and fill the frame, so raw-pixel
+cosine separates them better than any network trained at demo scale; recognising a place from a new viewpoint
+under another exposure needs features that are invariant to exactly what DINO's crops and colour jitter vary,
+so it measures what the representation learned, and raw pixels and an untrained network are real floors.
 """
 
 from __future__ import annotations
@@ -17,30 +19,23 @@ import numpy as np
 
 from .camera import focal_for_fov, look_at, pinhole_rays
 from .raycast import render
-from .scene import OBJECT_CLASSES, ObjectClass, free_spot, object_solid, random_scene
+from .scene import free_spot, random_scene
 from .writers import write_jpeg
 
-FOV_DEG = 60.0
+FOV_DEG = 90.0
+IMAGEFOLDER_STREAM = 3  # the random-stream code of this set (takes use 1, walks 2)
 
 
-def render_object_image(cls: ObjectClass, rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 RGB: one instance of ``cls`` in a random courtyard, from a random viewpoint."""
-    scene = random_scene(rng, half_extent=(7.0, 10.0), landmarks=(0, 3))
-    x, y = free_spot(scene, rng, clearance=2.0)
-    solid = object_solid(cls, x, y, float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.7, 1.2)),
-                         rng.uniform(-0.06, 0.06, 3))
-    scene.solids.append(solid)
-    centre, radius = solid.bounding_sphere()
-    fill = rng.uniform(0.25, 0.6)  # fraction of the half-width the object covers
-    distance = radius / (math.tan(math.radians(FOV_DEG) / 2) * fill)
-    azimuth, elevation = rng.uniform(0, 2 * math.pi), rng.uniform(0.05, 0.6)
-    eye = centre + distance * np.array([math.cos(azimuth) * math.cos(elevation),
-                                        math.sin(azimuth) * math.cos(elevation), math.sin(elevation)])
-    eye[0] = np.clip(eye[0], -scene.room.half_x + 0.3, scene.room.half_x - 0.3)
-    eye[1] = np.clip(eye[1], -scene.room.half_y + 0.3, scene.room.half_y - 0.3)
-    eye[2] = max(eye[2], 0.3)
-    # look past the object: a shift d moves it by d * fill / radius half-widths, here up to 0.45 of them
-    target = centre + rng.uniform(-0.45, 0.45, 3) * radius / fill
+def class_name(class_index: int) -> str:
+    return f"place_{class_index:02d}"
+
+
+def render_place_image(scene, rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) uint8 RGB: ``scene`` from a random standpoint, heading and pitch, at a random exposure."""
+    x, y = free_spot(scene, rng, clearance=0.8)
+    eye = np.array([x, y, rng.uniform(1.4, 1.8)])
+    yaw, pitch = rng.uniform(0, 2 * math.pi), rng.uniform(-0.6, 0.15)
+    target = eye + np.array([math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), math.sin(pitch)])
     rays = pinhole_rays(size, size, focal_for_fov(size, FOV_DEG))
     return exposure(render(scene, rays, look_at(eye, target), size, size), rng)
 
@@ -57,13 +52,13 @@ def exposure(image: np.ndarray, rng: np.random.Generator, spread: float = 0.4) -
 
 
 def write_class(out_dir: str, seed: int, class_index: int, train_images: int, val_images: int, size: int) -> int:
-    """Writes {out_dir}/{train,val}/{class}/{class}_{k:04d}.jpg; returns the number of images."""
-    cls = OBJECT_CLASSES[class_index]
+    """Writes {out_dir}/{train,val}/place_{c}/place_{c}_{k:04d}.jpg; returns the number of images."""
+    name = class_name(class_index)
+    scene = random_scene(np.random.default_rng([seed, IMAGEFOLDER_STREAM, class_index]))
     count = 0
     for split_code, (split, n) in enumerate((("train", train_images), ("val", val_images))):
         for k in range(n):
-            rng = np.random.default_rng([seed, 3, class_index, split_code, k])
-            image = render_object_image(cls, rng, size)
-            write_jpeg(os.path.join(out_dir, split, cls.name, f"{cls.name}_{k:04d}.jpg"), image)
+            rng = np.random.default_rng([seed, IMAGEFOLDER_STREAM, class_index, split_code, k])
+            write_jpeg(os.path.join(out_dir, split, name, f"{name}_{k:04d}.jpg"), render_place_image(scene, rng, size))
             count += 1
     return count

@@ -35,7 +35,7 @@ PRESETS = {
     # the main job: at most ~60 s on 2 cores
     "default": WorldSize(train_takes=12, val_takes=3, frames_per_take=300, video_size=128, calibration_scale=4,
                          walks=2, walk_frames=600, walk_width=160, walk_height=90,
-                         classes=8, images_per_class=40, val_images_per_class=40, image_size=96),
+                         classes=8, images_per_class=40, val_images_per_class=60, image_size=96),
 }
 
 

@@ -24,9 +24,9 @@ from ..process_pool import map_in_processes
 from .annotations import body_annotations, camera_pose_json, exo_cameras
 from .body import CAMERA_TILT, Motion, Outfit, body_solids, random_outfit, simulate
 from .camera import calibration_rays, device_calibration_json, fisheye_calibration, focal_for_fov, pinhole_rays
-from .imagefolder import write_class
+from .imagefolder import class_name, write_class
 from .raycast import render
-from .scene import OBJECT_CLASSES, Scene, Solid, random_scene
+from .scene import Scene, Solid, random_scene
 from .sizes import WorldSize
 from .writers import write_json, write_mp4
 
@@ -157,7 +157,7 @@ def _run_task(task: tuple) -> tuple[str, dict]:
     if kind == "walk":
         return kind, write_walk(*args)
     out_dir, seed, class_index, train_n, val_n, image_size = args
-    return kind, {"class": OBJECT_CLASSES[class_index].name,
+    return kind, {"class": class_name(class_index),
                   "images": write_class(out_dir, seed, class_index, train_n, val_n, image_size)}
 
 
@@ -180,8 +180,6 @@ def _prepare_out_dir(out_dir: str, overwrite: bool) -> None:
 def generate_world(out_dir: str, seed: int, size: WorldSize, workers: int = 1, overwrite: bool = False,
                    progress: bool = True) -> dict:
     """Writes the world under ``out_dir`` (layout: see the package docstring); returns the manifest."""
-    if size.classes > len(OBJECT_CLASSES):
-        raise ValueError(f"classes={size.classes}: the object catalogue has only {len(OBJECT_CLASSES)} classes")
     start = time.time()
     _prepare_out_dir(out_dir, overwrite)
     egoexo_root = os.path.join(out_dir, "egoexo4d_v2")
@@ -206,7 +204,7 @@ def generate_world(out_dir: str, seed: int, size: WorldSize, workers: int = 1, o
         "calibration_size": size.video_size * size.calibration_scale,
         "takes": [by_uid[s.take_uid] for s in specs],
         "walks": sorted(results["walk"], key=lambda w: w["path"]),
-        "classes": [OBJECT_CLASSES[c].name for c in range(size.classes)],
+        "classes": [class_name(c) for c in range(size.classes)],
     }
     write_json(os.path.join(out_dir, MANIFEST_NAME), manifest, indent=2)
     manifest["seconds"] = round(time.time() - start, 1)
