@@ -90,6 +90,12 @@ def check_backend(name: str, layout_kind: str, device: torch.device, dtype: torc
             raise AttentionBackendError("attn_backend='flex' has no backward pass on the CPU in PyTorch; train on the"
                                         " CPU with attn_backend='sdpa' (flex runs CPU inference only)")
     if name == "flash":
+        # the mask first: no installation or device can make flash-attn run it
+        if layout_kind == "block_causal":
+            raise AttentionBackendError(
+                "attn_backend='flash' cannot express the block-causal mask of the joint branch (perframe_atten=True);"
+                " use attn_backend='flex' (or 'sdpa')"
+            )
         ok, why = flash_attn_available()
         if not ok:
             raise AttentionBackendError(f"attn_backend='flash': {why}; or use attn_backend='sdpa'")
@@ -97,11 +103,6 @@ def check_backend(name: str, layout_kind: str, device: torch.device, dtype: torc
             raise AttentionBackendError(f"attn_backend='flash' needs a CUDA device, got {device}; use 'sdpa'")
         if dtype not in (torch.float16, torch.bfloat16):
             raise AttentionBackendError(f"attn_backend='flash' needs fp16 or bf16 activations, got {dtype}; use 'sdpa'")
-        if layout_kind == "block_causal":
-            raise AttentionBackendError(
-                "attn_backend='flash' cannot express the block-causal mask of the joint branch (perframe_atten=True);"
-                " use attn_backend='flex' (or 'sdpa')"
-            )
 
 
 class AttentionKernel:

@@ -141,8 +141,3 @@ class EgoAgent(nn.Module):
         outs = [self.represent(v) for v in views]
         joint = self.forward_joint(frames, poses) if frames is not None else None
         return AgentOutput(outs, joint)
-
-
-def build_model(cfg: ModelConfig, joint: bool, device: Optional[torch.device] = None) -> EgoAgent:
-    model = EgoAgent(cfg, joint)
-    return model.to(device) if device is not None else model

@@ -67,9 +67,6 @@ class InternLMBackbone(nn.Module):
         # InternLM recomputes the first round(fraction * num_layers) blocks in the backward pass.
         self.num_checkpointed = int(round(checkpoint_fraction * num_layers))
 
-    def set_attn_backend(self, backend: str) -> None:
-        self.kernel = AttentionKernel(backend)
-
     def forward(self, x: torch.Tensor, layout: MaskLayout) -> torch.Tensor:  # (B, L, d) -> (B, L, d), final-normed
         assert x.shape[1] == layout.seq_len, (x.shape, layout.seq_len)
         compute_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \

@@ -52,11 +52,6 @@ class EgoAgentMetaArch(nn.Module):
         self.register_buffer("rep_center", torch.zeros(K))
         self.register_buffer("pred_center", torch.zeros(K))
 
-    @property
-    def student_model(self) -> EgoAgent:
-        """The unwrapped student (for state dicts and parameter groups)."""
-        return getattr(self.student, "module", self.student)
-
     # ------------------------------------------------------------------------------------------ losses
 
     def chunk_losses(self, chunk: dict, teacher_temp: float, chunk_weight: float,

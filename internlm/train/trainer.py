@@ -137,7 +137,7 @@ class Trainer:
         if info is None or "all" in info.content:
             return
         for which, model in (("model", self.meta.student), ("teacher", self.meta.teacher)):
-            state, src_cfg, folder = load_state_dict(info.path, which)
+            state, _, folder = load_state_dict(info.path, which)
             result = model.load_state_dict(state, strict=False)
             bad_missing = [k for k in result.missing_keys if not k.startswith(JOINT_ONLY_PREFIXES)]
             if bad_missing or result.unexpected_keys:
