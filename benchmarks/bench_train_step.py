@@ -23,11 +23,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from internlm.config import load_config, parse_override  # noqa: E402
-from internlm.initialize.launch import init_distributed  # noqa: E402
-from internlm.model.flops import detect_peak_tflops, sample_cost  # noqa: E402
+from internlm.config import load_config, parse_override
+from internlm.initialize.launch import init_distributed
+from internlm.model.flops import detect_peak_tflops, sample_cost
 
 DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
 

@@ -20,15 +20,11 @@ import os
 import shutil
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # runnable as `python tools/convert2hf...` without installing the package
-    sys.path.insert(0, REPO_ROOT)
+import torch
+from safetensors.torch import save_file
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from internlm.checkpoint import load_model, load_state_dict  # noqa: E402
-from internlm.checkpoint.export import WEIGHT_FILES  # noqa: E402
+from internlm.checkpoint import load_model, load_state_dict
+from internlm.checkpoint.weights import WEIGHT_FILES
 
 logger = logging.getLogger("convert2hf")
 

@@ -92,7 +92,6 @@ class Pipeline:
                 manifest = json.load(f)
         except (OSError, ValueError):
             return False
-        sys.path.insert(0, REPO)
         from dataclasses import asdict
 
         from internlm.data.synthetic import resolve_size
@@ -153,7 +152,6 @@ class Pipeline:
         print(f"\n[demo] finished in {time.perf_counter() - start:.0f}s: {os.path.join(self.out, 'REPORT.md')}")
 
     def model_image_size(self, opts: list[str]) -> int:
-        sys.path.insert(0, REPO)
         from internlm.config import load_config, parse_override
 
         return load_config(os.path.join(REPO, STAGE2_CONFIG), [parse_override(o) for o in opts]).model.img_size

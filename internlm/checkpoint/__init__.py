@@ -1,6 +1,6 @@
-"""Checkpoints: layout, atomic writes, the unsharded weight export, and the training-state saver."""
+"""Checkpoints: layout, atomic writes, the unsharded weight files, and the training-state saver."""
 
-from .export import load_model, load_state_dict, save_weights_only
+from .weights import load_model, load_state_dict, save_weights_only
 from .layout import complete_steps, is_complete, latest_checkpoint, resolve_checkpoint
 
 __all__ = ["complete_steps", "is_complete", "latest_checkpoint", "load_model", "load_state_dict",

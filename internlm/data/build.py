@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config.schema import DataConfig
 from .egoexo_clips import EgoExoClips, build_clip_index, index_egoexo_frames
+from .generated import GeneratedSamples
 from .image_folder import ImageFolderEval, ImageFolderIndex
 from .pose_index import load_pose_index
 from .sampler import EvalShardSampler, StepBatchSampler
@@ -66,9 +67,15 @@ def build_clip_dataset(data_cfg: DataConfig, split: str, train: bool, cache_dir:
 
 
 def build_train_dataset(data_cfg: DataConfig, cache_dir: Optional[str] = None,
-                        index_workers: Optional[int] = None) -> Dataset:
-    """The training set of ``data_cfg.dataset_type``; items are keyed by (dataset_index, draw_id)."""
+                        index_workers: Optional[int] = None, joint: Optional[bool] = None) -> Dataset:
+    """The training set of ``data_cfg.dataset_type``; items are keyed by (dataset_index, draw_id).
+
+    ``joint`` (stage 2: clips with poses) is needed only by "Generated", whose samples take the stage's shapes."""
     kind = data_cfg.dataset_type
+    if kind == "Generated":
+        if joint is None:
+            raise ValueError("data.dataset_type='Generated' needs the stage: build_train_dataset(..., joint=...)")
+        return GeneratedSamples(data_cfg, joint)
     if kind == "EgoExoClips":
         return build_clip_dataset(data_cfg, data_cfg.egoexo_train_split, True, cache_dir, index_workers)
     _check_frames_per_clip(data_cfg)
@@ -81,7 +88,7 @@ def build_train_dataset(data_cfg: DataConfig, cache_dir: Optional[str] = None,
             raise ValueError(f"data.dataset_type='ImgNetDINO' needs one ImageFolder root in data.train_folder, "
                              f"got {folders}")
         return MultiCropFrames(ImageFolderIndex(folders[0]), transform, data_cfg.seed, f"ImgNetDINO {folders[0]}")
-    raise ValueError(f"data.dataset_type={kind!r}: expected WTVideos, WT1Video, ImgNetDINO or EgoExoClips")
+    raise ValueError(f"data.dataset_type={kind!r}: expected WTVideos, WT1Video, ImgNetDINO, EgoExoClips or Generated")
 
 
 def _single_threaded_opencv() -> None:
@@ -96,10 +103,11 @@ def _single_threaded_opencv() -> None:
 
 def build_train_loader(data_cfg: DataConfig, rank: int, world_size: int, consumed: int,
                        dataset: Optional[Dataset] = None, pin_memory: Optional[bool] = None,
-                       prefetch_factor: int = 2, cache_dir: Optional[str] = None) -> DataLoader:
+                       prefetch_factor: int = 2, cache_dir: Optional[str] = None,
+                       joint: Optional[bool] = None) -> DataLoader:
     """Batches of this rank's ``data.micro_num`` samples per optimizer step, continuing the global stream at
     ``consumed`` (global samples consumed so far). Endless unless ``data.train_one_epoch``."""
-    dataset = dataset if dataset is not None else build_train_dataset(data_cfg, cache_dir)
+    dataset = dataset if dataset is not None else build_train_dataset(data_cfg, cache_dir, joint=joint)
     sampler = StepBatchSampler(len(dataset), data_cfg.micro_num, rank, world_size, data_cfg.seed, start=consumed,
                                shuffle=True, one_epoch=data_cfg.train_one_epoch)
     workers = data_cfg.num_workers

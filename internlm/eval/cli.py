@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from internlm.checkpoint.export import load_model
+from internlm.checkpoint.weights import load_model
 from internlm.checkpoint.layout import resolve_checkpoint
 from internlm.config import ConfigError, TrainConfig, load_config, parse_override
 from internlm.initialize.launch import LAUNCHERS, DistContext, init_distributed

@@ -9,10 +9,7 @@ import logging
 import math
 import os
 import random
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -22,11 +19,13 @@ import torch
 import torch.distributed as dist
 
 from internlm.checkpoint.atomic import atomic_write_text
-from internlm.checkpoint.export import git_commit, load_state_dict
+from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.layout import is_complete, latest_checkpoint, resolve_checkpoint, step_folder
 from internlm.checkpoint.train_state import CheckpointManager
+from internlm.checkpoint.weights import load_state_dict
 from internlm.config import TrainConfig, to_dict
 from internlm.initialize.launch import DistContext
+from internlm.initialize.preemption import PreemptionFlag, requeue_slurm_job
 from internlm.model import EgoAgent
 from internlm.model.flops import detect_peak_tflops, sample_cost
 from internlm.monitor.progress import StepTimer
@@ -272,7 +271,7 @@ class Trainer:
         every = cfg.monitor.log_every
         self.meta.train()
         batches = iter(loader)
-        with _PreemptionFlag() as preempt:
+        with PreemptionFlag() as preempt:
             while self.progress.step < total:
                 if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
                     break
@@ -295,7 +294,7 @@ class Trainer:
                     logger.warning("pre-emption signal: saving step %d and stopping", step)
                     self.save()
                     self.manager.wait()
-                    _requeue_slurm_job(self.ctx.is_main)
+                    requeue_slurm_job(self.ctx.is_main)
                     break
         self.manager.wait()
         self.writer.close()
@@ -357,55 +356,8 @@ class Trainer:
         return line + f" | ETA {timer.eta(p.step)}"
 
 
-class _PreemptionFlag:
-    """SIGTERM / SIGUSR1 set a flag; ``agreed`` tells every rank at the same step boundary (one tiny all-reduce)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.raised = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self.raised else 0.0])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            if dist.get_backend() == "nccl":
-                flag = flag.cuda()
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _requeue_slurm_job(is_main: bool) -> None:
-    job = os.environ.get("SLURM_JOB_ID")
-    if not (is_main and job):
-        return
-    try:
-        subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-        logger.warning("slurm job %s requeued; it will resume from the checkpoint just written", job)
-    except (OSError, subprocess.SubprocessError) as exc:
-        logger.error("could not requeue slurm job %s (%s); resubmit it to resume", job, exc)
-
-
 def _default_loader_factory(cfg: TrainConfig, ctx: DistContext, consumed: int) -> Iterator[dict]:
     from internlm.data.build import build_train_loader
 
-    dataset = None
-    if cfg.data.dataset_type == "Generated":
-        from internlm.data.generated import GeneratedSamples
-
-        dataset = GeneratedSamples(cfg.data, joint=cfg.loss.is_joint)
     return build_train_loader(cfg.data, rank=ctx.rank, world_size=ctx.world_size, consumed=consumed,
-                              dataset=dataset)
+                              joint=cfg.loss.is_joint)

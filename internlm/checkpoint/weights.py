@@ -1,4 +1,5 @@
-"""Load the unsharded weights of a checkpoint into a ready EgoAgent (what every eval tool does first)."""
+"""The unsharded weight files of a checkpoint: write them (with the resolved config) and load them into a ready
+EgoAgent (what every eval tool does first)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from internlm.config import TrainConfig, config_from_resolved
 from internlm.model import EgoAgent
 
 from .layout import CONFIG_FILE, STUDENT_FILE, TEACHER_FILE, resolve_checkpoint
+from .provenance import git_commit
 
 WEIGHT_FILES = {"model": STUDENT_FILE, "student": STUDENT_FILE, "teacher": TEACHER_FILE}
 
@@ -46,21 +48,6 @@ def load_model(path: str, which: str = "teacher", device: Optional[torch.device]
     if device is not None:
         model.to(device)
     return model, cfg, folder
-
-
-def git_commit() -> str:
-    """The commit of the code that wrote a run (with '+dirty' for uncommitted changes), or 'unknown'."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
 
 
 def write_weights(folder: str, student_state: dict, teacher_state: dict, cfg: TrainConfig, meta: dict) -> None:
