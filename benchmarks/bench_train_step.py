@@ -24,6 +24,7 @@ import time
 import torch
 
 from internlm.config import load_config, parse_override
+from internlm.model.attention import BACKENDS
 from internlm.initialize.launch import init_distributed
 from internlm.model.flops import detect_peak_tflops, sample_cost
 
@@ -33,7 +34,7 @@ DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.floa
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
-    p.add_argument("--attn", choices=("sdpa", "flex", "flash"), default=None, help="default: the config's backend")
+    p.add_argument("--attn", choices=BACKENDS, default=None, help="default: the config's backend")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: the config's dtype")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")

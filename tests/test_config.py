@@ -5,6 +5,7 @@ import textwrap
 import pytest
 
 from internlm.config import ConfigError, load_config
+from internlm.model.modeling_internlm import swiglu_hidden_size
 
 PAPER = {
     "configs/dino_pretrain/lr5e-4_tmp004_300m.py": dict(stage=1, d=1024, heads=8, lr=5e-4, batch=64),
@@ -21,7 +22,7 @@ def test_paper_configs_have_the_paper_numbers(path):
     assert cfg.stage == want["stage"]
     m = cfg.model
     assert (m.hidden_size, m.num_attention_heads, m.num_layers, m.head_dim) == (want["d"], want["heads"], 22, 128)
-    assert m.mlp_hidden_size == {1024: 2816, 2048: 5632}[want["d"]]
+    assert swiglu_hidden_size(m.hidden_size, m.mlp_ratio) == {1024: 2816, 2048: 5632}[want["d"]]
     assert (m.layer_norm_epsilon, m.norm_type, m.dtype) == (1e-6, "rmsnorm", "torch.float16")
     assert (m.img_size, m.patch_size, m.output_dim) == (224, 16, 65536)
     assert cfg.teacher is not None and cfg.teacher.teacher and not cfg.model.teacher

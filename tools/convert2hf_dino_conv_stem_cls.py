@@ -25,12 +25,12 @@ from safetensors.torch import save_file
 
 from internlm.checkpoint import load_model, load_state_dict
 from internlm.checkpoint.weights import WEIGHT_FILES
+from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 
 logger = logging.getLogger("convert2hf")
 
 ENCODER_PREFIXES = ("image_projector.", "state_query", "backbone.")
 HEAD_PREFIX = "rep_head."
-JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_FILE, CONFIG_FILE, WEIGHTS_FILE = "modeling_egoagent.py", "configuration_egoagent.py", "model.safetensors"
 

@@ -55,13 +55,13 @@ def write_weights(folder: str, student_state: dict, teacher_state: dict, cfg: Tr
     from internlm.config import to_dict
 
     from .layout import META_FILE
-    from .atomic import atomic_torch_save, atomic_write_text
+    from .atomic import atomic_torch_save, atomic_write_json
 
     os.makedirs(folder, exist_ok=True)
     atomic_torch_save({k: v.detach().cpu() for k, v in student_state.items()}, os.path.join(folder, STUDENT_FILE))
     atomic_torch_save({k: v.detach().cpu() for k, v in teacher_state.items()}, os.path.join(folder, TEACHER_FILE))
-    atomic_write_text(os.path.join(folder, CONFIG_FILE), json.dumps(to_dict(cfg), indent=1))
-    atomic_write_text(os.path.join(folder, META_FILE), json.dumps(meta, indent=1))
+    atomic_write_json(os.path.join(folder, CONFIG_FILE), to_dict(cfg))
+    atomic_write_json(os.path.join(folder, META_FILE), meta)
 
 
 def save_weights_only(save_folder: str, student: torch.nn.Module, teacher: torch.nn.Module, cfg: TrainConfig,

@@ -9,7 +9,6 @@ Keys marked "added" are ours. A feature that is switched on but not built raises
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -47,7 +46,6 @@ class LVMConfig:
     encoder_cfg: VQEncoderConfig = field(default_factory=VQEncoderConfig)
 
 
-ATTN_BACKENDS = ("sdpa", "flex", "flash")
 DTYPES = ("torch.float32", "torch.tf32", "torch.float16", "torch.half", "torch.bfloat16")
 
 
@@ -95,11 +93,6 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-    @property
-    def mlp_hidden_size(self) -> int:
-        """SwiGLU width: int(d * mlp_ratio) rounded up to a multiple of 256 (InternLM)."""
-        return 256 * math.ceil(int(self.hidden_size * self.mlp_ratio) / 256)
 
     @property
     def img_size(self) -> int:
@@ -462,8 +455,10 @@ def _validate_model(m: ModelConfig, section: str) -> None:
         raise ConfigError(f"{section}.norm_type={m.norm_type!r}: only 'rmsnorm' is built (InternLM)")
     if m.dtype not in DTYPES:
         raise ConfigError(f"{section}.dtype={m.dtype!r}: expected one of {', '.join(DTYPES)}")
-    if m.attn_backend is not None and m.attn_backend not in ATTN_BACKENDS:
-        raise ConfigError(f"{section}.attn_backend={m.attn_backend!r}: expected one of {', '.join(ATTN_BACKENDS)}")
+    from internlm.model.attention import BACKENDS  # the kernels' own list (imported here: model imports config)
+
+    if m.attn_backend is not None and m.attn_backend not in BACKENDS:
+        raise ConfigError(f"{section}.attn_backend={m.attn_backend!r}: expected one of {', '.join(BACKENDS)}")
     if m.hidden_size % m.num_attention_heads:
         raise ConfigError(
             f"{section}.hidden_size={m.hidden_size} is not divisible by num_attention_heads={m.num_attention_heads}"

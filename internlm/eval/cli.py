@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 from typing import Iterable, Optional, Sequence
 
 import torch
 from tqdm import tqdm
 
-from internlm.checkpoint.weights import load_model
+from internlm.checkpoint.atomic import atomic_write_json as write_json  # noqa: F401  (the eval scripts' writer)
 from internlm.checkpoint.layout import resolve_checkpoint
+from internlm.checkpoint.weights import load_model
 from internlm.config import ConfigError, TrainConfig, load_config, parse_override
 from internlm.initialize.launch import LAUNCHERS, DistContext, init_distributed
+from internlm.model.attention import BACKENDS
 from internlm.monitor.logging_setup import setup_logging
 
 logger = logging.getLogger("internlm.eval")
@@ -49,7 +49,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser, default_which: str = "model"
                         "newest complete checkpoint in the config's ckpt.save_ckpt_folder")
     p.add_argument("--which", choices=("model", "teacher"), default=default_which,
                    help=f"student ('model') or EMA teacher weights (default: {default_which})")
-    p.add_argument("--attn_backend", choices=("sdpa", "flex", "flash"), default="sdpa",
+    p.add_argument("--attn_backend", choices=BACKENDS, default="sdpa",
                    help="attention kernel (default sdpa: runs everywhere, same numbers as the others)")
 
 
@@ -91,14 +91,6 @@ def num_batches(num_items: int, batch_size: int, world_size: int, eval_iters: Op
     """Batches this run takes per rank (the shard of rank 0 is the largest)."""
     n = math.ceil(math.ceil(num_items / world_size) / batch_size)
     return n if eval_iters is None or eval_iters <= 0 else min(n, eval_iters)
-
-
-def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, allow_nan=True)
-    os.replace(tmp, path)
 
 
 def format_table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -18,12 +18,14 @@ from torch import nn
 
 from internlm.config.schema import ModelConfig
 
-from .attention import MaskLayout
+from .attention import TOKENS_PER_STEP_EXTRA, MaskLayout, joint_layout, representation_layout
 from .heads import ActionHead, DINOHead
 from .modeling_internlm import InternLMBackbone, init_internlm_weights
 from .projectors import ActionProjector, ImageProjector
 
-TOKENS_PER_STEP_EXTRA = 3  # action query, action token, future-state query
+# The joint-branch parts a stage-1 model does not have (they start from their initialisation in stage 2 and are
+# left out of the Hugging Face export of the image encoder).
+JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.")
 
 
 @dataclass
@@ -88,19 +90,10 @@ class EgoAgent(nn.Module):
     # ------------------------------------------------------------------------------------ layouts
 
     def representation_layout(self, num_image_tokens: int) -> MaskLayout:
-        L = num_image_tokens + 1
-        if self.cfg.causal and not self.cfg.perframe_atten:
-            return MaskLayout("causal", L)
-        # block-causal over one frame + a trailing query = every token sees every token
-        return MaskLayout("full", L)
+        return representation_layout(num_image_tokens, self.cfg.causal, self.cfg.perframe_atten)
 
     def joint_layout(self, num_steps: int, num_image_tokens: int) -> MaskLayout:
-        per_step = num_image_tokens + TOKENS_PER_STEP_EXTRA
-        L = num_steps * per_step
-        if not self.cfg.perframe_atten:
-            return MaskLayout("causal", L)
-        blocks = tuple((t * per_step, t * per_step + num_image_tokens) for t in range(num_steps))
-        return MaskLayout("block_causal", L, blocks)
+        return joint_layout(num_steps, num_image_tokens, self.cfg.perframe_atten)
 
     # ------------------------------------------------------------------------------------ branches
 

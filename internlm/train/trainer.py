@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from internlm.checkpoint.atomic import atomic_write_text
+from internlm.checkpoint.atomic import atomic_write_json, atomic_write_text
 from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.layout import is_complete, latest_checkpoint, resolve_checkpoint, step_folder
 from internlm.checkpoint.train_state import CheckpointManager
@@ -27,6 +27,7 @@ from internlm.config import TrainConfig, to_dict
 from internlm.initialize.launch import DistContext
 from internlm.initialize.preemption import PreemptionFlag, requeue_slurm_job
 from internlm.model import EgoAgent
+from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 from internlm.model.flops import detect_peak_tflops, sample_cost
 from internlm.monitor.progress import StepTimer
 from internlm.monitor.tensorboard import ScalarWriter
@@ -41,8 +42,6 @@ from .meta_arch import STAT_NAMES, EgoAgentMetaArch
 logger = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"torch.float16": torch.float16, "torch.half": torch.float16, "torch.bfloat16": torch.bfloat16}
-# The joint-branch parts a stage-1 checkpoint does not have; they start from their initialisation in stage 2.
-JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.")
 
 
 @dataclass
@@ -155,11 +154,11 @@ class Trainer:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         folder = os.path.join(self.cfg.ckpt.save_ckpt_folder, "runs", stamp)
         os.makedirs(folder, exist_ok=True)
-        atomic_write_text(os.path.join(folder, "config.json"), json.dumps(to_dict(self.cfg), indent=1))
-        atomic_write_text(os.path.join(folder, "run.json"), json.dumps({
+        atomic_write_json(os.path.join(folder, "config.json"), to_dict(self.cfg))
+        atomic_write_json(os.path.join(folder, "run.json"), {
             "git_commit": git_commit(), "command": sys.argv, "world_size": self.world,
             "device": str(self.device), "parallel_mode": self.plan.mode, "torch": torch.__version__,
-            "start_step": self.progress.step}, indent=1))
+            "start_step": self.progress.step})
 
     # ------------------------------------------------------------------------------------------ a step
 
