@@ -1,4 +1,4 @@
-"""3D human motion prediction on the Ego-Exo4D val clips (SPEC section 7; the paper's action evaluation).
+"""3D human motion prediction on the Ego-Exo4D val clips (the paper's action evaluation).
 
 Protocol: a clip is 20 pose frames at 30 fps (indices 0..19) in T = 4 steps of 5, with the image of each step
 (its first frame). Inputs: the 4 step frames and the true poses of frames 0..4 (step 0). The model predicts the

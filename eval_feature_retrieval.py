@@ -1,4 +1,4 @@
-"""Future-state retrieval on the Ego-Exo4D val clips (SPEC section 7; the paper's world-model evaluation).
+"""Future-state retrieval on the Ego-Exo4D val clips (the paper's world-model evaluation).
 
 Protocol: every val clip (20 frames at 30 fps, T = 4 steps of 5 frames, the image of step t = its first frame)
 gives T - 1 = 3 queries, t = 0, 1, 2. Query = the model's prediction of frame t+1: the state-prediction head

@@ -1,4 +1,4 @@
-"""Undistort the Ego-Exo4D Aria videos: fisheye -> pinhole, every 5th frame as JPEG (SPEC sections 5 and 6).
+"""Undistort the Ego-Exo4D Aria videos: fisheye -> pinhole, every 5th frame as JPEG (docs/data_formats.md).
 
   python dataset_preprocess/undistort_egovideos.py [--root data/egoexo4d_v2] [--size 448] [--workers N]
          [--every 5] [--out ROOT/processed_data] [--take-uids UID ...]

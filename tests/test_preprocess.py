@@ -1,4 +1,4 @@
-"""The Ego-Exo4D preprocessing scripts on the synthetic world: output formats (SPEC section 5), geometry, bad
+"""The Ego-Exo4D preprocessing scripts on the synthetic world: output formats (docs/data_formats.md), geometry, bad
 input, resuming, and WalkingTours frame extraction."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Convert an EgoAgent training checkpoint into a Hugging Face folder (SPEC section 8).
+"""Convert an EgoAgent training checkpoint into a Hugging Face folder.
 
   python tools/convert2hf_dino_conv_stem_cls.py --src_folder save_ckpt/${model_name} --remove_vq_embed
       -> hf_models/${model_name}/ (config.json with auto_map, model.safetensors, the python files)

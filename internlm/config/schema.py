@@ -1,6 +1,6 @@
 """The typed config: one dataclass per section of an InternLM-style config file.
 
-Field names are exactly the keys of the authors' configs (SPEC section 2), so their files load unchanged.
+Field names are exactly the keys of the authors' configs (docs/configs.md), so their files load unchanged.
 Keys marked "compat" are accepted because the authors' files set them, but they configure InternLM machinery
 that has no counterpart here (token embeddings, packing, feishu alerts ...); they have no effect.
 Keys marked "added" are ours. A feature that is switched on but not built raises ConfigError in

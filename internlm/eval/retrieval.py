@@ -1,4 +1,5 @@
-"""Future-state retrieval (SPEC section 7): ranks of the true next frame among a gallery of frames.
+"""Future-state retrieval (the protocol: eval_feature_retrieval.py --help): ranks of the true next frame among a
+gallery of frames.
 
 Each query has one correct gallery entry (``targets``) and optionally one entry removed from its gallery
 (``excluded``: the query's own current frame). Similarity is the cosine of the K-dim head outputs, given here as

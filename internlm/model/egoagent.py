@@ -1,6 +1,6 @@
 """EgoAgent: one InternLM transformer that represents frames, predicts the next frame's feature and the next poses.
 
-Token layouts (SPEC section 3):
+Token layouts (built by attention.representation_layout / joint_layout):
 - representation branch (one view): [image tokens (N), state query]; the feature is the final-normed output at
   the state query.
 - joint branch (a clip of T steps), per step t: [image tokens of frame t (N), action query, action token of the

@@ -32,7 +32,7 @@ UPPER_ARM, FOREARM, THIGH, SHIN = 0.29, 0.26, 0.45, 0.43
 
 @dataclass
 class Motion:
-    joints: np.ndarray  # (T, 17, 3) world, metres, SPEC joint order
+    joints: np.ndarray  # (T, 17, 3) world, metres, egoexo_format.JOINT_NAMES order
     cam_to_world: np.ndarray  # (T, 4, 4) head camera -> world
     heading: np.ndarray  # (T,) walking direction, rad
     speed: np.ndarray  # (T,) m/s
