@@ -14,7 +14,8 @@ from internlm.checkpoint.atomic import atomic_write_json as write_json  # noqa: 
 from internlm.checkpoint.layout import resolve_checkpoint
 from internlm.checkpoint.weights import load_model
 from internlm.config import ConfigError, TrainConfig, load_config, parse_override
-from internlm.initialize.launch import LAUNCHERS, DistContext, init_distributed
+from internlm.initialize.arguments import add_launch_args  # noqa: F401  (the eval scripts' launch options)
+from internlm.initialize.launch import DistContext, init_distributed
 from internlm.model.attention import BACKENDS
 from internlm.monitor.logging_setup import setup_logging
 
@@ -32,15 +33,6 @@ def load_eval_config(args: argparse.Namespace) -> TrainConfig:
         return load_config(args.config, [parse_override(o) for o in args.opt])
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
-
-
-def add_launch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--launcher", choices=LAUNCHERS, default=None,
-                   help="slurm: under srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST); "
-                        "torch: under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); "
-                        "default: torchrun's variables if set, else one process")
-    p.add_argument("--port", type=int, default=None, help="master port (default: MASTER_PORT, else 29500)")
-    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, default_which: str = "model") -> None:
