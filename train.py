@@ -34,10 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    overrides = [parse_override(o) for o in args.opt]
-    if args.seed is not None:
-        overrides.append(("data.seed", args.seed))
     try:
+        overrides = [parse_override(o) for o in args.opt]
+        if args.seed is not None:
+            overrides.append(("data.seed", args.seed))
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}")

@@ -31,22 +31,17 @@ def _split_dir(data_cfg: DataConfig, split: str) -> str:
     return os.path.join(data_cfg.egoexo_pose_folder, split)
 
 
-def _check_frames_per_clip(data_cfg: DataConfig) -> None:
-    if data_cfg.frames_per_clip != 1:
-        raise ValueError(f"data.frames_per_clip={data_cfg.frames_per_clip}: stage-1 samples are single frames "
-                         "(the authors' configs use 1); multi-frame samples are not built")
-
-
-def build_stage1_frames(data_cfg: DataConfig) -> FrameIndex:
-    """The frames of a WTVideos / WT1Video run: WalkingTours sources, plus Ego-Exo4D train frames if use_egoexo."""
-    folders = data_cfg.folders("train")
+def build_stage1_frames(data_cfg: DataConfig, which: str = "train") -> FrameIndex:
+    """The frames of a WTVideos / WT1Video run (``which``: train or valid): WalkingTours sources
+    (data.train_folder / valid_folder), plus the Ego-Exo4D frames of that split if use_egoexo."""
+    folders = data_cfg.folders(which)
     if data_cfg.dataset_type == "WT1Video" and len(folders) != 1:
-        raise ValueError(f"data.dataset_type='WT1Video' needs exactly one data.train_folder entry, got {folders}")
-    parts = [index_walking_tours(folders, data_cfg.step_between_clips)]
+        raise ValueError(f"data.dataset_type='WT1Video' needs exactly one data.{which}_folder entry, got {folders}")
+    parts = [index_walking_tours(folders, data_cfg.frame_stride(joint=False))]
     if data_cfg.use_egoexo:
-        parts.append(index_egoexo_frames(data_cfg.egoexo_frames_folder,
-                                         _split_dir(data_cfg, data_cfg.egoexo_train_split)))
-    index = FrameIndex.concat(parts, "stage-1 frames")
+        split = data_cfg.egoexo_train_split if which == "train" else data_cfg.egoexo_valid_split
+        parts.append(index_egoexo_frames(data_cfg.egoexo_frames_folder, _split_dir(data_cfg, split)))
+    index = FrameIndex.concat(parts, f"stage-1 {which} frames")
     for part in parts:
         part.report.log()
     logger.info("stage-1 frames: %d (%s)", len(index), ", ".join(f"{p.report.what}: {len(p)}" for p in parts))
@@ -57,7 +52,7 @@ def build_clip_dataset(data_cfg: DataConfig, split: str, train: bool, cache_dir:
                        index_workers: Optional[int] = None) -> EgoExoClips:
     poses = load_pose_index(_split_dir(data_cfg, split), cache_dir=cache_dir, workers=index_workers)
     index = build_clip_index(poses, data_cfg.egoexo_frames_folder, data_cfg.clip_frames, data_cfg.clip_steps,
-                             what=f"Ego-Exo4D clips ({split})")
+                             what=f"Ego-Exo4D clips ({split})", start_every=data_cfg.frame_stride(joint=True))
     index.report.log()
     logger.info("Ego-Exo4D %s: %d clips from %d takes, %d pose frames", split, len(index),
                 len(poses.take_uids), len(poses.frames))
@@ -78,17 +73,47 @@ def build_train_dataset(data_cfg: DataConfig, cache_dir: Optional[str] = None,
         return GeneratedSamples(data_cfg, joint)
     if kind == "EgoExoClips":
         return build_clip_dataset(data_cfg, data_cfg.egoexo_train_split, True, cache_dir, index_workers)
-    _check_frames_per_clip(data_cfg)
+    return _stage1_dataset(data_cfg, "train")
+
+
+def _stage1_dataset(data_cfg: DataConfig, which: str) -> Dataset:
+    kind = data_cfg.dataset_type
     transform = MultiCropTransform(MultiCropConfig.from_data_config(data_cfg))
     if kind in ("WTVideos", "WT1Video"):
-        return MultiCropFrames(build_stage1_frames(data_cfg), transform, data_cfg.seed, kind)
+        return MultiCropFrames(build_stage1_frames(data_cfg, which), transform, data_cfg.seed, kind)
     if kind == "ImgNetDINO":
-        folders = data_cfg.folders("train")
+        folders = data_cfg.folders(which)
         if len(folders) != 1:
-            raise ValueError(f"data.dataset_type='ImgNetDINO' needs one ImageFolder root in data.train_folder, "
+            raise ValueError(f"data.dataset_type='ImgNetDINO' needs one ImageFolder root in data.{which}_folder, "
                              f"got {folders}")
         return MultiCropFrames(ImageFolderIndex(folders[0]), transform, data_cfg.seed, f"ImgNetDINO {folders[0]}")
     raise ValueError(f"data.dataset_type={kind!r}: expected WTVideos, WT1Video, ImgNetDINO, EgoExoClips or Generated")
+
+
+def build_valid_dataset(data_cfg: DataConfig, joint: bool, cache_dir: Optional[str] = None) -> Dataset:
+    """The validation set of a training run: stage 1 the frames of data.valid_folder (with the Ego-Exo4D frames of
+    data.egoexo_valid_split if use_egoexo), stage 2 the clips of egoexo_valid_split; with the training crops, drawn
+    from a fixed generator per sample (int keys), so every validation sees the same crops."""
+    if data_cfg.dataset_type == "Generated":
+        return GeneratedSamples(data_cfg, joint, length=4 * data_cfg.valid_micro_num)
+    if joint:
+        return build_clip_dataset(data_cfg, data_cfg.egoexo_valid_split, True, cache_dir)
+    return _stage1_dataset(data_cfg, "valid")
+
+
+def build_valid_loader(data_cfg: DataConfig, rank: int, world_size: int, joint: bool,
+                       dataset: Optional[Dataset] = None) -> DataLoader:
+    """This rank's batches of data.valid_micro_num validation samples. Every rank gets the same number of full
+    batches (the last len(dataset) mod (valid_micro_num x world_size) samples are left out), so that collectives
+    inside the forward (FSDP2) stay in step."""
+    dataset = dataset if dataset is not None else build_valid_dataset(data_cfg, joint)
+    per_round = data_cfg.valid_micro_num * world_size
+    used = len(dataset) // per_round * per_round
+    if used == 0:
+        raise ValueError(f"the validation set has {len(dataset)} samples, fewer than data.valid_micro_num="
+                         f"{data_cfg.valid_micro_num} x {world_size} ranks")
+    return build_eval_loader(dataset, data_cfg.valid_micro_num, rank, world_size, data_cfg.num_workers,
+                             num_samples=used)
 
 
 def _single_threaded_opencv() -> None:
@@ -127,9 +152,10 @@ def build_eval_clip_dataset(data_cfg: DataConfig, split: Optional[str] = None,
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
-                      num_workers: int = 0) -> DataLoader:
-    """This rank's contiguous shard of ``dataset`` in order (gather by ``sample_id`` to restore the full order)."""
-    sampler = EvalShardSampler(len(dataset), batch_size, rank, world_size)
+                      num_workers: int = 0, num_samples: Optional[int] = None) -> DataLoader:
+    """This rank's contiguous shard of ``dataset`` (its first ``num_samples``) in order (gather by ``sample_id`` to
+    restore the full order)."""
+    sampler = EvalShardSampler(len(dataset) if num_samples is None else num_samples, batch_size, rank, world_size)
     if num_workers > 0:
         _single_threaded_opencv()
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)

@@ -174,7 +174,7 @@ class Trainer:
         """One optimizer step on this rank's batch of micro_num samples; returns the logged scalars."""
         cfg = self.cfg
         values = self.schedules.at(self.progress.step)
-        apply_schedule(self.optimizer, values.lr, values.weight_decay)
+        apply_schedule(self.optimizer, values.lr, values.weight_decay, values.beta2)
         batch = self._to_device(batch)
         n = batch["global_crops"].shape[0]
         chunks = cfg.data.gradient_accumulation
