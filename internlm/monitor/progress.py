@@ -35,6 +35,10 @@ class StepTimer:
             self._paced_steps += 1
         return dt
 
+    def resume(self) -> None:
+        """The time since the last tick was no step's (a validation run): leave it out."""
+        self._last = self.clock()
+
     def eta(self, done: int) -> str:
         if not self._paced_steps:
             return "?"

@@ -1,9 +1,9 @@
 """The training loop of both stages: data -> chunks -> losses -> one optimizer step -> teacher/centers -> logs ->
-checkpoints. Stage 1 or 2 is decided by ``loss.name`` (dinoimgcls | joint)."""
+checkpoints. What a step computes and logs is the meta-architecture's (train/meta_arch.py): the loop knows no
+model, loss or stage; ``loss.name`` (dinoimgcls | joint) decides those there."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -22,12 +22,9 @@ from internlm.checkpoint.atomic import atomic_write_json, atomic_write_text
 from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.layout import is_complete, latest_checkpoint, resolve_checkpoint, step_folder
 from internlm.checkpoint.train_state import CheckpointManager
-from internlm.checkpoint.weights import load_state_dict
 from internlm.config import TrainConfig, to_dict
 from internlm.initialize.launch import DistContext
 from internlm.initialize.preemption import PreemptionFlag, requeue_slurm_job
-from internlm.model import EgoAgent
-from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 from internlm.model.flops import detect_peak_tflops, sample_cost
 from internlm.monitor.progress import StepTimer
 from internlm.monitor.tensorboard import ScalarWriter
@@ -36,12 +33,10 @@ from internlm.solver.grad_scaler import DynamicLossScaler
 from internlm.solver.optimizer import apply_schedule
 from internlm.solver.schedules import Schedules
 
-from .losses import visible_elements
-from .meta_arch import STAT_NAMES, EgoAgentMetaArch
+from .meta_arch import EgoAgentMetaArch
 
 logger = logging.getLogger(__name__)
 
-AUTOCAST_DTYPES = {"torch.float16": torch.float16, "torch.half": torch.float16, "torch.bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -74,9 +69,7 @@ class Trainer:
         self.ctx = ctx
         self.device = ctx.device
         self.world = ctx.world_size
-        self.joint = cfg.loss.is_joint
         self.global_batch = cfg.data.micro_num * self.world
-        self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.model.dtype)
         if cfg.model.dtype == "torch.tf32" and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -90,14 +83,14 @@ class Trainer:
         resume_folder = self._resume_folder()
 
         seed_everything(cfg.data.seed)  # identical initial weights on every rank
-        student = EgoAgent(cfg.model, joint=self.joint)
-        self.meta = EgoAgentMetaArch(cfg, student)
-        if resume_folder is None:
-            self._init_from_other_run()
+        self.meta = EgoAgentMetaArch(cfg)
+        init = cfg.ckpt.init_source()
+        if resume_folder is None and init is not None and "all" not in init.content:
+            self.meta.init_from(init.path)  # ckpt.load_ckpt_info content ("model",): stage 2 from stage 1
         self.meta.to(self.device)
         self.plan.apply(self.meta, cfg.hybrid_zero_optimizer.reduce_bucket_size)
         self.optimizer = self.plan.build_optimizer(unwrap(self.meta.student), cfg.adam)
-        self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.autocast_dtype == torch.float16)
+        self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.meta.student_dtype == torch.float16)
         self.schedules = Schedules.from_config(cfg)
         self.progress = Progress()
         if resume_folder is not None:
@@ -115,6 +108,7 @@ class Trainer:
         self.writer = ScalarWriter(cfg.monitor.tensorboard_folder or os.path.join(cfg.ckpt.save_ckpt_folder,
                                                                                     "tensorboard"), ctx.is_main)
         self.history: list[dict] = []  # per-step scalars of this process (tests and reports read it)
+        self._valid_dataset = None  # built at the first validation
 
     # ---------------------------------------------------------------------------------- initialisation
 
@@ -128,24 +122,6 @@ class Trainer:
         if info is not None and "all" in info.content:
             return resolve_checkpoint(info.path)
         return None
-
-    def _init_from_other_run(self) -> None:
-        """ckpt.load_ckpt_info with content ("model",): student and teacher weights (stage 2 from stage 1)."""
-        info = self.cfg.ckpt.init_source()
-        if info is None or "all" in info.content:
-            return
-        for which, model in (("model", self.meta.student), ("teacher", self.meta.teacher)):
-            state, _, folder = load_state_dict(info.path, which)
-            result = model.load_state_dict(state, strict=False)
-            bad_missing = [k for k in result.missing_keys if not k.startswith(JOINT_ONLY_PREFIXES)]
-            if bad_missing or result.unexpected_keys:
-                raise ValueError(f"ckpt.load_ckpt_info: {folder} ({which}) does not fit this model: missing "
-                                 f"{bad_missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-            if result.missing_keys:
-                logger.info("initialised %s from %s; %d new tensors start fresh (%s ...)", which, folder,
-                            len(result.missing_keys), ", ".join(sorted({k.split('.')[0] for k in result.missing_keys})))
-            else:
-                logger.info("initialised %s from %s", which, folder)
 
     def write_run_record(self) -> None:
         """The resolved config, the git commit and the command line, once per run (rank 0)."""
@@ -162,13 +138,22 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ a step
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def _to_device(self, batch: dict) -> dict:
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def validate(self) -> dict[str, float]:
+        """The losses on the validation set (data.valid_every): val_loss, val_loss_rep, ... (every rank)."""
+        from internlm.data.build import build_valid_dataset, build_valid_loader
+
+        if self._valid_dataset is None:
+            self._valid_dataset = build_valid_dataset(self.cfg.data, self.meta.joint)
+        loader = build_valid_loader(self.cfg.data, self.ctx.rank, self.world, self.meta.joint, self._valid_dataset)
+        temp = self.schedules.at(self.progress.step).teacher_temp
+        values = self.meta.evaluate((self._to_device(b) for b in loader), temp)
+        if self.ctx.is_main:
+            logger.info("validation at step %d: %s", self.progress.step,
+                        " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        return values
 
     def train_step(self, batch: dict) -> dict:
         """One optimizer step on this rank's batch of micro_num samples; returns the logged scalars."""
@@ -176,35 +161,22 @@ class Trainer:
         values = self.schedules.at(self.progress.step)
         apply_schedule(self.optimizer, values.lr, values.weight_decay, values.beta2)
         batch = self._to_device(batch)
-        n = batch["global_crops"].shape[0]
+        n = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
         chunks = cfg.data.gradient_accumulation
         chunk_size = n // chunks
-        act_normalizer = None
-        if self.joint:  # the global number of visible pose elements, so that L_act is the global-batch mean
-            visible = _all_reduce_(visible_elements(batch["poses"]).float().reshape(1))
-            act_normalizer = visible[0] / self.world
-        stats = torch.zeros(len(STAT_NAMES), device=self.device)
-        rep_sum = pred_sum = None
-        rep_count = pred_count = 0
+        state = self.meta.begin_step(batch)
         for c in range(chunks):
             part = {k: v[c * chunk_size:(c + 1) * chunk_size] for k, v in batch.items() if torch.is_tensor(v)}
             with self.plan.grad_sync(self.meta.student, enabled=c == chunks - 1):
-                with self._autocast():
-                    out = self.meta.chunk_losses(part, values.teacher_temp, chunk_size / n, act_normalizer)
-                (out.loss * self.scaler.scale).backward()
-            stats += out.stats
-            rep_sum = out.rep_center_sum if rep_sum is None else rep_sum + out.rep_center_sum
-            rep_count += out.rep_center_count
-            if out.pred_center_sum is not None:
-                pred_sum = out.pred_center_sum if pred_sum is None else pred_sum + out.pred_center_sum
-                pred_count += out.pred_center_count
+                loss = self.meta.chunk_loss(part, state, values.teacher_temp, chunk_size / n)
+                (loss * self.scaler.scale).backward()
 
         grad_norm = self._unscale_and_clip()
         finite = math.isfinite(grad_norm)
         if finite:
+            self.meta.cancel_last_layer_gradients(self.progress.step)
             self.optimizer.step()
-            self.meta.update_teacher(values.momentum)
-            self.meta.update_centers(rep_sum, rep_count, pred_sum, pred_count)
+        scalars = self.meta.end_step(state, values.momentum, update=finite)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update(found_inf=not finite)
         p = self.progress
@@ -218,20 +190,10 @@ class Trainer:
             p.skipped_steps += 1
             logger.warning("step %d: non-finite gradients, update skipped (%d so far); loss scale now %g",
                            p.step, p.skipped_steps, self.scaler.scale)
-
-        _all_reduce_(stats)
-        stats /= self.world
-        named = dict(zip(STAT_NAMES, stats.tolist()))
-        scalars = {"loss_rep": named["loss_rep"], "teacher_entropy": named["teacher_entropy"],
-                   "kl_teacher_student": named["kl_teacher_student"], "feature_std": named["feature_std"]}
-        total = cfg.loss.rep_weight * named["loss_rep"]
-        if self.joint:
-            loss_act = named["loss_act_sum"] * self.world / max(float(act_normalizer) * self.world, 1.0)
-            scalars.update(loss_pred=named["loss_pred"], loss_act=loss_act)
-            total += cfg.loss.pred_weight * named["loss_pred"] + cfg.loss.act_weight * loss_act
-        scalars.update(loss=total, lr=values.lr, weight_decay=values.weight_decay, momentum=values.momentum,
-                       teacher_temp=values.teacher_temp, grad_norm=grad_norm, loss_scale=self.scaler.scale,
-                       skipped_steps=p.skipped_steps, bad_samples=p.bad_samples, update_applied=float(finite))
+        scalars.update(lr=values.lr, weight_decay=values.weight_decay, momentum=values.momentum,
+                       teacher_temp=values.teacher_temp, beta2=values.beta2, grad_norm=grad_norm,
+                       loss_scale=self.scaler.scale, skipped_steps=p.skipped_steps, bad_samples=p.bad_samples,
+                       update_applied=float(finite))
         return scalars
 
     def _unscale_and_clip(self) -> float:
@@ -282,8 +244,12 @@ class Trainer:
                 self._record_samples(batch)
                 scalars = self.train_step(batch)
                 dt = timer.tick()
-                self._account(scalars, dt)
                 step = self.progress.step
+                valid_every = cfg.data.valid_every
+                if valid_every and scalars["update_applied"] and (step % valid_every == 0 or step == total):
+                    scalars.update(self.validate())
+                    timer.resume()  # the validation is not a training step's time
+                self._account(scalars, dt)
                 if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
                     logger.info(self._log_line(scalars, timer))
                 if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
@@ -342,9 +308,7 @@ class Trainer:
 
     def _log_line(self, s: dict, timer: StepTimer) -> str:
         p, total = self.progress, self.cfg.data.total_steps
-        terms = f"rep {s['loss_rep']:.4f}"
-        if self.joint:
-            terms += f" pred {s['loss_pred']:.4f} act {s['loss_act']:.4f}"
+        terms = " ".join(f"{name[len('loss_'):]} {s[name]:.4f}" for name in self.meta.loss_terms)
         line = (f"step {p.step}/{total} | loss {s['loss']:.4f} ({terms}) | lr {s['lr']:.3g} wd {s['weight_decay']:.3g}"
                 f" m {s['momentum']:.5f} temp {s['teacher_temp']:.3g} | gnorm {s['grad_norm']:.3g}"
                 f" scale {s['loss_scale']:g} skipped {p.skipped_steps} bad {p.bad_samples}"
