@@ -30,11 +30,19 @@ import torch
 
 from internlm.checkpoint.layout import read_meta
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
-from internlm.eval.cli import (add_checkpoint_args, add_config_args, add_launch_args, format_table, move, num_batches,
-                               progress, start_checkpoint_eval, write_json)
+from internlm.eval.cli import (
+    add_checkpoint_args,
+    add_config_args,
+    add_launch_args,
+    format_table,
+    move,
+    num_batches,
+    progress,
+    start_checkpoint_eval,
+    write_json,
+)
 from internlm.eval.distributed import sum_over_ranks
-from internlm.eval.motion import (INPUT_FRAMES, MotionErrorSums, constant_velocity, poses_from_blocks,
-                                  zero_velocity)
+from internlm.eval.motion import INPUT_FRAMES, MotionErrorSums, constant_velocity, poses_from_blocks, zero_velocity
 from internlm.eval.plots import RolloutExample, plot_skeleton_rollouts
 from internlm.eval.rollout import autoregressive_rollout
 from internlm.initialize.launch import destroy_distributed

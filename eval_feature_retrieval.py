@@ -32,12 +32,27 @@ import torch
 from internlm.checkpoint.layout import read_meta
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
 from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from internlm.eval.cli import (add_checkpoint_args, add_config_args, add_launch_args, format_table, move, num_batches,
-                               progress, start_checkpoint_eval, write_json)
+from internlm.eval.cli import (
+    add_checkpoint_args,
+    add_config_args,
+    add_launch_args,
+    format_table,
+    move,
+    num_batches,
+    progress,
+    start_checkpoint_eval,
+    write_json,
+)
 from internlm.eval.distributed import gather_lists, gather_rows, sum_over_ranks
 from internlm.eval.plots import RetrievalExample, plot_retrieval_examples, to_image
-from internlm.eval.retrieval import (LogitSubspace, deduplicate, rank_sums, retrieval_ranks, summary_from_sums,
-                                    top_retrieved)
+from internlm.eval.retrieval import (
+    LogitSubspace,
+    deduplicate,
+    rank_sums,
+    retrieval_ranks,
+    summary_from_sums,
+    top_retrieved,
+)
 from internlm.initialize.launch import destroy_distributed
 
 logger = logging.getLogger("eval_feature_retrieval")

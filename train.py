@@ -40,7 +40,7 @@ def main(argv=None) -> int:
             overrides.append(("data.seed", args.seed))
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}")
+        raise SystemExit(f"config error: {exc}") from None
     ctx = init_distributed(args.launcher, args.port, timeout_s=cfg.parallel.timeout_s, device=args.device)
     setup_logging(ctx.rank, os.path.join(cfg.ckpt.save_ckpt_folder, "logs", f"rank{ctx.rank}.log"))
     logging.getLogger(__name__).info("config %s: stage %d, %d process(es) on %s", args.config, cfg.stage,

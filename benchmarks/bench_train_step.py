@@ -24,8 +24,8 @@ import time
 import torch
 
 from internlm.config import load_config, parse_override
-from internlm.model.attention import BACKENDS
 from internlm.initialize.launch import init_distributed
+from internlm.model.attention import BACKENDS
 from internlm.model.flops import detect_peak_tflops, sample_cost
 
 DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
@@ -72,9 +72,10 @@ def main(argv=None) -> dict:
     cfg = load_config(args.config, overrides(args) + [parse_override(o) for o in args.opt] + [
         ("ckpt.save_ckpt_folder", tmp), ("monitor.tensorboard_folder", None)])
     ctx = init_distributed(None, device=args.device)
+    from torch.utils.data import default_collate
+
     from internlm.data.generated import GeneratedSamples
     from internlm.train.trainer import Trainer
-    from torch.utils.data import default_collate
 
     trainer = Trainer(cfg, ctx)
     trainer.writer.close()

@@ -1,9 +1,9 @@
 """Command-line consistency: help texts list what the parsers accept, with defaults; both option spellings work."""
 
 import pytest
+from conftest import load_script
 
 import train
-from conftest import load_script
 
 
 def help_text(main, capsys) -> str:

@@ -107,7 +107,8 @@ def test_total_steps_override_moves_the_schedule_or_names_the_opt_to_add(path):
 def test_errors_name_the_override_not_the_file(tmp_path):
     base = "configs/demo/stage1_dino_tiny.py"
     for overrides, want in (
-            ([("data.micro_num", "many")], "data.micro_num: expected an integer, got 'many' [--opt data.micro_num='many']"),
+            ([("data.micro_num", "many")],
+             "data.micro_num: expected an integer, got 'many' [--opt data.micro_num='many']"),
             ([("lr_scheduler.warmpu_ratio", 0.1)], "[--opt lr_scheduler.warmpu_ratio=0.1]"),
             ([("loss.nframes", 4)], "loss.nframes=4 but a stage-1 sample gives 1 frames [--opt loss.nframes=4]"),
             ([("optimiser.lr", 1.0)], "unknown top-level name 'optimiser' [--opt optimiser.lr=1.0]")):
@@ -124,8 +125,9 @@ def test_override_of_a_shared_dict_changes_one_section(tmp_path):
                       [("teacher.lvm_config.conv_stem_config.patch_size", 16)])
     assert cfg.model.lvm_config is not cfg.teacher.lvm_config
     with pytest.raises(ConfigError, match="teacher.lvm_config=.* differs from model.lvm_config"):
-        load_config("configs/dino_pretrain/lr5e-4_tmp004_300m.py", [("teacher.lvm_config.enable_conv_stem", True),
-                                                                   ("teacher.lvm_config.conv_stem_config.img_size", 112)])
+        load_config("configs/dino_pretrain/lr5e-4_tmp004_300m.py",
+                    [("teacher.lvm_config.enable_conv_stem", True),
+                     ("teacher.lvm_config.conv_stem_config.img_size", 112)])
 
 
 def test_malformed_opt_is_a_one_line_error(capsys):

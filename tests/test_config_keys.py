@@ -18,8 +18,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from internlm.config import ConfigError, to_dict
-from internlm.config import schema
+from internlm.config import ConfigError, schema, to_dict
 from internlm.config.loader import ACCEPTED_NO_EFFECT, config_from_namespace, read_config_namespace
 from internlm.data.build import build_train_loader, build_valid_loader
 from internlm.data.transforms import MultiCropConfig

@@ -14,12 +14,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import load_script
+
 from internlm.config.schema import DataConfig
 from internlm.data.bad_samples import DataBrokenError
-from internlm.data.build import (build_eval_clip_dataset, build_image_folder, build_train_dataset,
-                                 build_train_loader)
+from internlm.data.build import build_eval_clip_dataset, build_image_folder, build_train_dataset, build_train_loader
 from internlm.data.egoexo_format import processed_frame_path
 from internlm.data.image_folder import ImageFolderIndex
 from internlm.data.pose_index import load_pose_index

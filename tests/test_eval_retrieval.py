@@ -5,8 +5,14 @@ import json
 import pytest
 import torch
 
-from internlm.eval.retrieval import (LogitSubspace, deduplicate, rank_sums, retrieval_ranks, summary_from_sums,
-                                    top_retrieved)
+from internlm.eval.retrieval import (
+    LogitSubspace,
+    deduplicate,
+    rank_sums,
+    retrieval_ranks,
+    summary_from_sums,
+    top_retrieved,
+)
 
 # With the identity as gallery, query row i IS its similarity to gallery entries 0..4.
 SIMS = torch.tensor([
@@ -102,8 +108,7 @@ def test_logit_subspace_on_the_real_heads():
 
 @pytest.mark.slow
 def test_retrieval_script_end_to_end(tmp_path, processed_world):
-    from eval_helpers import (assert_same_numbers, make_checkpoint, run_script, torchrun, world_paths,
-                              write_tiny_config)
+    from eval_helpers import assert_same_numbers, make_checkpoint, run_script, torchrun, world_paths, write_tiny_config
 
     from internlm.config import load_config
     from internlm.data.build import build_eval_clip_dataset

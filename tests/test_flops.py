@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from train_helpers import tiny_config
 
 from internlm.model.attention import MaskLayout
 from internlm.model.flops import allowed_pairs, sample_cost
 from internlm.train.meta_arch import EgoAgentMetaArch
-from train_helpers import tiny_config
 
 
 def test_allowed_pairs():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from internlm.config import load_config
-from internlm.config.schema import GradScalerConfig, FP16ScalerConfig
+from internlm.config.schema import FP16ScalerConfig, GradScalerConfig
 from internlm.solver.grad_scaler import DynamicLossScaler
 from internlm.solver.schedules import Schedules
 from internlm.train.losses import action_loss, dino_multicrop_loss, prediction_loss
@@ -139,10 +139,10 @@ def test_loss_scaler_hysteresis_backoff_growth():
 def test_logged_loss_is_the_trained_loss_with_any_weights(tmp_path):
     """One definition of L = w_rep L_rep + w_pred L_pred + w_act L_act serves the backward and the log."""
     from torch.utils.data import default_collate
+    from train_helpers import tiny_config
 
     from internlm.data.build import build_train_dataset
     from internlm.train.meta_arch import EgoAgentMetaArch
-    from train_helpers import tiny_config
 
     cfg = tiny_config(2, tmp_path, **{"loss.rep_weight": 0.5, "loss.pred_weight": 2.0, "loss.act_weight": 3.0})
     meta = EgoAgentMetaArch(cfg)

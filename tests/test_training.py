@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
+from train_helpers import flat_state, make_trainer, tiny_config
 
 from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
-from train_helpers import flat_state, make_trainer, tiny_config
 
 
 def test_teacher_is_the_ema_of_the_student(tmp_path):
@@ -141,7 +141,8 @@ def test_validation_every_n_steps_changes_nothing(tmp_path):
     assert with_val == [2, 4]
     last = history[-1]
     w = cfg.loss
-    want = w.rep_weight * last["val_loss_rep"] + w.pred_weight * last["val_loss_pred"] + w.act_weight * last["val_loss_act"]
+    want = (w.rep_weight * last["val_loss_rep"] + w.pred_weight * last["val_loss_pred"]
+            + w.act_weight * last["val_loss_act"])
     assert last["val_loss"] == pytest.approx(want, rel=1e-9)
     before = flat_state(trainer).clone()
     again = trainer.validate()

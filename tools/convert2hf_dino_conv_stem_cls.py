@@ -28,6 +28,7 @@ from internlm.checkpoint.weights import WEIGHT_FILES
 from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 
 logger = logging.getLogger("convert2hf")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the default hf_models/ is here
 
 ENCODER_PREFIXES = ("image_projector.", "state_query", "backbone.")
 HEAD_PREFIX = "rep_head."

@@ -26,10 +26,18 @@ from internlm.config.schema import TrainConfig
 from internlm.parallel.data_parallel import DataParallelPlan, unwrap
 
 from .atomic import atomic_torch_save, mark_complete
+from .layout import (
+    RNG_DIR,
+    STUDENT_FILE,
+    TEACHER_FILE,
+    TRAIN_STATE_DIR,
+    complete_steps,
+    is_complete,
+    read_meta,
+    step_folder,
+)
 from .provenance import git_commit
 from .weights import write_weights
-from .layout import (RNG_DIR, STUDENT_FILE, TEACHER_FILE, TRAIN_STATE_DIR, complete_steps, is_complete, read_meta,
-                     step_folder)
 
 logger = logging.getLogger(__name__)
 

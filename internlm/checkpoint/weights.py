@@ -54,8 +54,8 @@ def write_weights(folder: str, student_state: dict, teacher_state: dict, cfg: Tr
     """The unsharded part of a checkpoint: both weight files, the resolved config and meta.json (no marker)."""
     from internlm.config import to_dict
 
-    from .layout import META_FILE
     from .atomic import atomic_torch_save, atomic_write_json
+    from .layout import META_FILE
 
     os.makedirs(folder, exist_ok=True)
     atomic_torch_save({k: v.detach().cpu() for k, v in student_state.items()}, os.path.join(folder, STUDENT_FILE))

@@ -169,7 +169,7 @@ class EgoExoClips(Dataset):
         for t, frame in enumerate(frame_ids):
             if t == crop_step:
                 mc = self.multicrop
-                reduce = lambda hw: largest_reduction(mc.min_init_box_side(*hw), mc.cfg.init_crop_size)  # noqa: E731
+                reduce = lambda hw, mc=mc: largest_reduction(mc.min_init_box_side(*hw), mc.cfg.init_crop_size)  # noqa: E731
             else:
                 reduce = lambda hw: largest_reduction(min(hw), size)  # noqa: E731
             image = read_image(processed_frame_path(self.frames_folder, take_uid, int(frame)), reduce)

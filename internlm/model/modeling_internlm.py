@@ -9,6 +9,7 @@ Self-contained (imports torch and its sibling files only): the Hugging Face expo
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn

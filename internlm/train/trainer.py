@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from internlm.checkpoint.atomic import atomic_write_json, atomic_write_text
-from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.layout import is_complete, latest_checkpoint, resolve_checkpoint, step_folder
+from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.train_state import CheckpointManager
 from internlm.config import TrainConfig, to_dict
 from internlm.initialize.launch import DistContext
