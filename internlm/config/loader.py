@@ -225,9 +225,9 @@ def config_from_namespace(namespace: dict[str, Any], overrides: Optional[Iterabl
 
 
 # Keys that only restate others, and that configs written before they defaulted to None stored with stale defaults.
-_RESTATING_KEYS = ("loss.batch_size", "loss.global_token_len", "loss.local_token_len", "loss.nframes",
-                   "data.num_frame_tokens", "kd_config.gt_weight", "kd_config.kd_weight", "kd_config.type",
-                   "kd_config.temperature")
+_RESTATING_KEYS = ("data.frames_per_clip", "data.num_frame_tokens", "loss.batch_size", "loss.global_token_len",
+                   "loss.local_token_len", "loss.nframes", "kd_config.gt_weight", "kd_config.kd_weight",
+                   "kd_config.type", "kd_config.temperature")
 
 
 def config_from_resolved(resolved: dict[str, Any]) -> TrainConfig:

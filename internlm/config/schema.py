@@ -119,7 +119,7 @@ class DataConfig:
     rampup_batch_size: str = ""  # InternLM's batch-size ramp-up: not built (only "")
     train_folder: Union[list[str], str, None] = None  # stage 1: WalkingTours mp4 files or frame folders, ImageFolder
     valid_folder: Union[list[str], str, None] = None  # stage 1 validation, same kinds (stage 2: egoexo_valid_split)
-    frames_per_clip: int = 1  # frames per sample: 1 in stage 1, clip_steps (the T images of a clip) in stage 2
+    frames_per_clip: Optional[int] = None  # frames per sample when given: 1 in stage 1, clip_steps in stage 2
     dataset_type: str = "WTVideos"  # "Generated": random tensors of the real shapes (benchmarks, smoke tests)
     # frames between two samples: WalkingTours frames (stage 1, default 30); clip starts (stage 2, a multiple of
     # the 5 frames between undistorted images, default 5)
@@ -522,7 +522,7 @@ def _validate_data(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.valid_every={data.valid_every} must be >= 0 and data.valid_micro_num="
                           f"{data.valid_micro_num} >= 1")
     if joint:
-        if data.frames_per_clip != data.clip_steps:
+        if data.frames_per_clip not in (None, data.clip_steps):
             raise ConfigError(f"data.frames_per_clip={data.frames_per_clip}: a stage-2 sample holds the "
                               f"data.clip_steps={data.clip_steps} images of a clip")
         if data.frame_stride(True) % FRAME_STEP or data.frame_stride(True) < 1:
@@ -536,7 +536,8 @@ def _validate_data(cfg: TrainConfig) -> None:
                                   "data.egoexo_frames_folder / egoexo_pose_folder (splits data.egoexo_train_split, "
                                   f"egoexo_valid_split); unset data.{key}")
     else:
-        _only("data.frames_per_clip", data.frames_per_clip, 1, "stage-1 samples are single frames")
+        if data.frames_per_clip is not None:
+            _only("data.frames_per_clip", data.frames_per_clip, 1, "stage-1 samples are single frames")
         if data.frame_stride(False) < 1:
             raise ConfigError(f"data.step_between_clips={data.step_between_clips} must be >= 1")
         if data.valid_every and not (data.folders("valid") or data.use_egoexo or data.dataset_type == "Generated"):
