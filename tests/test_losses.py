@@ -151,7 +151,7 @@ def test_logged_loss_is_the_trained_loss_with_any_weights(tmp_path):
     state = meta.begin_step(batch)
     trained = meta.chunk_loss(batch, state, 0.04, 1.0)
     logged = meta.end_step(state, momentum=0.996, update=False)
-    assert float(trained) == pytest.approx(logged["loss"], rel=1e-6)
+    assert float(trained.detach()) == pytest.approx(logged["loss"], rel=1e-6)
     want = 0.5 * logged["loss_rep"] + 2.0 * logged["loss_pred"] + 3.0 * logged["loss_act"]
     assert logged["loss"] == pytest.approx(want, rel=1e-12) and logged["loss"] != pytest.approx(
         logged["loss_rep"] + logged["loss_pred"] + logged["loss_act"], rel=1e-3)
