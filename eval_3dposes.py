@@ -1,4 +1,4 @@
-"""3D human motion prediction on the Ego-Exo4D val clips (SPEC section 7; the paper's action evaluation).
+"""3D human motion prediction on the Ego-Exo4D val clips (the paper's action evaluation).
 
 Protocol: a clip is 20 pose frames at 30 fps (indices 0..19) in T = 4 steps of 5, with the image of each step
 (its first frame). Inputs: the 4 step frames and the true poses of frames 0..4 (step 0). The model predicts the
@@ -32,11 +32,26 @@ import torch
 
 from internlm.checkpoint.layout import read_meta
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
-from internlm.eval.cli import (add_checkpoint_args, add_config_args, add_launch_args, format_table, move, num_batches,
-                               progress, start_checkpoint_eval, write_json)
+from internlm.eval.cli import (
+    add_checkpoint_args,
+    add_config_args,
+    add_launch_args,
+    format_table,
+    move,
+    num_batches,
+    progress,
+    start_checkpoint_eval,
+    write_json,
+)
 from internlm.eval.distributed import gather_rows, sum_over_ranks
-from internlm.eval.motion import (INPUT_FRAMES, M_TO_CM, MotionErrorSums, constant_velocity, poses_from_blocks,
-                                  zero_velocity)
+from internlm.eval.motion import (
+    INPUT_FRAMES,
+    M_TO_CM,
+    MotionErrorSums,
+    constant_velocity,
+    poses_from_blocks,
+    zero_velocity,
+)
 from internlm.eval.plots import RolloutExample, plot_skeleton_rollouts
 from internlm.eval.rollout import autoregressive_rollout
 from internlm.initialize.launch import destroy_distributed

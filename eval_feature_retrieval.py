@@ -53,16 +53,33 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from internlm.checkpoint.export import load_model, read_centers
 from internlm.checkpoint.layout import read_meta
+from internlm.checkpoint.weights import load_model, read_centers
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
 from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from internlm.eval.cli import (add_config_args, add_launch_args, eval_checkpoint, format_table, load_eval_config,
-                               move, num_batches, progress, start, write_json)
+from internlm.eval.cli import (
+    add_config_args,
+    add_launch_args,
+    eval_checkpoint,
+    format_table,
+    load_eval_config,
+    move,
+    num_batches,
+    progress,
+    start,
+    write_json,
+)
 from internlm.eval.distributed import gather_lists, gather_rows
 from internlm.eval.plots import RetrievalExample, plot_retrieval_examples, to_image
-from internlm.eval.retrieval import (LogitSpace, chance_level, deduplicate, paired_difference,
-                                    rank_statistics, retrieval_ranks, top_retrieved)
+from internlm.eval.retrieval import (
+    LogitSpace,
+    chance_level,
+    deduplicate,
+    paired_difference,
+    rank_statistics,
+    retrieval_ranks,
+    top_retrieved,
+)
 from internlm.initialize.launch import destroy_distributed
 
 logger = logging.getLogger("eval_feature_retrieval")

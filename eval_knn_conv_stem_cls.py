@@ -1,4 +1,4 @@
-"""ImageNet kNN evaluation of an EgoAgent image encoder exported to Hugging Face format (SPEC section 7).
+"""ImageNet kNN evaluation of an EgoAgent image encoder exported to Hugging Face format.
 
 Protocol: ImageFolder train/ and val/ under --data_path (ImageNet-100 or -1K: --imgnet 100|1000). Every image:
 resize the shorter side to 256 (bicubic when enlarging; when shrinking, OpenCV's antialiased area filter, see

@@ -15,6 +15,7 @@ import logging
 import os
 
 from internlm.config import ConfigError, load_config, parse_override
+from internlm.initialize.arguments import add_launch_args
 from internlm.initialize.launch import destroy_distributed, init_distributed
 from internlm.monitor.logging_setup import setup_logging
 
@@ -22,13 +23,10 @@ from internlm.monitor.logging_setup import setup_logging
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="python config file")
-    parser.add_argument("--launcher", choices=("slurm", "torch"), default=None,
-                        help="slurm: srun sets the ranks; torch: torchrun sets them; none: one process")
-    parser.add_argument("--port", type=int, default=None, help="master port (slurm launcher; default 29500)")
+    add_launch_args(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides data.seed (weights init, data order)")
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --opt data.total_steps=50 (repeatable)")
-    parser.add_argument("--device", default=None, help="force a device (default: cuda:LOCAL_RANK if any, else cpu)")
     parser.add_argument("--stop_after", type=int, default=None, metavar="N",
                         help="stop this process after N iterations (a time-boxed job; the next launch resumes)")
     return parser.parse_args(argv)
@@ -36,13 +34,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    overrides = [parse_override(o) for o in args.opt]
-    if args.seed is not None:
-        overrides.append(("data.seed", args.seed))
     try:
+        overrides = [parse_override(o) for o in args.opt]
+        if args.seed is not None:
+            overrides.append(("data.seed", args.seed))
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}")
+        raise SystemExit(f"config error: {exc}") from None
     ctx = init_distributed(args.launcher, args.port, timeout_s=cfg.parallel.timeout_s, device=args.device)
     setup_logging(ctx.rank, os.path.join(cfg.ckpt.save_ckpt_folder, "logs", f"rank{ctx.rank}.log"))
     logging.getLogger(__name__).info("config %s: stage %d, %d process(es) on %s", args.config, cfg.stage,
@@ -53,7 +51,7 @@ def main(argv=None) -> int:
     try:
         Trainer(cfg, ctx).fit(max_iterations=args.stop_after)
     except (AttentionBackendError, RunawayTrainingError) as exc:
-        raise SystemExit(str(exc))
+        raise SystemExit(str(exc)) from None
     finally:
         destroy_distributed()
     return 0

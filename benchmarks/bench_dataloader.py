@@ -35,14 +35,13 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from internlm.config.schema import DataConfig
+from internlm.data.build import build_train_dataset
+from internlm.data.egoexo_format import processed_frame_path
+from internlm.data.sampler import StepBatchSampler
+from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-from internlm.config.schema import DataConfig  # noqa: E402
-from internlm.data.build import build_train_dataset  # noqa: E402
-from internlm.data.egoexo_format import processed_frame_path  # noqa: E402
-from internlm.data.sampler import StepBatchSampler  # noqa: E402
-from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):

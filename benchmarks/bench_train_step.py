@@ -28,11 +28,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from internlm.config import load_config, parse_override  # noqa: E402
-from internlm.initialize.launch import init_distributed  # noqa: E402
-from internlm.model.flops import detect_peak_tflops, sample_cost  # noqa: E402
+from internlm.config import load_config, parse_override
+from internlm.initialize.launch import init_distributed
+from internlm.model.attention import BACKENDS
+from internlm.model.flops import detect_peak_tflops, sample_cost
 
 DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
 
@@ -40,7 +39,7 @@ DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.floa
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
-    p.add_argument("--attn", choices=("sdpa", "flex", "flash"), default=None, help="default: the config's backend")
+    p.add_argument("--attn", choices=BACKENDS, default=None, help="default: the config's backend")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: the config's dtype")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
@@ -100,9 +99,10 @@ def measure(args, suffix: str = "") -> dict:
     cfg = load_config(args.config, overrides(args) + [parse_override(o) for o in args.opt] + [
         ("ckpt.save_ckpt_folder", tmp), ("monitor.tensorboard_folder", None)])
     ctx = init_distributed(None, device=args.device)
+    from torch.utils.data import default_collate
+
     from internlm.data.generated import GeneratedSamples
     from internlm.train.trainer import Trainer
-    from torch.utils.data import default_collate
 
     trainer = Trainer(cfg, ctx)
     trainer.writer.close()

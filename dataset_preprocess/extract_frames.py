@@ -1,4 +1,4 @@
-"""Extract the frames of WalkingTours videos as JPEGs, like the README's ffmpeg step (SPEC sections 5 and 6).
+"""Extract the frames of WalkingTours videos as JPEGs, like the README's ffmpeg step (docs/data_formats.md).
 
   python dataset_preprocess/extract_frames.py data/WTour/Walking_Tour_Venice.mp4 [more.mp4 ...]
          [--out FOLDER] [--every N] [--quality 95] [--workers N]
@@ -12,7 +12,6 @@ truncated video is reported with its file name and skipped; exit status 1 only w
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import cv2
 from tqdm import tqdm
 
 from internlm.data.process_pool import map_in_processes
+from internlm.initialize.arguments import ScriptArgumentParser
 
 DONE_MARKER = ".done"
 
@@ -72,14 +72,13 @@ def extract_video(task: tuple[str, str, int, int]) -> tuple[str, str, int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("videos", nargs="+", help="mp4 files")
     p.add_argument("--out", default=None, help="parent folder of the frame folders (default: next to each video)")
     p.add_argument("--every", type=int, default=1, help="keep every N-th frame (names keep the video numbering)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality")
     p.add_argument("--workers", type=int, default=1, help="processes over videos")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     tasks = [(v, os.path.join(args.out or os.path.dirname(os.path.abspath(v)),
                               os.path.splitext(os.path.basename(v))[0]), args.every, args.quality) for v in args.videos]

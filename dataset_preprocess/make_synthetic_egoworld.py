@@ -1,5 +1,5 @@
-"""Generate the synthetic egocentric world (SPEC section 10): Ego-Exo4D raw layout, WalkingTours-style walks and
-an ImageFolder set, deterministic from --seed.
+"""Generate the synthetic egocentric world (README: "The synthetic egocentric world"): Ego-Exo4D raw layout,
+WalkingTours-style walks and an ImageFolder set, deterministic from --seed.
 
   python dataset_preprocess/make_synthetic_egoworld.py --out data --seed 0            # the default size
   python dataset_preprocess/make_synthetic_egoworld.py --out /tmp/w --size tiny --seed 1

@@ -1,4 +1,4 @@
-"""Ego-Exo4D body poses -> per-take fragments in the Aria camera frame (SPEC sections 5 and 6).
+"""Ego-Exo4D body poses -> per-take fragments in the Aria camera frame (formats: docs/data_formats.md).
 
   python dataset_preprocess/preprocess_egoexo_body_pose.py [--root data/egoexo4d_v2]
          [--out data/egoexo4d_body_pose] [--splits train val] [--workers N]

@@ -1,7 +1,7 @@
-"""Undistort the Ego-Exo4D Aria videos: fisheye -> pinhole, every 5th frame as JPEG (SPEC sections 5 and 6).
+"""Undistort the Ego-Exo4D Aria videos: fisheye -> pinhole, every 5th frame as JPEG (docs/data_formats.md).
 
   python dataset_preprocess/undistort_egovideos.py [--root data/egoexo4d_v2] [--size 448] [--workers N]
-         [--every 5] [--out ROOT/processed_data] [--take-uids UID ...]
+         [--every 5] [--out ROOT/processed_data] [--take_uids UID ...]
 
 For each take of metadata/takes.json (takes named "bouldering" are left out; without takes.json, every folder
 of {root}/takes): reads takes/{take}/frame_aligned_videos/downscaled/448/aria01_214-1.mp4 and the take's
@@ -21,7 +21,6 @@ Exit status 1 only when no take could be processed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from internlm.data import egoexo_format as fmt
 from internlm.data.process_pool import map_in_processes
+from internlm.initialize.arguments import ScriptArgumentParser
 
 JPEG_QUALITY = 95
 
@@ -210,15 +210,14 @@ def run(root: str, out: Optional[str] = None, size: int = 448, every: int = fmt.
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("--root", default="data/egoexo4d_v2", help="Ego-Exo4D root (metadata/, takes/)")
     p.add_argument("--out", default=None, help="output folder (default: ROOT/processed_data)")
     p.add_argument("--size", type=int, default=448, help="output width = height, px")
     p.add_argument("--every", type=int, default=fmt.FRAME_STEP, help="keep every N-th frame")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes over takes")
-    p.add_argument("--take-uids", nargs="*", help="only these takes")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--take_uids", nargs="*", help="only these takes (default: all)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     summary = run(args.root, args.out, args.size, args.every, args.workers, args.take_uids,
                   progress=not args.no_progress)

@@ -5,6 +5,7 @@ import textwrap
 import pytest
 
 from internlm.config import ConfigError, load_config
+from internlm.model.modeling_internlm import swiglu_hidden_size
 
 PAPER = {
     "configs/dino_pretrain/lr5e-4_tmp004_300m.py": dict(stage=1, d=1024, heads=8, lr=5e-4, batch=64),
@@ -21,7 +22,7 @@ def test_paper_configs_have_the_paper_numbers(path):
     assert cfg.stage == want["stage"]
     m = cfg.model
     assert (m.hidden_size, m.num_attention_heads, m.num_layers, m.head_dim) == (want["d"], want["heads"], 22, 128)
-    assert m.mlp_hidden_size == {1024: 2816, 2048: 5632}[want["d"]]
+    assert swiglu_hidden_size(m.hidden_size, m.mlp_ratio) == {1024: 2816, 2048: 5632}[want["d"]]
     assert (m.layer_norm_epsilon, m.norm_type, m.dtype) == (1e-6, "rmsnorm", "torch.float16")
     assert (m.img_size, m.patch_size, m.output_dim) == (224, 16, 65536)
     assert cfg.teacher is not None and cfg.teacher.teacher and not cfg.model.teacher
@@ -83,9 +84,59 @@ def test_constants_local_prefix_and_overrides(tmp_path):
     assert cfg.constants["MY_CONSTANT"] == 3 and cfg.JOB_NAME == "demo_stage1"
     assert cfg.ckpt.save_ckpt_folder == "save_ckpt/x"
     assert cfg.data.total_steps == 7
-    shipped = load_config(path).lr_scheduler.total_steps
-    with pytest.raises(ConfigError, match=f"lr_scheduler.total_steps={shipped} differs from data.total_steps=7"):
-        load_config(path, [("data.total_steps", 7)])
+
+
+@pytest.mark.parametrize("path", sorted(PAPER))
+def test_total_steps_override_moves_the_schedule_or_names_the_opt_to_add(path):
+    shipped = load_config(path)
+    if shipped.lr_scheduler.warmup_steps is None:  # stage 1: the schedule follows, warm-up ratio and all
+        cfg = load_config(path, [("data.total_steps", 100)])
+        assert (cfg.data.total_steps, cfg.lr_scheduler.total_steps) == (100, 100)
+        assert cfg.lr_scheduler.resolved_warmup_steps() == 10
+    else:  # stage 2 also fixes 1,800 warm-up steps: the error says which --opt to add, and it then follows
+        with pytest.raises(ConfigError) as err:
+            load_config(path, [("data.total_steps", 100)])
+        assert "--opt lr_scheduler.warmup_steps=2 [--opt data.total_steps=100]" in str(err.value)
+        cfg = load_config(path, [("data.total_steps", 100), ("lr_scheduler.warmup_steps", 2)])
+        assert (cfg.lr_scheduler.total_steps, cfg.lr_scheduler.resolved_warmup_steps()) == (100, 2)
+    with pytest.raises(ConfigError) as err:  # the schedule alone cannot move: the run length is data.total_steps
+        load_config(path, [("lr_scheduler.total_steps", 100)])
+    assert str(err.value).endswith("add --opt data.total_steps=100 [--opt lr_scheduler.total_steps=100]")
+
+
+def test_errors_name_the_override_not_the_file(tmp_path):
+    base = "configs/demo/stage1_dino_tiny.py"
+    for overrides, want in (
+            ([("data.micro_num", "many")],
+             "data.micro_num: expected an integer, got 'many' [--opt data.micro_num='many']"),
+            ([("lr_scheduler.warmpu_ratio", 0.1)], "[--opt lr_scheduler.warmpu_ratio=0.1]"),
+            ([("loss.nframes", 4)], "loss.nframes=4 but a stage-1 sample gives 1 frames [--opt loss.nframes=4]"),
+            ([("optimiser.lr", 1.0)], "unknown top-level name 'optimiser' [--opt optimiser.lr=1.0]")):
+        with pytest.raises(ConfigError) as err:
+            load_config(base, overrides)
+        assert want in str(err.value) and base not in str(err.value), str(err.value)
+    with pytest.raises(ConfigError, match=r"cfg.py\]$"):  # the file's own mistake names the file
+        load_config(write_config(tmp_path, "data['micro_bsz'] = 2", base=base), [("data.total_steps", 5)])
+
+
+def test_override_of_a_shared_dict_changes_one_section(tmp_path):
+    # teacher = dict(MODEL, ...) and model = dict(MODEL, ...) share MODEL's lvm_config
+    cfg = load_config("configs/dino_pretrain/lr5e-4_tmp004_300m.py",
+                      [("teacher.lvm_config.conv_stem_config.patch_size", 16)])
+    assert cfg.model.lvm_config is not cfg.teacher.lvm_config
+    with pytest.raises(ConfigError, match="teacher.lvm_config=.* differs from model.lvm_config"):
+        load_config("configs/dino_pretrain/lr5e-4_tmp004_300m.py",
+                    [("teacher.lvm_config.enable_conv_stem", True),
+                     ("teacher.lvm_config.conv_stem_config.img_size", 112)])
+
+
+def test_malformed_opt_is_a_one_line_error(capsys):
+    import train
+
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--config", "configs/demo/stage1_dino_tiny.py", "--opt", "data.total_steps"])
+    message = str(exit_.value.code)
+    assert message.startswith("config error: --opt 'data.total_steps': expected KEY=VALUE") and "\n" not in message
 
 
 @pytest.mark.parametrize("key, value, expected", [

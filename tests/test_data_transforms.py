@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import cv2
@@ -11,8 +10,16 @@ import pytest
 import torch
 
 from internlm.data.bad_samples import BadSampleError
-from internlm.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig, MultiCropTransform, Normalizer,
-                                      color_jitter, random_resized_crop_box, resize_center_crop)
+from internlm.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MultiCropConfig,
+    MultiCropTransform,
+    Normalizer,
+    color_jitter,
+    random_resized_crop_box,
+    resize_center_crop,
+)
 from internlm.data.video import VideoFrameReader, jpeg_size, largest_reduction, probe_video, read_image
 
 CFG = MultiCropConfig(init_crop_size=96, global_crop_size=64, local_crop_size=32, local_crops_number=3)

@@ -14,12 +14,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import load_script
+
 from internlm.config.schema import DataConfig
 from internlm.data.bad_samples import DataBrokenError
-from internlm.data.build import (build_eval_clip_dataset, build_image_folder, build_train_dataset,
-                                 build_train_loader)
+from internlm.data.build import build_eval_clip_dataset, build_image_folder, build_train_dataset, build_train_loader
 from internlm.data.egoexo_format import processed_frame_path
 from internlm.data.image_folder import ImageFolderIndex
 from internlm.data.pose_index import load_pose_index
@@ -45,6 +44,7 @@ def data_cfg(world, **overrides) -> DataConfig:
 
 
 def clip_cfg(world, **overrides) -> DataConfig:
+    overrides.setdefault("step_between_clips", 5)  # a clip may start at every undistorted image (the authors' value)
     return data_cfg(world, dataset_type="EgoExoClips", **overrides)
 
 
@@ -159,6 +159,9 @@ def test_clip_index_finds_every_window(processed_world, cache_dir):
     assert crossing >= 3
     val = build_eval_clip_dataset(clip_cfg(w), cache_dir=cache_dir)
     assert windows_of(val) == expected_windows(w, "val")
+    # data.step_between_clips: clips start every 10 frames instead of every 5
+    sparse = windows_of(build_train_dataset(clip_cfg(w, step_between_clips=10), cache_dir=cache_dir))
+    assert sparse == {(take, start) for take, start in windows if start % 10 == 0} and 0 < len(sparse) < len(windows)
 
 
 def test_clip_samples_equal_the_files(processed_world, cache_dir):

@@ -15,9 +15,9 @@ import sys
 import time
 
 import pytest
+from train_helpers import tiny_overrides
 
 from internlm.initialize.launch import LaunchError, detect_environment
-from train_helpers import tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs/demo/stage2_joint_tiny.py")

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from internlm.eval.motion import (MotionErrorSums, block_from_poses, constant_velocity, poses_from_blocks,
-                                  zero_velocity)
+from internlm.eval.motion import MotionErrorSums, block_from_poses, constant_velocity, poses_from_blocks, zero_velocity
 from internlm.eval.rollout import autoregressive_rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,8 +143,7 @@ def test_rollout_feeds_back_each_predicted_step():
 
 @pytest.mark.slow
 def test_motion_script_end_to_end(tmp_path, processed_world):
-    from eval_helpers import (assert_same_numbers, make_checkpoint, run_script, torchrun, world_paths,
-                              write_tiny_config)
+    from eval_helpers import assert_same_numbers, make_checkpoint, run_script, torchrun, world_paths, write_tiny_config
 
     from internlm.config import load_config
     from internlm.data.build import build_eval_clip_dataset

@@ -5,8 +5,15 @@ import json
 import pytest
 import torch
 
-from internlm.eval.retrieval import (LogitSpace, chance_level, deduplicate, paired_difference,
-                                    rank_statistics, retrieval_ranks, top_retrieved)
+from internlm.eval.retrieval import (
+    LogitSpace,
+    chance_level,
+    deduplicate,
+    paired_difference,
+    rank_statistics,
+    retrieval_ranks,
+    top_retrieved,
+)
 
 # With the identity as gallery, query row i IS its similarity to gallery entries 0..4.
 SIMS = torch.tensor([
@@ -143,8 +150,7 @@ def test_oracle_ranks_first_and_random_queries_score_chance():
 
 @pytest.mark.slow
 def test_retrieval_script_end_to_end(tmp_path, processed_world):
-    from eval_helpers import (assert_same_numbers, make_checkpoint, run_script, torchrun, world_paths,
-                              write_tiny_config)
+    from eval_helpers import assert_same_numbers, make_checkpoint, run_script, torchrun, world_paths, write_tiny_config
 
     from internlm.config import load_config
     from internlm.data.build import build_eval_clip_dataset

@@ -4,12 +4,11 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from train_helpers import tiny_config
 
 from internlm.model.attention import MaskLayout
 from internlm.model.flops import allowed_pairs, sample_cost
 from internlm.train.meta_arch import EgoAgentMetaArch
-from internlm.model import EgoAgent
-from train_helpers import tiny_config
 
 
 def test_allowed_pairs():
@@ -24,19 +23,20 @@ def test_train_step_flops_match_the_flop_counter(tmp_path, stage):
     cfg = tiny_config(stage, tmp_path, **{"model.hidden_size": 64, "teacher.hidden_size": 64,
                                           "model.num_attention_heads": 4, "teacher.num_attention_heads": 4})
     torch.manual_seed(0)
-    meta = EgoAgentMetaArch(cfg, EgoAgent(cfg.model, joint=cfg.loss.is_joint))
-    from internlm.data.generated import GeneratedSamples
+    meta = EgoAgentMetaArch(cfg)
     from torch.utils.data import default_collate
 
+    from internlm.data.build import build_train_dataset
+
     B = 3
-    ds = GeneratedSamples(cfg.data, joint=cfg.loss.is_joint)
+    ds = build_train_dataset(cfg.data, joint=cfg.loss.is_joint)
     batch = default_collate([ds[i] for i in range(B)])
     batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
-    normalizer = torch.tensor(100.0)
+    state = meta.begin_step(batch)
     # the math SDPA kernel is made of matmuls the counter sees (it has no entry for the fused CPU kernels)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        out = meta.chunk_losses(batch, 0.04, 1.0, normalizer)
-        out.loss.backward()
+        loss = meta.chunk_loss(batch, state, 0.04, 1.0)
+        loss.backward()
     measured = counter.get_total_flops()
     # the math kernel computes the full L x L square whatever the mask
     want = sample_cost(cfg, dense_attention=True).train_flops * B

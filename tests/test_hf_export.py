@@ -11,7 +11,6 @@ import textwrap
 
 import pytest
 import torch
-
 from eval_helpers import REPO, converter_module, make_checkpoint, run_script, write_tiny_config
 
 # Loads an export the way a user would, in a Python that cannot import this repository: the repository is off

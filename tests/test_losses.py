@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from internlm.config import load_config
-from internlm.config.schema import GradScalerConfig, FP16ScalerConfig
+from internlm.config.schema import FP16ScalerConfig, GradScalerConfig
 from internlm.solver.grad_scaler import DynamicLossScaler
 from internlm.solver.schedules import Schedules
 from internlm.train.losses import action_loss, dino_multicrop_loss, prediction_loss
@@ -43,13 +43,10 @@ def test_dino_loss_equals_double_loop():
 
 
 def test_center_update_formula():
-    from internlm.config.schema import TrainConfig
     from internlm.train.meta_arch import EgoAgentMetaArch
 
     cfg = load_config("configs/demo/stage1_dino_tiny.py", [("model.num_layers", 1), ("teacher.num_layers", 1)])
-    from internlm.model import EgoAgent
-
-    meta = EgoAgentMetaArch(cfg, EgoAgent(cfg.model, joint=False))
+    meta = EgoAgentMetaArch(cfg)
     K = cfg.model.output_dim
     c0 = torch.randn(K)
     meta.rep_center.copy_(c0)
@@ -57,7 +54,7 @@ def test_center_update_formula():
     meta.update_centers(logits.sum(0), 12, None, 0)
     m = cfg.loss.center_momentum
     torch.testing.assert_close(meta.rep_center, m * c0 + (1 - m) * logits.mean(0), rtol=0, atol=1e-6)
-    assert isinstance(cfg, TrainConfig)
+    torch.testing.assert_close(meta.pred_center, torch.zeros(K), rtol=0, atol=0)  # stage 1 has no prediction target
 
 
 def test_prediction_loss_pairs_step_t_with_frame_t_plus_1():
@@ -137,3 +134,24 @@ def test_loss_scaler_hysteresis_backoff_growth():
     t.load_state_dict(state)
     assert t.state_dict() == state
     assert DynamicLossScaler(cfg, enabled=False).scale == 1.0
+
+
+def test_logged_loss_is_the_trained_loss_with_any_weights(tmp_path):
+    """One definition of L = w_rep L_rep + w_pred L_pred + w_act L_act serves the backward and the log."""
+    from torch.utils.data import default_collate
+    from train_helpers import tiny_config
+
+    from internlm.data.build import build_train_dataset
+    from internlm.train.meta_arch import EgoAgentMetaArch
+
+    cfg = tiny_config(2, tmp_path, **{"loss.rep_weight": 0.5, "loss.pred_weight": 2.0, "loss.act_weight": 3.0})
+    meta = EgoAgentMetaArch(cfg)
+    ds = build_train_dataset(cfg.data, joint=True)
+    batch = {k: v for k, v in default_collate([ds[i] for i in range(4)]).items() if torch.is_tensor(v)}
+    state = meta.begin_step(batch)
+    trained = meta.chunk_loss(batch, state, 0.04, 1.0)
+    logged = meta.end_step(state, momentum=0.996, update=False)
+    assert float(trained.detach()) == pytest.approx(logged["loss"], rel=1e-6)
+    want = 0.5 * logged["loss_rep"] + 2.0 * logged["loss_pred"] + 3.0 * logged["loss_act"]
+    assert logged["loss"] == pytest.approx(want, rel=1e-12) and logged["loss"] != pytest.approx(
+        logged["loss_rep"] + logged["loss_pred"] + logged["loss_act"], rel=1e-3)

@@ -1,4 +1,4 @@
-"""The Ego-Exo4D preprocessing scripts on the synthetic world: output formats (SPEC section 5), geometry, bad
+"""The Ego-Exo4D preprocessing scripts on the synthetic world: output formats (docs/data_formats.md), geometry, bad
 input, resuming, and WalkingTours frame extraction."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import load_script
 from projectaria_tools.core import calibration
 from projectaria_tools.core.sophus import SE3
 
-from conftest import load_script
 from internlm.data import egoexo_format as fmt
 from internlm.data.synthetic import plan_takes
 from internlm.data.synthetic.camera import calibration_rays, look_at

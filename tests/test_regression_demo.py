@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from train_helpers import DEMO, make_trainer
+
 from internlm.config import load_config
 
 REFERENCE = Path(__file__).parent / "reference" / "demo_stage2_losses.json"

@@ -9,12 +9,12 @@ import shutil
 
 import pytest
 import torch
+from train_helpers import flat_state, make_trainer, tiny_config
 
 from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
 from internlm.checkpoint.train_state import CorruptCheckpointError
 from internlm.model import AttentionBackendError
 from internlm.train.trainer import RunawayTrainingError
-from train_helpers import flat_state, make_trainer, tiny_config
 
 
 def test_teacher_is_the_ema_of_the_student(tmp_path):
@@ -23,7 +23,7 @@ def test_teacher_is_the_ema_of_the_student(tmp_path):
     teacher_before = [p.detach().clone() for p in meta.teacher.parameters()]
     trainer.fit(max_iterations=1)
     m = trainer.schedules.at(0).momentum
-    assert 0.99 <= m < 1.0
+    assert m == trainer.cfg.momentum_scheduler.momentum_teacher < 1.0  # the cosine starts at the base momentum
     for before, t, s in zip(teacher_before, meta.teacher.parameters(), meta.student.parameters()):
         torch.testing.assert_close(t, m * before + (1 - m) * s, rtol=0, atol=1e-7)
     changed = sum(int(not torch.equal(b, t)) for b, t in zip(teacher_before, meta.teacher.parameters()))
@@ -227,3 +227,72 @@ def test_bad_files_are_reported_once_and_replaced_the_same_after_resume(tmp_path
     assert ids == _sample_ids(tmp_path / "resumed") and len(ids) == 9
     bad_index = [straight_index for straight_index, p in enumerate(sorted(root.glob("*/*.jpg"))) if p in bad]
     assert not set(bad_index) & {i for step in ids for i in step}  # every draw of a bad file was replaced
+
+
+def test_stage2_takes_the_representation_centre_of_stage1(tmp_path):
+    s1 = make_trainer(tiny_config(1, tmp_path / "s1", steps=2))
+    s1.fit()
+    assert float(s1.meta.rep_center.abs().max()) > 0
+    cfg = tiny_config(2, tmp_path / "s2", steps=2, **{"ckpt.load_ckpt_info": {"path": str(tmp_path / "s1"),
+                                                                             "content": ["model"]}})
+    s2 = make_trainer(cfg)
+    assert torch.equal(s2.meta.rep_center, s1.meta.rep_center)
+    assert not s2.meta.pred_center.any()  # the prediction target's centre is new in stage 2
+
+
+def test_freeze_last_layer_for_the_first_steps(tmp_path):
+    trainer = make_trainer(tiny_config(1, tmp_path, steps=4, **{"loss.freeze_last_layer_steps": 2}))
+    student = trainer.meta.student
+
+    def last_layers():
+        return {n: p.detach().clone() for n, p in student.named_parameters() if ".last_layer." in n}
+
+    start, mlp_start = last_layers(), student.rep_head.mlp[0].weight.detach().clone()
+    trainer.fit(max_iterations=2)
+    assert all(torch.equal(start[n], p) for n, p in last_layers().items()) and start
+    assert not torch.equal(mlp_start, student.rep_head.mlp[0].weight)  # the rest of the head learns
+    trainer.fit(max_iterations=1)  # step 3: the prototypes move
+    trained = [n for n, p in student.named_parameters() if ".last_layer." in n and p.requires_grad]
+    assert trained and all(not torch.equal(start[n], p) for n, p in last_layers().items() if n in trained)
+
+
+def test_validation_every_n_steps_changes_nothing(tmp_path):
+    cfg = tiny_config(2, tmp_path, steps=4, **{"data.valid_every": 2, "data.valid_micro_num": 3})
+    trainer = make_trainer(cfg)
+    history = trainer.fit()
+    with_val = [h["step"] for h in history if "val_loss" in h]
+    assert with_val == [2, 4]
+    last = history[-1]
+    w = cfg.loss
+    want = (w.rep_weight * last["val_loss_rep"] + w.pred_weight * last["val_loss_pred"]
+            + w.act_weight * last["val_loss_act"])
+    assert last["val_loss"] == pytest.approx(want, rel=1e-9)
+    before = flat_state(trainer).clone()
+    again = trainer.validate()
+    assert torch.equal(flat_state(trainer), before)  # no teacher or centre update
+    assert again == {k: v for k, v in last.items() if k.startswith("val_")}  # the same crops every time
+
+
+def test_teacher_runs_with_its_own_dtype_and_attention_backend(tmp_path):
+    cfg = tiny_config(2, tmp_path, steps=2, **{"teacher.dtype": "torch.bfloat16", "teacher.attn_backend": "flex"})
+    trainer = make_trainer(cfg)
+    meta = trainer.meta
+    assert meta.teacher.backbone.kernel.backend == "flex" and meta.student.backbone.kernel.backend == "sdpa"
+    seen = {}
+    for name, model in (("teacher", meta.teacher), ("student", meta.student)):
+        model.backbone.blocks[0].register_forward_hook(lambda m, i, out, name=name: seen.update({name: out.dtype}))
+    trainer.fit(max_iterations=1)  # flex has no CPU backward: only the teacher, which runs without gradients
+    assert seen == {"teacher": torch.bfloat16, "student": torch.float32}
+
+
+def test_beta2_schedule_and_teacher_checkpoint_folder(tmp_path):
+    cfg = tiny_config(1, tmp_path / "run", steps=3, **{
+        "adam.adam_beta2_c": 2.0, "beta2_scheduler": {"init_beta2": 0.5, "c": 2.0},
+        "ckpt.save_teacher_ckpt_folder": str(tmp_path / "teacher"), "ckpt.checkpoint_every": 3})
+    trainer = make_trainer(cfg)
+    history = trainer.fit()
+    # InternLM: the first step adam.adam_beta2, then max(init_beta2, 1 - k^-c) after k steps
+    assert [h["beta2"] for h in history] == [0.999, 0.5, 0.75]
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.75)
+    linked, own = tmp_path / "teacher" / "3" / "teacher_tp0_pp0.pt", tmp_path / "run" / "3" / "teacher_tp0_pp0.pt"
+    assert linked.read_bytes() == own.read_bytes()

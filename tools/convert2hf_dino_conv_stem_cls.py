@@ -1,4 +1,4 @@
-"""Convert an EgoAgent training checkpoint into a Hugging Face folder (SPEC section 8).
+"""Convert an EgoAgent training checkpoint into a Hugging Face folder.
 
   python tools/convert2hf_dino_conv_stem_cls.py --src_folder save_ckpt/${model_name} --remove_vq_embed
       -> hf_models/${model_name}/ (config.json with auto_map, model.safetensors, the python files)
@@ -20,21 +20,18 @@ import os
 import shutil
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # runnable as `python tools/convert2hf...` without installing the package
-    sys.path.insert(0, REPO_ROOT)
+import torch
+from safetensors.torch import save_file
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from internlm.checkpoint import load_model, load_state_dict  # noqa: E402
-from internlm.checkpoint.export import WEIGHT_FILES  # noqa: E402
+from internlm.checkpoint import load_model, load_state_dict
+from internlm.checkpoint.weights import WEIGHT_FILES
+from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 
 logger = logging.getLogger("convert2hf")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the default hf_models/ is here
 
 ENCODER_PREFIXES = ("image_projector.", "state_query", "backbone.")
 HEAD_PREFIX = "rep_head."
-JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_FILE, CONFIG_FILE, WEIGHTS_FILE = "modeling_egoagent.py", "configuration_egoagent.py", "model.safetensors"
 

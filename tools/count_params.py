@@ -6,13 +6,9 @@ Nothing is allocated: the model is built on the meta device.
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from internlm.config import load_config  # noqa: E402
-from internlm.model.param_count import count_parameters, human  # noqa: E402
+from internlm.config import load_config
+from internlm.model.param_count import count_parameters, human
 
 
 def main(argv=None) -> None:

@@ -189,8 +189,8 @@ def diagnosis(run: str, holds: dict, knn: dict, ret: dict, motion: dict, out_dim
         lines.append(f"- action: MPJPE@30fps EgoAgent {motion['model']['mpjpe_30fps']:.2f}, zero velocity "
                      f"{motion['zero_velocity']['mpjpe_30fps']:.2f}, constant velocity "
                      f"{motion['constant_velocity']['mpjpe_30fps']:.2f} cm.")
-    lines += ["", "The oracle row is the protocol's self-test (it must rank first for >= 99% of the queries); the copy, "
-              "shuffled-action, untrained and raw-pixel rows are the floors a trained model has to clear.", ""]
+    lines += ["", "The oracle row is the protocol's self-test (it must rank first for >= 99% of the queries); the "
+              "copy, shuffled-action, untrained and raw-pixel rows are the floors a trained model has to clear.", ""]
     return lines
 
 

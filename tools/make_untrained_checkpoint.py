@@ -5,15 +5,11 @@ reference the demo report puts next to the trained models.
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from internlm.checkpoint import save_weights_only  # noqa: E402
-from internlm.config import load_config  # noqa: E402
-from internlm.model import EgoAgent  # noqa: E402
-from internlm.train.trainer import seed_everything  # noqa: E402
+from internlm.checkpoint import save_weights_only
+from internlm.config import load_config
+from internlm.model import EgoAgent
+from internlm.train.trainer import seed_everything
 
 
 def main(argv=None) -> None:

@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
     if not os.path.isfile(os.path.join(REPO, pipe.motion_baseline_path())):
         call(pipe.motion_baseline_command())
     results = {}
-    for name, (label, opts) in VARIANTS.items():
+    for name, (_, opts) in VARIANTS.items():
         folder = os.path.join(out, name)
         ckpt = pipe.ckpt(2) if name == "full" else os.path.join(folder, "save_ckpt")
         call(pipe.stage2_command(ckpt, opts))  # resumes (or finds the demo's finished run) when already trained

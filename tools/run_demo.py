@@ -119,7 +119,6 @@ class Pipeline:
                 manifest = json.load(f)
         except (OSError, ValueError):
             return False
-        sys.path.insert(0, REPO)
         from dataclasses import asdict
 
         from internlm.data.synthetic import resolve_size
@@ -211,7 +210,6 @@ class Pipeline:
                 *self.user_opts(extra_opts)]
 
     def model_image_size(self, opts: list[str]) -> int:
-        sys.path.insert(0, REPO)
         from internlm.config import load_config, parse_override
 
         return load_config(os.path.join(REPO, STAGE2_CONFIG), [parse_override(o) for o in opts]).model.img_size

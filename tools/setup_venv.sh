@@ -1,9 +1,13 @@
 # Sourced by test.sh and demo.sh: create and activate .venv and install what the project needs (idempotent).
 #   source tools/setup_venv.sh [test]
-# PYTHON picks the interpreter (default python3, >= 3.9). Cluster users install their CUDA build of torch first
+# PYTHON picks the interpreter (default python3, >= 3.10). Cluster users install their CUDA build of torch first
 # (see requirements/torch.txt); a torch already in the venv is kept.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "[setup] $("$PYTHON" --version 2>&1) is too old: Python >= 3.10 is needed (set PYTHON=python3.10 or newer)" >&2
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv

@@ -80,5 +80,5 @@ adam = dict(lr=5e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, weight_dec
 lr_scheduler = dict(total_steps=TOTAL_STEPS, warmup_ratio=0.1, eta_min=5e-6)
 hybrid_zero_optimizer = dict(clip_grad_norm=1.0)
 parallel = dict(zero1=1)
-ckpt = dict(save_ckpt_folder=f"save_ckpt/{JOB_NAME}", checkpoint_every=100, auto_resume=True)
+ckpt = dict(save_ckpt_folder=f"save_ckpt/{JOB_NAME}", checkpoint_every=100, auto_resume=True, keep_last=2)
 monitor = dict(log_every=25)

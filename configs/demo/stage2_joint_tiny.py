@@ -93,5 +93,6 @@ ckpt = dict(
     load_ckpt_info=dict(path=f"save_ckpt/{STAGE1_JOB_NAME}", content=("model",), ckpt_type="internlm"),
     checkpoint_every=100,
     auto_resume=True,
+    keep_last=2,  # the newest two complete checkpoints (each ~20 MB); the evals read the newest
 )
 monitor = dict(log_every=25)

@@ -3,6 +3,7 @@ file or the new one, never half of one."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -33,6 +34,10 @@ def atomic_torch_save(obj, path: str) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     _atomic_replace(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: str, payload, indent: int = 1) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=indent, allow_nan=True))
 
 
 def mark_complete(folder: str) -> None:

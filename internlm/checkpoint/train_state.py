@@ -27,9 +27,19 @@ from internlm.config.schema import TrainConfig
 from internlm.parallel.data_parallel import DataParallelPlan, unwrap
 
 from .atomic import atomic_torch_save, mark_complete
-from .export import git_commit, write_weights
-from .layout import (META_FILE, RNG_DIR, STUDENT_FILE, TEACHER_FILE, TRAIN_STATE_DIR, complete_steps, is_complete,
-                     read_meta, step_folder)
+from .layout import (
+    META_FILE,
+    RNG_DIR,
+    STUDENT_FILE,
+    TEACHER_FILE,
+    TRAIN_STATE_DIR,
+    complete_steps,
+    is_complete,
+    read_meta,
+    step_folder,
+)
+from .provenance import git_commit
+from .weights import write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +201,25 @@ class CheckpointManager:
         _barrier()
         if _rank() == 0:
             mark_complete(folder)
+            self._publish_teacher(folder)
             self._prune()
         _barrier()
+
+    def _publish_teacher(self, folder: str) -> None:
+        """ckpt.save_teacher_ckpt_folder: the teacher's weights also at {that}/{step}/ (the authors' separate teacher
+        folder), as a hard link to the checkpoint's file (a copy across file systems)."""
+        target_root = self.cfg.ckpt.save_teacher_ckpt_folder
+        if not target_root:
+            return
+        target = os.path.join(target_root, os.path.basename(folder))
+        os.makedirs(target, exist_ok=True)
+        src, dst = os.path.join(folder, TEACHER_FILE), os.path.join(target, TEACHER_FILE)
+        if os.path.exists(dst):
+            os.remove(dst)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
 
     def wait(self) -> None:
         """Finish a pending async save (its marker is written only now, after every rank's files exist)."""
@@ -210,6 +237,8 @@ class CheckpointManager:
             return
         for old in complete_steps(self.folder)[:-keep]:
             shutil.rmtree(step_folder(self.folder, old), ignore_errors=True)
+            if self.cfg.ckpt.save_teacher_ckpt_folder:
+                shutil.rmtree(step_folder(self.cfg.ckpt.save_teacher_ckpt_folder, old), ignore_errors=True)
 
     # -------------------------------------------------------------------------------------------- load
 

@@ -2,7 +2,8 @@
 
 A config is a python file; its module-level names are the config. Upper-case names are constants (kept,
 unchecked, in ``TrainConfig.constants``); lower-case names must be sections of the schema. String values may
-carry InternLM's ``local:`` prefix, which is removed.
+carry InternLM's ``local:`` prefix, which is removed. Keys of InternLM plumbing that mean nothing here are
+accepted and dropped (``ACCEPTED_NO_EFFECT``, the one list of them); every other key must be a field of the schema.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import difflib
 import inspect
 import os
+import re
 import runpy
 from typing import Any, Iterable, Optional
 
@@ -21,6 +23,36 @@ from .typed import ConfigError, build
 
 LOCAL_PREFIX = "local:"
 _REMOTE_PREFIXES = ("boto3:", "s3:", "oss:", "volc:")
+
+_NO_TP = "no tensor parallelism here (parallel.tensor must be 1)"
+_MODEL_NO_EFFECT = {
+    "embed_split_hidden": f"InternLM: how the token embedding is split across tensor-parallel ranks; {_NO_TP}",
+    "parallel_output": f"InternLM: whether the output logits stay split across tensor-parallel ranks; {_NO_TP}",
+    "vocab_size": "the VQGAN codebook size, read only by the VQGAN token embedding (lvm_config.enable, not built)",
+    "lvm_config.embedding_cfg": "settings of the VQGAN token embedding (not built: lvm_config.enable must be False)",
+    "lvm_config.encoder_cfg": "settings of the VQGAN encoder (not built: lvm_config.enable_encoder must be False)",
+}
+# Keys of the authors' (InternLM's) configs that configure machinery with no counterpart here. They are accepted
+# with any value and have no effect; the README's config section lists them. Any other key takes effect or, set to
+# a value that is not implemented, stops with a ConfigError.
+ACCEPTED_NO_EFFECT: dict[str, str] = {
+    **{f"{section}.{key}": why for section in ("model", "teacher") for key, why in _MODEL_NO_EFFECT.items()},
+    "data.min_length": "InternLM drops text samples shorter than this many tokens; image samples have fixed lengths",
+    "data.padding_token": "InternLM's text padding token; image samples are never padded",
+    "data.empty_cache_and_diag_interval": "InternLM's periodic CUDA cache flush and slow-rank diagnosis",
+    "data.diag_outlier_ratio": "the threshold of InternLM's slow-rank diagnosis",
+    "hybrid_zero_optimizer.overlap_sync_grad": "InternLM's ZeRO overlap of gradient reduction and backward; DDP and "
+                                               "FSDP2 overlap them always",
+    "hybrid_zero_optimizer.overlap_sync_param": "InternLM's ZeRO overlap of parameter broadcast and forward",
+    "parallel.pipeline.interleaved_overlap": "InternLM's interleaved-pipeline communication (pipeline size must be 1)",
+    "parallel.tensor.mode": f"InternLM's flavour of tensor parallelism; {_NO_TP}",
+    "ckpt.async_upload": "InternLM's background upload of checkpoints to an object store; checkpoints are local files",
+    "ckpt.async_upload_tmp_folder": "the staging folder of that upload",
+    "ckpt.oss_snapshot_freq": "InternLM's periodic snapshots to an object store",
+    "monitor.alert": "InternLM's Feishu / light-monitor alerting",
+    "teacher_ckpt_folder": "InternLM-KD's folder of a fixed teacher to distil from; the teacher here is the student's "
+                           "EMA, saved in every checkpoint (and in ckpt.save_teacher_ckpt_folder when set)",
+}
 
 
 def _strip_local(value: Any, where: str) -> Any:
@@ -53,9 +85,9 @@ def read_config_namespace(path: str) -> dict[str, Any]:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``data.total_steps=50`` -> ("data.total_steps", 50); the value is a python literal or a bare string."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. data.total_steps=50")
-    key, raw = text.split("=", 1)
+    key, eq, raw = text.partition("=")
+    if not eq or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key.strip()):
+        raise ConfigError(f"--opt {text!r}: expected KEY=VALUE with a dotted key, e.g. --opt data.total_steps=50")
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -69,11 +101,79 @@ def _apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
-            child = node[part] = {}
+            child = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {key}: '{'.'.join(parts[:i + 1])}' is not a section")
+        # a copy: config files share dicts between sections (teacher = dict(MODEL, ...) shares MODEL's lvm_config),
+        # and an override of one section must not change the other
+        node[part] = child = dict(child)
         node = child
     node[parts[-1]] = value
+
+
+def _lookup(tree: dict, key: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def drop_accepted_no_effect(tree: dict[str, Any]) -> list[str]:
+    """Remove the ``ACCEPTED_NO_EFFECT`` keys from a config tree in place; returns those found."""
+    found = []
+    for key in ACCEPTED_NO_EFFECT:
+        parent, _, leaf = key.rpartition(".")
+        present, node = _lookup(tree, parent) if parent else (True, tree)
+        if present and isinstance(node, dict) and leaf in node:
+            del node[leaf]
+            found.append(key)
+    return found
+
+
+def _followers(namespace: dict, overridden: dict[str, Any]) -> dict[str, str]:
+    """Keys that follow an override: ``--opt data.total_steps=N`` on a file whose lr_scheduler.total_steps equals
+    its data.total_steps (the authors' files set both from one constant) moves the schedule too.
+    Returns {following key: override key}; call before the overrides are applied."""
+    if "data.total_steps" not in overridden or "lr_scheduler.total_steps" in overridden:
+        return {}
+    has_lr, lr_total = _lookup(namespace, "lr_scheduler.total_steps")
+    _, data_total = _lookup(namespace, "data.total_steps")
+    return {"lr_scheduler.total_steps": "data.total_steps"} if has_lr and lr_total == data_total else {}
+
+
+def _follow_warmup(namespace: dict, overridden: dict[str, Any]) -> dict[str, str]:
+    """A file that gives the warm-up both as warmup_steps and warmup_ratio (they must agree): overriding one moves
+    the other. Call after the overrides are applied; returns {following key: override key}."""
+    lr = namespace.get("lr_scheduler")
+    if not isinstance(lr, dict) or lr.get("warmup_steps") is None or "warmup_ratio" not in lr:
+        return {}
+    total = lr.get("total_steps", 0)
+    if "lr_scheduler.warmup_steps" in overridden and "lr_scheduler.warmup_ratio" not in overridden and total:
+        lr["warmup_ratio"] = lr["warmup_steps"] / total
+        return {"lr_scheduler.warmup_ratio": "lr_scheduler.warmup_steps"}
+    if "lr_scheduler.warmup_ratio" in overridden and "lr_scheduler.warmup_steps" not in overridden:
+        lr["warmup_steps"] = round(lr["warmup_ratio"] * total)
+        return {"lr_scheduler.warmup_steps": "lr_scheduler.warmup_ratio"}
+    return {}
+
+
+def _names(message: str, key: str) -> bool:
+    """Whether a ConfigError message is about ``key`` (or a key inside it)."""
+    parent, _, leaf = key.rpartition(".")
+    return bool(re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message)) or \
+        f"'{leaf}' in section '{parent}'" in message or f"top-level name '{key.split('.')[0]}'" in message
+
+
+def _source_of(message: str, overrides: dict[str, Any], followed: dict[str, str], where: str) -> str:
+    """The --opt an error is about, else the file."""
+    blamed = [k for k in overrides if _names(message, k)]
+    blamed += [by for k, by in followed.items() if _names(message, k) and by not in blamed]
+    if blamed:
+        return ", ".join(f"--opt {k}={overrides[k]!r}" if isinstance(overrides[k], str) else
+                         f"--opt {k}={overrides[k]}" for k in blamed)
+    return where
 
 
 def load_config(path: str, overrides: Optional[Iterable[tuple[str, Any]]] = None) -> TrainConfig:
@@ -84,39 +184,65 @@ def load_config(path: str, overrides: Optional[Iterable[tuple[str, Any]]] = None
 
 def config_from_namespace(namespace: dict[str, Any], overrides: Optional[Iterable[tuple[str, Any]]] = None,
                           source_file: Optional[str] = None) -> TrainConfig:
+    """A config's module-level names, overridden, type-checked and validated. An error names the --opt that caused
+    it, else the file."""
     namespace = copy.deepcopy(namespace)
-    for key, value in overrides or ():
-        _apply_override(namespace, key, value)
+    overridden = dict(overrides or ())
+    where = source_file or "<config>"
+    followed = _followers(namespace, overridden)
+    try:
+        for key, value in overridden.items():
+            _apply_override(namespace, key, value)
+        for key, by in followed.items():
+            _apply_override(namespace, key, overridden[by])
+        followed.update(_follow_warmup(namespace, overridden))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} [{where}]") from None
+    drop_accepted_no_effect(namespace)
     section_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"constants", "source_file"}
     constants, sections = {}, {}
-    where = source_file or "<config>"
-    for name, value in namespace.items():
-        if name in section_names:
-            sections[name] = _strip_local(value, name)
-        elif name.isupper():
-            constants[name] = value
-        else:
-            close = difflib.get_close_matches(name, sorted(section_names), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown top-level name '{name}' in {where}{hint}")
     try:
+        for name, value in namespace.items():
+            if name in section_names:
+                sections[name] = _strip_local(value, name)
+            elif name.isupper():
+                constants[name] = value
+            else:
+                close = difflib.get_close_matches(name, sorted(section_names), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"unknown top-level name '{name}'{hint}")
         cfg = build(TrainConfig, sections, "")
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} [{where}]") from None
-    cfg.constants = constants
-    cfg.source_file = source_file
-    try:
+        cfg.constants = constants
+        cfg.source_file = source_file
         validate(cfg)
     except ConfigError as exc:
-        raise ConfigError(f"{exc} [{where}]") from None
+        message = str(exc)
+        if "lr_scheduler.total_steps" in overridden and "data.total_steps" not in overridden and \
+                "differs from data.total_steps" in message:
+            message += f"; add --opt data.total_steps={overridden['lr_scheduler.total_steps']}"
+        raise ConfigError(f"{message} [{_source_of(message, overridden, followed, where)}]") from None
     return cfg
+
+
+# Keys that only restate others, and that configs written before they defaulted to None stored with stale defaults.
+_RESTATING_KEYS = ("data.frames_per_clip", "data.num_frame_tokens", "loss.batch_size", "loss.global_token_len",
+                   "loss.local_token_len", "loss.nframes", "kd_config.gt_weight", "kd_config.kd_weight",
+                   "kd_config.type", "kd_config.temperature")
 
 
 def config_from_resolved(resolved: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from the JSON written with every run and checkpoint (``to_dict`` of a config)."""
-    sections = dict(resolved)
+    sections = copy.deepcopy(resolved)
     constants = sections.pop("constants", {}) or {}
     source_file = sections.pop("source_file", None)
+    drop_accepted_no_effect(sections)
+    for key in _RESTATING_KEYS:  # what they restate is stored too
+        parent, _, leaf = key.rpartition(".")
+        present, node = _lookup(sections, parent) if parent else (True, sections)
+        if present and isinstance(node, dict) and leaf in node:
+            node[leaf] = None
+    if sections.get("loss", {}).get("name") == "joint" and sections.get("data", {}).get("use_egoexo") is False:
+        sections["data"]["use_egoexo"] = None  # the old default, meaningless in stage 2
     cfg = build(TrainConfig, sections, "")
     cfg.constants = constants
     cfg.source_file = source_file

@@ -1,14 +1,16 @@
 """The typed config: one dataclass per section of an InternLM-style config file.
 
-Field names are exactly the keys of the authors' configs (SPEC section 2), so their files load unchanged.
-Keys marked "compat" are accepted because the authors' files set them, but they configure InternLM machinery
-that has no counterpart here (token embeddings, packing, feishu alerts ...); they have no effect.
-Keys marked "added" are ours. A feature that is switched on but not built raises ConfigError in
-``validate`` rather than being ignored.
+Field names are exactly the keys of the authors' configs (docs/configs.md), so their files load unchanged. Every
+field here takes effect; keys of InternLM plumbing that mean nothing here are accepted, with no effect, by the
+loader's table ``loader.ACCEPTED_NO_EFFECT`` and never reach these classes. A value the framework does not
+implement raises ConfigError in ``validate`` saying what is supported. Keys marked "added" are ours. Keys that
+repeat what other keys already fix (token lengths, frame counts, per-chunk batch ...) default to None ("not
+given") and, when given, must agree.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -25,55 +27,36 @@ class ConvStemConfig:
 
 
 @dataclass
-class VQEmbeddingConfig:  # compat: VQGAN token embedding (not built, must stay disabled)
-    vq_model_path: str = ""
-    embedding_dim: int = 0
-    freeze_vq_model: bool = True
-
-
-@dataclass
-class VQEncoderConfig:  # compat: VQGAN encoder (not built, must stay disabled)
-    vq_model_path: str = ""
-    freeze_vq_model: bool = True
-
-
-@dataclass
 class LVMConfig:
     enable: bool = False  # VQGAN embedding of images: not built
-    embedding_cfg: VQEmbeddingConfig = field(default_factory=VQEmbeddingConfig)
     enable_conv_stem: bool = True  # the conv image projector of the paper (Table 8)
-    conv_stem_config: ConvStemConfig = field(default_factory=ConvStemConfig)
+    conv_stem_config: ConvStemConfig = field(default_factory=ConvStemConfig)  # img_size = data.vid_crop_size
     enable_encoder: bool = False  # VQGAN encoder: not built
-    encoder_cfg: VQEncoderConfig = field(default_factory=VQEncoderConfig)
 
 
-ATTN_BACKENDS = ("sdpa", "flex", "flash")
 DTYPES = ("torch.float32", "torch.tf32", "torch.float16", "torch.half", "torch.bfloat16")
 
 
 @dataclass
 class ModelConfig:
-    teacher: bool = False  # True in the `teacher` section; the teacher is always an EMA copy of the student
+    teacher: bool = False  # False in `model`, True in `teacher`; the teacher's weights are the student's EMA
     perframe_atten: bool = True  # block-causal: image tokens of one frame see each other
     use_cls_token: bool = True  # the state query token; the DINO feature is read there
-    use_multi_crop: bool = True
+    use_multi_crop: bool = True  # the student also sees the local crops (= data.use_local_crop)
     use_tracking: bool = False  # DoRA tracking: not built
     head_type: str = "dino"
-    checkpoint: Union[bool, float] = False  # fraction of blocks with activation checkpointing
+    checkpoint: Union[bool, float] = False  # fraction of blocks with activation checkpointing (student only)
     num_attention_heads: int = 8
-    embed_split_hidden: bool = True  # compat
-    vocab_size: int = 8192  # compat (VQGAN codebook)
-    embed_grad_scale: float = 1.0  # compat
-    parallel_output: bool = True  # compat
+    embed_grad_scale: float = 1.0  # InternLM's gradient scale of the token embedding: only 1 (no token embedding)
     hidden_size: int = 1024
     output_dim: int = 65536  # DINO prototypes
     num_layers: int = 22
     mlp_ratio: float = 8 / 3
     apply_post_layer_norm: bool = False
-    dtype: str = "torch.float32"
+    dtype: str = "torch.float32"  # compute dtype (autocast); weights and EMA stay fp32. The teacher runs in its own.
     norm_type: str = "rmsnorm"
     layer_norm_epsilon: float = 1e-6
-    use_flash_attn: bool = False
+    use_flash_attn: bool = False  # = attn_backend "flash"
     return_track: bool = False  # DoRA tracking attention output: not built
     causal: bool = True
     frames2batch: bool = False  # not built
@@ -103,11 +86,6 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-    @property
-    def mlp_hidden_size(self) -> int:
-        """SwiGLU width: int(d * mlp_ratio) rounded up to a multiple of 256 (InternLM)."""
-        return 256 * math.ceil(int(self.hidden_size * self.mlp_ratio) / 256)
 
     @property
     def img_size(self) -> int:
@@ -145,36 +123,34 @@ POSE_FRAMES = {
 
 @dataclass
 class DataConfig:
-    seq_len: int = 1  # compat
+    seq_len: int = 1  # InternLM's packed token sequence: only 1 (one sample per sequence; its length follows the crops)
     micro_num: int = 64  # samples (frames in stage 1, clips in stage 2) per optimizer step per GPU
-    micro_bsz: int = 1  # compat: frames per sample in stage 1 (= frames_per_clip)
-    valid_micro_num: int = 2  # compat
-    valid_every: int = 0  # compat: evaluation runs through the eval_* scripts
+    micro_bsz: int = 1  # InternLM's samples packed per micro-batch: only 1 (micro_num is the per-GPU batch)
+    valid_micro_num: int = 2  # validation batch per GPU (InternLM: micro-batches of micro_bsz = 1 sample)
+    valid_every: int = 0  # validation losses every N steps and at the end (0: never)
     gradient_accumulation: int = 1  # the per-GPU batch is split into this many chunks
-    pack_sample_into_one: bool = False  # compat
+    pack_sample_into_one: bool = False  # InternLM's sequence packing: not built
     train_one_epoch: bool = False  # stop after one pass over the data
     total_steps: int = 1000
-    skip_batches: str = ""  # compat
-    rampup_batch_size: str = ""  # compat
-    min_length: int = 0  # compat
-    train_folder: Union[list[str], str, None] = None  # WalkingTours mp4 files or frame folders
-    valid_folder: Union[list[str], str, None] = None
-    empty_cache_and_diag_interval: int = 0  # compat
-    diag_outlier_ratio: float = 1.1  # compat
-    padding_token: int = 0  # compat
-    frames_per_clip: int = 1
+    skip_batches: str = ""  # InternLM's ranges of batches to skip: not built (only "")
+    rampup_batch_size: str = ""  # InternLM's batch-size ramp-up: not built (only "")
+    train_folder: Union[list[str], str, None] = None  # stage 1: WalkingTours mp4 files or frame folders, ImageFolder
+    valid_folder: Union[list[str], str, None] = None  # stage 1 validation, same kinds (stage 2: egoexo_valid_split)
+    frames_per_clip: Optional[int] = None  # frames per sample when given: 1 in stage 1, clip_steps in stage 2
     dataset_type: str = "WTVideos"  # "Generated": random tensors of the real shapes (benchmarks, smoke tests)
-    step_between_clips: int = 30  # WalkingTours: frames between two samples of one video
+    # frames between two samples: WalkingTours frames (stage 1, default 30); clip starts (stage 2, a multiple of
+    # the 5 frames between undistorted images, default 5)
+    step_between_clips: Optional[int] = None
     global_crops_scale: tuple[float, float] = (0.4, 1.0)
     use_local_crop: bool = True
-    use_egoexo: bool = False  # stage 1: add the Ego-Exo4D frames to the WalkingTours frames
+    use_egoexo: Optional[bool] = None  # stage 1: add the Ego-Exo4D frames (default no); stage 2 is Ego-Exo4D
     local_crops_scale: tuple[float, float] = (0.05, 0.4)
     local_crops_number: int = 6
     init_crop_size: int = 300  # DoRA's first RandomResizedCrop
     vid_crop_size: int = 224  # global crop size
     local_crop_size: int = 112
     norm_vid: bool = True  # ImageNet mean/std normalisation
-    num_frame_tokens: int = 196
+    num_frame_tokens: Optional[int] = None  # (vid_crop_size / patch_size)^2 when given
     # added
     egoexo_frames_folder: str = "data/egoexo4d_v2/processed_data"
     egoexo_pose_folder: str = "data/egoexo4d_body_pose"
@@ -192,6 +168,12 @@ class DataConfig:
     def steps_per_clip(self) -> int:
         return self.clip_frames // self.clip_steps
 
+    def frame_stride(self, joint: bool) -> int:
+        """step_between_clips, or its default for the stage."""
+        if self.step_between_clips is not None:
+            return self.step_between_clips
+        return 5 if joint else 30
+
     def folders(self, which: str) -> list[str]:
         value = self.train_folder if which == "train" else self.valid_folder
         if value is None:
@@ -207,23 +189,24 @@ LOSS_NAMES = ("dinoimgcls", "joint")
 @dataclass
 class LossConfig:
     name: str = "dinoimgcls"  # dinoimgcls: stage 1 (L_rep on frames); joint: stage 2 (L_rep + L_pred + L_act)
-    incld_cls_token: bool = True
-    use_multicrop: bool = True
+    incld_cls_token: bool = True  # the loss is on the state query ("cls") token: only True
+    use_multicrop: bool = True  # local crops in the loss (= data.use_local_crop)
     use_tracking: bool = False  # not built
-    out_dim: int = 65536
-    local_crops_number: int = 6
+    out_dim: int = 65536  # = model.output_dim
+    local_crops_number: int = 6  # = data.local_crops_number (when use_multicrop)
     warmup_teacher_temp: float = 0.04
     teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: float = 3
     epochs: float = 101  # an "epoch" here is total_steps / epochs optimizer steps (for the warm-ups above)
-    grad_accum: int = 1  # compat: must equal data.gradient_accumulation
-    batch_size: int = 64  # compat: per-chunk batch
-    global_token_len: int = 196  # compat: checked against the crop size
-    local_token_len: int = 49
-    nframes: int = 1
+    grad_accum: int = 1  # = data.gradient_accumulation
+    batch_size: Optional[int] = None  # per-chunk batch: micro_num / gradient_accumulation when given
+    global_token_len: Optional[int] = None  # image tokens of a global crop: (vid_crop_size / patch_size)^2
+    local_token_len: Optional[int] = None  # image tokens of a local crop: (local_crop_size / patch_size)^2
+    nframes: Optional[int] = None  # frames per sample: 1 (stage 1), clip_steps (stage 2)
     # added
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    freeze_last_layer_steps: int = 0  # DINO: no update of the heads' last (prototype) layer for the first N steps
     rep_weight: float = 1.0  # w_rep (paper eq. 4; the values are lost from the text)
     pred_weight: float = 1.0  # w_pred
     act_weight: float = 1.0  # w_act
@@ -240,8 +223,8 @@ class LossConfig:
 class AdamConfig:
     lr: float = 5e-4
     adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_beta2_c: float = 0.0
+    adam_beta2: float = 0.999  # beta2 of the first step; later steps follow beta2_scheduler
+    adam_beta2_c: float = 0.0  # the authors' files copy it into beta2_scheduler.c: must equal it
     adam_eps: float = 1e-8
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
@@ -251,13 +234,13 @@ class AdamConfig:
 
 @dataclass
 class LrSchedulerConfig:
-    total_steps: int = 1000
-    init_steps: int = 0  # compat
+    total_steps: int = 1000  # = data.total_steps (follows a --opt data.total_steps)
+    init_steps: int = 0  # InternLM's steps before the warm-up: only 0
     warmup_ratio: float = 0.1
     eta_min: float = 5e-6
-    last_epoch: int = -1  # compat
+    last_epoch: int = -1  # torch's scheduler position: only -1 (a resumed run restores the step)
     # added
-    warmup_steps: Optional[int] = None  # overrides warmup_ratio (stage 2: 1800)
+    warmup_steps: Optional[int] = None  # the warm-up in steps (stage 2: 1800); with warmup_ratio, they must agree
 
     def resolved_warmup_steps(self) -> int:
         if self.warmup_steps is not None:
@@ -267,9 +250,12 @@ class LrSchedulerConfig:
 
 @dataclass
 class Beta2SchedulerConfig:
-    init_beta2: float = 0.999
-    c: float = 0.0  # only a constant beta2 (c = 0) is built
-    cur_iter: int = -1  # compat
+    """InternLM's beta2 schedule: after k >= 1 optimizer steps beta2 = max(init_beta2, 1 - k^-c) (c > 0), or
+    init_beta2 (c = 0); the first step uses adam.adam_beta2."""
+
+    init_beta2: Optional[float] = None  # None: adam.adam_beta2
+    c: float = 0.0
+    cur_iter: int = -1  # the schedule's starting iteration: only -1 (a resumed run restores the step)
 
 
 @dataclass
@@ -290,8 +276,6 @@ class GradScalerConfig:
 
 @dataclass
 class ZeroOptimizerConfig:
-    overlap_sync_grad: bool = False  # compat
-    overlap_sync_param: bool = False  # compat
     reduce_bucket_size: int = 512 * 1024 * 1024  # DDP bucket size in bytes
     clip_grad_norm: float = 1.0
     # added
@@ -301,17 +285,19 @@ class ZeroOptimizerConfig:
 @dataclass
 class MomentumSchedulerConfig:
     momentum_teacher: float = 0.996
-    epochs: float = 101  # compat: the cosine runs over data.total_steps
+    epochs: Optional[float] = None  # the cosine runs over epochs x (total_steps / loss.epochs) steps; None: loss.epochs
     # added
     momentum_teacher_end: float = 1.0
 
 
 @dataclass
-class KDConfig:  # compat: the authors' distillation block; the EMA teacher is configured elsewhere
-    gt_weight: float = 0.0
-    kd_weight: float = 1.0
-    type: str = "dinoimgcls"
-    temperature: float = 0.996
+class KDConfig:
+    """The authors' distillation block. It restates what other sections fix, so when given it must agree."""
+
+    gt_weight: Optional[float] = None  # weight of a supervised loss: only 0 (no labels)
+    kd_weight: Optional[float] = None  # weight of the distillation loss: only 1 (use loss.rep/pred/act_weight)
+    type: Optional[str] = None  # = loss.name
+    temperature: Optional[float] = None  # = momentum_scheduler.momentum_teacher (the authors' files repeat it)
 
 
 # --------------------------------------------------------------------------------------- parallel
@@ -326,13 +312,11 @@ class Zero1Config:
 @dataclass
 class PipelineConfig:
     size: int = 1
-    interleaved_overlap: bool = True  # compat
 
 
 @dataclass
 class TensorConfig:
     size: int = 1
-    mode: str = "mtp"  # compat
 
 
 @dataclass
@@ -364,20 +348,18 @@ class ParallelConfig:
 class LoadCkptInfo:
     path: str = ""
     content: Union[list[str], tuple[str, ...]] = ("model",)  # model | all
-    ckpt_type: str = "internlm"  # compat
+    ckpt_type: str = "internlm"  # only "internlm" (this framework's checkpoints)
 
 
 @dataclass
 class CkptConfig:
     enable_save_ckpt: bool = True
     save_ckpt_folder: Optional[str] = None
-    save_teacher_ckpt_folder: Optional[str] = None  # compat: the teacher is saved inside every checkpoint
+    # the teacher's weights are in every checkpoint; when set, {this}/{step}/teacher_tp0_pp0.pt too (a hard link)
+    save_teacher_ckpt_folder: Optional[str] = None
     load_ckpt_info: Optional[LoadCkptInfo] = None  # initialise from another run (stage 2 from stage 1)
     load_ckpt_folder: Optional[str] = None  # same as load_ckpt_info(path=..., content=("model",))
     checkpoint_every: int = 1000
-    async_upload: bool = False  # compat (boto3 upload)
-    async_upload_tmp_folder: str = ""  # compat
-    oss_snapshot_freq: int = 0  # compat
     auto_resume: bool = True  # continue from the newest complete checkpoint in save_ckpt_folder
     # added
     async_save: bool = False  # torch.distributed.checkpoint.async_save for the sharded training state
@@ -398,15 +380,7 @@ class CkptConfig:
 
 
 @dataclass
-class AlertConfig:  # compat
-    enable_feishu_alert: bool = False
-    feishu_alert_address: Optional[str] = None
-    light_monitor_address: Optional[str] = None
-
-
-@dataclass
 class MonitorConfig:
-    alert: AlertConfig = field(default_factory=AlertConfig)
     # added
     log_every: int = 10  # console line every N steps (TensorBoard gets every step)
     tensorboard_folder: Optional[str] = None  # default: {save_ckpt_folder}/tensorboard
@@ -417,7 +391,8 @@ class MonitorConfig:
 
 # ----------------------------------------------------------------------------------------- the run
 
-MODEL_TYPES = ("INTERNLM_VQGAN", "INTERNLM", "EGOAGENT")
+# The authors' name of the conv-stem InternLM, and ours; both build EgoAgent (InternLM's text model is not built).
+MODEL_TYPES = ("INTERNLM_VQGAN", "EGOAGENT")
 
 
 @dataclass
@@ -440,10 +415,9 @@ class TrainConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     model_type: str = "EGOAGENT"
     teacher_type: str = "EGOAGENT"
-    teacher_ckpt_folder: Optional[str] = None  # compat
     cudnn_deterministic: bool = False
     cudnn_benchmark: bool = False
-    JOB_NAME: str = "egoagent"
+    JOB_NAME: str = "egoagent"  # names the eval scripts' output folders
     constants: dict[str, Any] = field(default_factory=dict)
     source_file: Optional[str] = None
 
@@ -451,9 +425,20 @@ class TrainConfig:
     def stage(self) -> int:
         return 2 if self.loss.is_joint else 1
 
+    @property
+    def teacher_model(self) -> ModelConfig:
+        """The teacher section, or the student's with teacher=True (a config without one)."""
+        return self.teacher if self.teacher is not None else dataclasses.replace(self.model, teacher=True,
+                                                                                 checkpoint=False)
+
 
 def _not_built(what: str, key: str) -> ConfigError:
     return ConfigError(f"{key}: {what} is configured on, but this framework does not build it; set it off")
+
+
+def _only(key: str, value: Any, supported: Any, why: str) -> None:
+    if value != supported:
+        raise ConfigError(f"{key}={value!r}: only {supported!r} is supported ({why})")
 
 
 def _validate_model(m: ModelConfig, section: str) -> None:
@@ -482,10 +467,17 @@ def _validate_model(m: ModelConfig, section: str) -> None:
         raise ConfigError(f"{section}.use_cls_token=False: the feature is read at the state query; it must be True")
     if m.norm_type != "rmsnorm":
         raise ConfigError(f"{section}.norm_type={m.norm_type!r}: only 'rmsnorm' is built (InternLM)")
+    _only(f"{section}.embed_grad_scale", m.embed_grad_scale, 1.0,
+          "InternLM scales the gradient of its token embedding; the conv stem here is no token embedding")
     if m.dtype not in DTYPES:
         raise ConfigError(f"{section}.dtype={m.dtype!r}: expected one of {', '.join(DTYPES)}")
-    if m.attn_backend is not None and m.attn_backend not in ATTN_BACKENDS:
-        raise ConfigError(f"{section}.attn_backend={m.attn_backend!r}: expected one of {', '.join(ATTN_BACKENDS)}")
+    from internlm.model.attention import BACKENDS  # the kernels' own list (imported here: model imports config)
+
+    if m.attn_backend is not None and m.attn_backend not in BACKENDS:
+        raise ConfigError(f"{section}.attn_backend={m.attn_backend!r}: expected one of {', '.join(BACKENDS)}")
+    if m.use_flash_attn and m.attn_backend not in (None, "flash"):
+        raise ConfigError(f"{section}.use_flash_attn=True asks for flash-attn but {section}.attn_backend="
+                          f"{m.attn_backend!r}; set attn_backend='flash' or use_flash_attn=False")
     if m.hidden_size % m.num_attention_heads:
         raise ConfigError(
             f"{section}.hidden_size={m.hidden_size} is not divisible by num_attention_heads={m.num_attention_heads}"
@@ -503,10 +495,12 @@ def _validate_model(m: ModelConfig, section: str) -> None:
         )
 
 
-# Fields of the teacher section that must equal the student's: the teacher is an EMA copy of the student.
+# Fields of the teacher section that must equal the student's: the teacher's weights are the student's EMA.
+# (dtype, attn_backend / use_flash_attn and checkpoint may differ: how the teacher runs, not what it is.)
 _TEACHER_MUST_MATCH = ("hidden_size", "num_layers", "num_attention_heads", "mlp_ratio", "output_dim", "lvm_config",
                        "head_hidden_dim", "head_bottleneck_dim", "rope_base", "layer_norm_epsilon", "perframe_atten",
-                       "causal", "action_residual", "pose_normalization")
+                       "causal", "use_multi_crop", "norm_last_layer", "pose_frames", "num_joints", "pose_channels",
+                       "init_std", "action_residual", "pose_normalization")
 
 
 def _validate_ranges(cfg: TrainConfig) -> None:
@@ -523,57 +517,108 @@ def _validate_ranges(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected {kind} >= {low}")
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Cross-section checks. Raises ConfigError naming the offending key."""
-    _validate_ranges(cfg)
-    _validate_model(cfg.model, "model")
-    if cfg.teacher is not None:
-        _validate_model(cfg.teacher, "teacher")
-        for name in _TEACHER_MUST_MATCH:
-            if getattr(cfg.teacher, name) != getattr(cfg.model, name):
-                raise ConfigError(
-                    f"teacher.{name}={getattr(cfg.teacher, name)!r} differs from model.{name}="
-                    f"{getattr(cfg.model, name)!r}; the teacher is an EMA copy of the student and must match"
-                )
-    for key in ("model_type", "teacher_type"):
-        if getattr(cfg, key) not in MODEL_TYPES:
-            raise ConfigError(f"{key}={getattr(cfg, key)!r}: expected one of {', '.join(MODEL_TYPES)}")
-    loss, data, model = cfg.loss, cfg.data, cfg.model
-    if loss.name not in LOSS_NAMES:
-        raise ConfigError(f"loss.name={loss.name!r}: expected one of {', '.join(LOSS_NAMES)}")
-    if loss.use_tracking:
-        raise _not_built("DoRA's tracking loss", "loss.use_tracking=True")
-    if loss.out_dim != model.output_dim:
-        raise ConfigError(f"loss.out_dim={loss.out_dim} differs from model.output_dim={model.output_dim}")
+def _validate_teacher(cfg: TrainConfig) -> None:
+    if cfg.model.teacher:
+        raise ConfigError("model.teacher=True: the `model` section is the student (teacher=False); the teacher is "
+                          "configured in the `teacher` section")
+    if cfg.teacher is None:
+        return
+    _validate_model(cfg.teacher, "teacher")
+    if not cfg.teacher.teacher:
+        raise ConfigError("teacher.teacher=False: the `teacher` section configures the teacher (teacher=True)")
+    if cfg.teacher.checkpoint_fraction:
+        raise ConfigError(f"teacher.checkpoint={cfg.teacher.checkpoint!r}: activation checkpointing saves memory "
+                          "for the backward pass, which the teacher never runs; set it False")
+    for name in _TEACHER_MUST_MATCH:
+        if getattr(cfg.teacher, name) != getattr(cfg.model, name):
+            raise ConfigError(
+                f"teacher.{name}={getattr(cfg.teacher, name)!r} differs from model.{name}="
+                f"{getattr(cfg.model, name)!r}; the teacher is an EMA copy of the student and must match"
+            )
+
+
+def _validate_data(cfg: TrainConfig) -> None:
+    from internlm.data.egoexo_format import FRAME_STEP  # frames between two undistorted images
+
+    data, model, loss, joint = cfg.data, cfg.model, cfg.loss, cfg.loss.is_joint
     if data.dataset_type not in DATASET_TYPES:
         raise ConfigError(f"data.dataset_type={data.dataset_type!r}: expected one of {', '.join(DATASET_TYPES)}")
-    if data.dataset_type != "Generated" and loss.is_joint != (data.dataset_type == "EgoExoClips"):
+    if data.dataset_type != "Generated" and joint != (data.dataset_type == "EgoExoClips"):
         raise ConfigError(
             f"loss.name={loss.name!r} needs data.dataset_type="
-            f"{'EgoExoClips' if loss.is_joint else 'WTVideos, WT1Video or ImgNetDINO'}, got {data.dataset_type!r}"
+            f"{'EgoExoClips' if joint else 'WTVideos, WT1Video or ImgNetDINO'}, got {data.dataset_type!r}"
         )
-    n_local = data.local_crops_number if data.use_local_crop else 0
-    if loss.use_multicrop and loss.local_crops_number != n_local:
-        raise ConfigError(f"loss.local_crops_number={loss.local_crops_number} differs from the data's "
-                          f"{n_local} local crops")
-    if data.gradient_accumulation < 1 or data.micro_num % data.gradient_accumulation:
+    _only("data.seq_len", data.seq_len, 1, "every sample is its own sequence; its length follows from the crops")
+    _only("data.micro_bsz", data.micro_bsz, 1, "data.micro_num is the per-GPU batch; samples are not packed")
+    _only("data.pack_sample_into_one", data.pack_sample_into_one, False, "sequence packing is not built")
+    _only("data.skip_batches", data.skip_batches, "", "skipping batch ranges is not built")
+    _only("data.rampup_batch_size", data.rampup_batch_size, "", "a batch-size ramp-up is not built")
+    if data.micro_num < 1 or data.gradient_accumulation < 1 or data.micro_num % data.gradient_accumulation:
         raise ConfigError(
             f"data.gradient_accumulation={data.gradient_accumulation} must divide data.micro_num={data.micro_num}"
         )
-    if loss.grad_accum != data.gradient_accumulation:
-        raise ConfigError(
-            f"loss.grad_accum={loss.grad_accum} differs from data.gradient_accumulation={data.gradient_accumulation}"
-        )
+    if data.valid_every < 0 or data.valid_micro_num < 1:
+        raise ConfigError(f"data.valid_every={data.valid_every} must be >= 0 and data.valid_micro_num="
+                          f"{data.valid_micro_num} >= 1")
+    if joint:
+        if data.frames_per_clip not in (None, data.clip_steps):
+            raise ConfigError(f"data.frames_per_clip={data.frames_per_clip}: a stage-2 sample holds the "
+                              f"data.clip_steps={data.clip_steps} images of a clip")
+        if data.frame_stride(True) % FRAME_STEP or data.frame_stride(True) < 1:
+            raise ConfigError(f"data.step_between_clips={data.step_between_clips}: clips start at undistorted images, "
+                              f"every {FRAME_STEP} frames; use a multiple of {FRAME_STEP}")
+        if data.use_egoexo is False:
+            raise ConfigError("data.use_egoexo=False: stage 2 trains on Ego-Exo4D clips (data.egoexo_*)")
+        for key in ("train_folder", "valid_folder"):
+            if getattr(data, key):
+                raise ConfigError(f"data.{key}={getattr(data, key)!r}: stage 2 reads Ego-Exo4D clips from "
+                                  "data.egoexo_frames_folder / egoexo_pose_folder (splits data.egoexo_train_split, "
+                                  f"egoexo_valid_split); unset data.{key}")
+    else:
+        if data.frames_per_clip is not None:
+            _only("data.frames_per_clip", data.frames_per_clip, 1, "stage-1 samples are single frames")
+        if data.frame_stride(False) < 1:
+            raise ConfigError(f"data.step_between_clips={data.step_between_clips} must be >= 1")
+        if data.valid_every and not (data.folders("valid") or data.use_egoexo or data.dataset_type == "Generated"):
+            raise ConfigError(f"data.valid_every={data.valid_every} needs data.valid_folder (the stage-1 "
+                              "validation frames) or data.use_egoexo (the frames of egoexo_valid_split)")
+        if data.folders("valid") and not data.valid_every:
+            raise ConfigError(f"data.valid_folder={data.valid_folder!r} is read only by the validation runs; set "
+                              "data.valid_every (steps between validations) or unset valid_folder")
+    local = data.use_local_crop
+    for key, value in (("model.use_multi_crop", model.use_multi_crop), ("loss.use_multicrop", loss.use_multicrop)):
+        if value != local:
+            raise ConfigError(f"{key}={value} but data.use_local_crop={local}: these say whether the student also "
+                              "sees local crops; set them alike")
+    n_local = data.local_crops_number if local else 0
+    if loss.use_multicrop and loss.local_crops_number != n_local:
+        raise ConfigError(f"loss.local_crops_number={loss.local_crops_number} differs from the data's {n_local} local "
+                          f"crops (data.local_crops_number={data.local_crops_number}, use_local_crop={local})")
     patch = model.patch_size
     for key, size in (("data.vid_crop_size", data.vid_crop_size), ("data.local_crop_size", data.local_crop_size),
                       ("data.pred_img_size", data.pred_img_size)):
         if size % patch:
-            raise ConfigError(f"{key}={size} is not a multiple of the patch size {patch}")
-    if (data.vid_crop_size // patch) ** 2 != data.num_frame_tokens:
-        raise ConfigError(
-            f"data.num_frame_tokens={data.num_frame_tokens} but a {data.vid_crop_size}px crop gives "
-            f"{(data.vid_crop_size // patch) ** 2} tokens of {patch}px"
-        )
+            raise ConfigError(f"{key}={size} is not a multiple of the patch size "
+                              f"(model.lvm_config.conv_stem_config.patch_size={patch})")
+    if model.img_size != data.vid_crop_size:
+        raise ConfigError(f"model.lvm_config.conv_stem_config.img_size={model.img_size} differs from "
+                          f"data.vid_crop_size={data.vid_crop_size}, the size the model is trained on")
+    tokens = {"global": (data.vid_crop_size // patch) ** 2, "local": (data.local_crop_size // patch) ** 2}
+    for key, value, want, what in (
+            ("data.num_frame_tokens", data.num_frame_tokens, tokens["global"],
+             f"data.vid_crop_size={data.vid_crop_size}"),
+            ("loss.global_token_len", loss.global_token_len, tokens["global"],
+             f"data.vid_crop_size={data.vid_crop_size}"),
+            ("loss.local_token_len", loss.local_token_len, tokens["local"],
+             f"data.local_crop_size={data.local_crop_size}"),
+            ("loss.nframes", loss.nframes, data.clip_steps if joint else 1,
+             f"a stage-{cfg.stage} sample (data.clip_steps={data.clip_steps})" if joint else "a stage-1 sample"),
+            ("loss.batch_size", loss.batch_size, data.micro_num // data.gradient_accumulation,
+             f"data.micro_num={data.micro_num} / gradient_accumulation={data.gradient_accumulation}")):
+        if value is not None and value != want:
+            unit = "frames" if key == "loss.nframes" else "samples" if key == "loss.batch_size" else \
+                f"tokens of model.lvm_config.conv_stem_config.patch_size={patch}px"
+            raise ConfigError(f"{key}={value} but {what} gives {want} {unit}")
     if data.clip_frames % data.clip_steps or data.steps_per_clip != model.pose_frames:
         raise ConfigError(
             f"data.clip_frames={data.clip_frames} / data.clip_steps={data.clip_steps} must equal "
@@ -581,6 +626,71 @@ def validate(cfg: TrainConfig) -> None:
         )
     if data.pose_frame not in POSE_FRAMES:
         raise ConfigError(f"data.pose_frame={data.pose_frame!r}: expected one of {', '.join(POSE_FRAMES)}")
+
+
+def _validate_optimisation(cfg: TrainConfig) -> None:
+    data, lr, kd = cfg.data, cfg.lr_scheduler, cfg.kd_config
+    if cfg.adam.adam_beta2_c != cfg.beta2_scheduler.c:
+        raise ConfigError(f"adam.adam_beta2_c={cfg.adam.adam_beta2_c} differs from beta2_scheduler.c="
+                          f"{cfg.beta2_scheduler.c}; the schedule reads beta2_scheduler.c (set both)")
+    if cfg.beta2_scheduler.c < 0:
+        raise ConfigError(f"beta2_scheduler.c={cfg.beta2_scheduler.c} must be >= 0")
+    _only("beta2_scheduler.cur_iter", cfg.beta2_scheduler.cur_iter, -1, "the schedule's clock is the optimizer "
+          "step, restored on resume")
+    _only("lr_scheduler.init_steps", lr.init_steps, 0, "the warm-up starts at step 0")
+    _only("lr_scheduler.last_epoch", lr.last_epoch, -1, "the schedule's clock is the optimizer step, restored on "
+          "resume")
+    if lr.total_steps != data.total_steps:
+        raise ConfigError(
+            f"lr_scheduler.total_steps={lr.total_steps} differs from data.total_steps={data.total_steps}"
+        )
+    if lr.warmup_steps is not None and lr.warmup_ratio and round(lr.total_steps * lr.warmup_ratio) != lr.warmup_steps:
+        raise ConfigError(f"lr_scheduler.warmup_ratio={lr.warmup_ratio} of lr_scheduler.total_steps={lr.total_steps} "
+                          f"is {round(lr.total_steps * lr.warmup_ratio)} warm-up steps, but lr_scheduler.warmup_steps="
+                          f"{lr.warmup_steps}; set one of them, e.g. --opt lr_scheduler.warmup_steps="
+                          f"{round(lr.total_steps * lr.warmup_ratio)}")
+    if not 0 <= lr.resolved_warmup_steps() <= data.total_steps:
+        raise ConfigError(f"lr_scheduler: the warm-up ({lr.resolved_warmup_steps()} steps) is longer than "
+                          f"data.total_steps={data.total_steps}")
+    if cfg.momentum_scheduler.epochs is not None and cfg.momentum_scheduler.epochs <= 0:
+        raise ConfigError(f"momentum_scheduler.epochs={cfg.momentum_scheduler.epochs} must be > 0")
+    if not 0 <= cfg.loss.freeze_last_layer_steps <= data.total_steps:
+        raise ConfigError(f"loss.freeze_last_layer_steps={cfg.loss.freeze_last_layer_steps} must be in "
+                          f"[0, data.total_steps={data.total_steps}]")
+    for key, value, want, why in (
+            ("gt_weight", kd.gt_weight, 0.0, "there are no ground-truth labels to supervise with"),
+            ("kd_weight", kd.kd_weight, 1.0, "the loss terms are weighted by loss.rep_weight/pred_weight/act_weight"),
+            ("type", kd.type, cfg.loss.name, "it restates loss.name"),
+            ("temperature", kd.temperature, cfg.momentum_scheduler.momentum_teacher,
+             "the authors' files repeat momentum_scheduler.momentum_teacher here")):
+        if value is not None:
+            _only(f"kd_config.{key}", value, want, why)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Cross-section checks. Raises ConfigError naming the offending key."""
+    _validate_ranges(cfg)
+    _validate_model(cfg.model, "model")
+    _validate_teacher(cfg)
+    for key, value in (("model_type", cfg.model_type), ("teacher_type", cfg.teacher_type)):
+        if value not in MODEL_TYPES:
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(MODEL_TYPES)} (both build EgoAgent; "
+                              "InternLM's text model is not built)")
+    loss = cfg.loss
+    if loss.name not in LOSS_NAMES:
+        raise ConfigError(f"loss.name={loss.name!r}: expected one of {', '.join(LOSS_NAMES)}")
+    _only("loss.incld_cls_token", loss.incld_cls_token, True, "the DINO loss is on the state query token")
+    if loss.use_tracking:
+        raise _not_built("DoRA's tracking loss", "loss.use_tracking=True")
+    if loss.out_dim != cfg.model.output_dim:
+        raise ConfigError(f"loss.out_dim={loss.out_dim} differs from model.output_dim={cfg.model.output_dim}")
+    if loss.grad_accum != cfg.data.gradient_accumulation:
+        raise ConfigError(
+            f"loss.grad_accum={loss.grad_accum} differs from data.gradient_accumulation="
+            f"{cfg.data.gradient_accumulation}"
+        )
+    _validate_data(cfg)
+    _validate_optimisation(cfg)
     par = cfg.parallel
     if par.pipeline_size != 1:
         raise _not_built("pipeline parallelism", f"parallel.pipeline.size={par.pipeline_size}")
@@ -588,18 +698,9 @@ def validate(cfg: TrainConfig) -> None:
         raise _not_built("tensor parallelism", f"parallel.tensor={par.tensor_size}")
     if par.sequence_parallel:
         raise _not_built("sequence parallelism", "parallel.sequence_parallel=True")
-    if cfg.beta2_scheduler.c != 0:
-        raise _not_built("a beta2 schedule", f"beta2_scheduler.c={cfg.beta2_scheduler.c}")
-    if cfg.adam.adam_beta2_c != 0:
-        raise _not_built("a beta2 schedule", f"adam.adam_beta2_c={cfg.adam.adam_beta2_c}")
-    if cfg.lr_scheduler.total_steps != data.total_steps:
-        raise ConfigError(
-            f"lr_scheduler.total_steps={cfg.lr_scheduler.total_steps} differs from data.total_steps={data.total_steps}"
-        )
-    if not 0 <= cfg.lr_scheduler.resolved_warmup_steps() <= data.total_steps:
-        raise ConfigError("lr_scheduler: the warm-up is longer than data.total_steps")
     info = cfg.ckpt.init_source()
     if info is not None:
         bad = [c for c in info.content if c not in ("model", "all")]
         if bad:
             raise ConfigError(f"ckpt.load_ckpt_info.content: {bad} not understood; use ('model',) or ('all',)")
+        _only("ckpt.load_ckpt_info.ckpt_type", info.ckpt_type, "internlm", "this framework's own checkpoints")

@@ -33,12 +33,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if _is_union(tp):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _convert(value, option, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: {value!r} is not one of {_type_name(tp)}")
     if tp is type(None):
         if value is None:

@@ -1,4 +1,4 @@
-"""Bad input: what the loaders do with corrupt files and broken annotations (SPEC section 5).
+"""Bad input: what the loaders do with corrupt files and broken annotations (docs/data_formats.md).
 
 Two kinds of problems:
 - found while indexing (missing frame files, pose frames with NaN or missing keys, unreadable pose or video

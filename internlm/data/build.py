@@ -20,6 +20,7 @@ from ..config.schema import DataConfig
 from ..initialize.signals import ignore_preemption_signals
 from .bad_samples import IndexReport
 from .egoexo_clips import EgoExoClips, build_clip_index, index_egoexo_frames
+from .generated import GeneratedSamples
 from .image_folder import ImageFolderEval, ImageFolderIndex
 from .pose_index import load_pose_index
 from .sampler import EvalShardSampler, StepBatchSampler
@@ -32,12 +33,6 @@ logger = logging.getLogger("internlm.data")
 
 def _split_dir(data_cfg: DataConfig, split: str) -> str:
     return os.path.join(data_cfg.egoexo_pose_folder, split)
-
-
-def _check_frames_per_clip(data_cfg: DataConfig) -> None:
-    if data_cfg.frames_per_clip != 1:
-        raise ValueError(f"data.frames_per_clip={data_cfg.frames_per_clip}: stage-1 samples are single frames "
-                         "(the authors' configs use 1); multi-frame samples are not built")
 
 
 def _existing(key: str, path: str) -> str:
@@ -58,27 +53,29 @@ def _egoexo_roots(data_cfg: DataConfig, split: str) -> tuple[str, str]:
             _existing("data.egoexo_pose_folder", _split_dir(data_cfg, split)))
 
 
-def build_stage1_frames(data_cfg: DataConfig) -> FrameIndex:
-    """The frames of a WTVideos / WT1Video run: WalkingTours sources, plus Ego-Exo4D train frames if use_egoexo.
+def build_stage1_frames(data_cfg: DataConfig, which: str = "train") -> FrameIndex:
+    """The frames of a WTVideos / WT1Video run (``which``: train or valid): WalkingTours sources
+    (data.train_folder / valid_folder), plus the Ego-Exo4D frames of that split if use_egoexo.
 
     Every configured root must exist and yield frames, except that a video file that cannot be opened is bad
     input: left out and reported, like a corrupt file inside a folder."""
-    folders = data_cfg.folders("train")
+    folders = data_cfg.folders(which)
     if data_cfg.dataset_type == "WT1Video" and len(folders) != 1:
-        raise ValueError(f"data.dataset_type='WT1Video' needs exactly one data.train_folder entry, got {folders}")
+        raise ValueError(f"data.dataset_type='WT1Video' needs exactly one data.{which}_folder entry, got {folders}")
     parts = []
     for folder in map(os.fspath, folders):
-        part = index_walking_tours([_existing("data.train_folder", folder)], data_cfg.step_between_clips)
+        part = index_walking_tours([_existing(f"data.{which}_folder", folder)], data_cfg.frame_stride(joint=False))
         if not (os.path.isfile(folder) and folder.lower().endswith(VIDEO_EXTENSIONS)):
-            _require_samples(len(part), "data.train_folder", folder, part.report)
+            _require_samples(len(part), f"data.{which}_folder", folder, part.report)
         parts.append(part)
     if data_cfg.use_egoexo:
-        frames_folder, pose_dir = _egoexo_roots(data_cfg, data_cfg.egoexo_train_split)
+        split = data_cfg.egoexo_train_split if which == "train" else data_cfg.egoexo_valid_split
+        frames_folder, pose_dir = _egoexo_roots(data_cfg, split)
         part = index_egoexo_frames(frames_folder, pose_dir)
         _require_samples(len(part), "data.egoexo_frames_folder", f"{frames_folder} (the takes of {pose_dir})",
                          part.report)
         parts.append(part)
-    index = FrameIndex.concat(parts, "stage-1 frames")
+    index = FrameIndex.concat(parts, f"stage-1 {which} frames")
     for part in parts:
         part.report.log()
     logger.info("stage-1 frames: %d (%s)", len(index), ", ".join(f"{p.report.what}: {len(p)}" for p in parts))
@@ -90,7 +87,7 @@ def build_clip_dataset(data_cfg: DataConfig, split: str, train: bool, cache_dir:
     frames_folder, pose_dir = _egoexo_roots(data_cfg, split)
     poses = load_pose_index(pose_dir, cache_dir=cache_dir, workers=index_workers)
     index = build_clip_index(poses, frames_folder, data_cfg.clip_frames, data_cfg.clip_steps,
-                             what=f"Ego-Exo4D clips ({split})")
+                             what=f"Ego-Exo4D clips ({split})", start_every=data_cfg.frame_stride(joint=True))
     _require_samples(len(index), "data.egoexo_frames_folder", f"{frames_folder} (with the poses of {pose_dir})",
                      index.report)
     index.report.log()
@@ -118,23 +115,59 @@ def pose_statistics(data_cfg: DataConfig, max_clips: int = 4096) -> tuple[torch.
 
 
 def build_train_dataset(data_cfg: DataConfig, cache_dir: Optional[str] = None,
-                        index_workers: Optional[int] = None) -> Dataset:
-    """The training set of ``data_cfg.dataset_type``; items are keyed by (dataset_index, draw_id)."""
+                        index_workers: Optional[int] = None, joint: Optional[bool] = None) -> Dataset:
+    """The training set of ``data_cfg.dataset_type``; items are keyed by (dataset_index, draw_id).
+
+    ``joint`` (stage 2: clips with poses) is needed only by "Generated", whose samples take the stage's shapes."""
     kind = data_cfg.dataset_type
+    if kind == "Generated":
+        if joint is None:
+            raise ValueError("data.dataset_type='Generated' needs the stage: build_train_dataset(..., joint=...)")
+        return GeneratedSamples(data_cfg, joint)
     if kind == "EgoExoClips":
         return build_clip_dataset(data_cfg, data_cfg.egoexo_train_split, True, cache_dir, index_workers)
-    _check_frames_per_clip(data_cfg)
+    return _stage1_dataset(data_cfg, "train")
+
+
+def _stage1_dataset(data_cfg: DataConfig, which: str) -> Dataset:
+    kind = data_cfg.dataset_type
     transform = MultiCropTransform(MultiCropConfig.from_data_config(data_cfg))
     if kind in ("WTVideos", "WT1Video"):
-        return MultiCropFrames(build_stage1_frames(data_cfg), transform, data_cfg.seed, kind)
+        return MultiCropFrames(build_stage1_frames(data_cfg, which), transform, data_cfg.seed, kind)
     if kind == "ImgNetDINO":
-        folders = data_cfg.folders("train")
+        folders = data_cfg.folders(which)
         if len(folders) != 1:
-            raise ValueError(f"data.dataset_type='ImgNetDINO' needs one ImageFolder root in data.train_folder, "
+            raise ValueError(f"data.dataset_type='ImgNetDINO' needs one ImageFolder root in data.{which}_folder, "
                              f"got {folders}")
-        return MultiCropFrames(ImageFolderIndex(_existing("data.train_folder", folders[0])), transform, data_cfg.seed,
-                               f"ImgNetDINO {folders[0]}")
-    raise ValueError(f"data.dataset_type={kind!r}: expected WTVideos, WT1Video, ImgNetDINO or EgoExoClips")
+        root = _existing(f"data.{which}_folder", folders[0])
+        return MultiCropFrames(ImageFolderIndex(root), transform, data_cfg.seed, f"ImgNetDINO {root}")
+    raise ValueError(f"data.dataset_type={kind!r}: expected WTVideos, WT1Video, ImgNetDINO, EgoExoClips or Generated")
+
+
+def build_valid_dataset(data_cfg: DataConfig, joint: bool, cache_dir: Optional[str] = None) -> Dataset:
+    """The validation set of a training run: stage 1 the frames of data.valid_folder (with the Ego-Exo4D frames of
+    data.egoexo_valid_split if use_egoexo), stage 2 the clips of egoexo_valid_split; with the training crops, drawn
+    from a fixed generator per sample (int keys), so every validation sees the same crops."""
+    if data_cfg.dataset_type == "Generated":
+        return GeneratedSamples(data_cfg, joint, length=4 * data_cfg.valid_micro_num)
+    if joint:
+        return build_clip_dataset(data_cfg, data_cfg.egoexo_valid_split, True, cache_dir)
+    return _stage1_dataset(data_cfg, "valid")
+
+
+def build_valid_loader(data_cfg: DataConfig, rank: int, world_size: int, joint: bool,
+                       dataset: Optional[Dataset] = None) -> DataLoader:
+    """This rank's batches of data.valid_micro_num validation samples. Every rank gets the same number of full
+    batches (the last len(dataset) mod (valid_micro_num x world_size) samples are left out), so that collectives
+    inside the forward (FSDP2) stay in step."""
+    dataset = dataset if dataset is not None else build_valid_dataset(data_cfg, joint)
+    per_round = data_cfg.valid_micro_num * world_size
+    used = len(dataset) // per_round * per_round
+    if used == 0:
+        raise ValueError(f"the validation set has {len(dataset)} samples, fewer than data.valid_micro_num="
+                         f"{data_cfg.valid_micro_num} x {world_size} ranks")
+    return build_eval_loader(dataset, data_cfg.valid_micro_num, rank, world_size, data_cfg.num_workers,
+                             num_samples=used)
 
 
 def _single_threaded_opencv() -> None:
@@ -149,11 +182,12 @@ def _single_threaded_opencv() -> None:
 
 def build_train_loader(data_cfg: DataConfig, rank: int, world_size: int, consumed: int,
                        dataset: Optional[Dataset] = None, pin_memory: Optional[bool] = None,
-                       prefetch_factor: int = 2, cache_dir: Optional[str] = None) -> DataLoader:
+                       prefetch_factor: int = 2, cache_dir: Optional[str] = None,
+                       joint: Optional[bool] = None) -> DataLoader:
     """Batches of this rank's ``data.micro_num`` samples per optimizer step, continuing the global stream at
     ``consumed`` (global samples consumed so far). Endless unless ``data.train_one_epoch``. The workers ignore the
     pre-emption signals (start them under ``initialize.signals.preemption_signals_blocked``)."""
-    dataset = dataset if dataset is not None else build_train_dataset(data_cfg, cache_dir)
+    dataset = dataset if dataset is not None else build_train_dataset(data_cfg, cache_dir, joint=joint)
     sampler = StepBatchSampler(len(dataset), data_cfg.micro_num, rank, world_size, data_cfg.seed, start=consumed,
                                shuffle=True, one_epoch=data_cfg.train_one_epoch)
     workers = data_cfg.num_workers
@@ -174,9 +208,10 @@ def build_eval_clip_dataset(data_cfg: DataConfig, split: Optional[str] = None,
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
-                      num_workers: int = 0) -> DataLoader:
-    """This rank's contiguous shard of ``dataset`` in order (gather by ``sample_id`` to restore the full order)."""
-    sampler = EvalShardSampler(len(dataset), batch_size, rank, world_size)
+                      num_workers: int = 0, num_samples: Optional[int] = None) -> DataLoader:
+    """This rank's contiguous shard of ``dataset`` (its first ``num_samples``) in order (gather by ``sample_id`` to
+    restore the full order)."""
+    sampler = EvalShardSampler(len(dataset) if num_samples is None else num_samples, batch_size, rank, world_size)
     if num_workers > 0:
         _single_threaded_opencv()
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)

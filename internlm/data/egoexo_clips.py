@@ -18,8 +18,14 @@ from torch.utils.data import Dataset
 
 from ..config.schema import POSE_FRAMES
 from .bad_samples import IndexReport, KnownBadFiles
-from .egoexo_format import (FRAME_STEP, MISSING_JOINT_VALUE, camera_to_world, processed_frame_path,
-                            processed_frames_dir, world_to_camera)
+from .egoexo_format import (
+    FRAME_STEP,
+    MISSING_JOINT_VALUE,
+    camera_to_world,
+    processed_frame_path,
+    processed_frames_dir,
+    world_to_camera,
+)
 from .pose_index import PoseIndex, list_fragments
 from .sampler import sample_rng
 from .transforms import MultiCropTransform, Normalizer, resize_square
@@ -87,12 +93,14 @@ class ClipIndex:
 
 
 def build_clip_index(poses: PoseIndex, frames_folder: str, clip_frames: int = 20, clip_steps: int = 4,
-                     what: str = "Ego-Exo4D clips") -> ClipIndex:
-    """All valid windows, vectorised over the F pose rows (1.4M clips from 9.5M rows in seconds)."""
+                     what: str = "Ego-Exo4D clips", start_every: int = IMAGE_EVERY) -> ClipIndex:
+    """All valid windows starting at a frame that is a multiple of ``start_every`` (data.step_between_clips, a
+    multiple of IMAGE_EVERY), vectorised over the F pose rows (1.4M clips from 9.5M rows in seconds)."""
     step = clip_frames // clip_steps
-    if clip_frames % clip_steps or step % IMAGE_EVERY:
-        raise ValueError(f"clip_frames={clip_frames} / clip_steps={clip_steps}: steps must be a multiple of "
-                         f"{IMAGE_EVERY} frames (images exist for every {IMAGE_EVERY}th frame)")
+    if clip_frames % clip_steps or step % IMAGE_EVERY or start_every % IMAGE_EVERY:
+        raise ValueError(f"clip_frames={clip_frames} / clip_steps={clip_steps}, step_between_clips={start_every}: "
+                         f"steps and clip starts must be multiples of {IMAGE_EVERY} frames (images exist for every "
+                         f"{IMAGE_EVERY}th frame)")
     report = IndexReport(what)
     report.merge(poses.report)
     frames, take_of_row = np.asarray(poses.frames), poses.take_of_row
@@ -100,7 +108,7 @@ def build_clip_index(poses: PoseIndex, frames_folder: str, clip_frames: int = 20
     last = starts + clip_frames - 1
     # rows are unique sorted frames per take, so 20 rows of one take spanning 19 frames are consecutive
     ok = (take_of_row[starts] == take_of_row[last]) & (frames[last] - frames[starts] == clip_frames - 1)
-    ok &= frames[starts] % IMAGE_EVERY == 0
+    ok &= frames[starts] % start_every == 0
     starts = starts[ok]
     takes = take_of_row[starts]
 
@@ -197,7 +205,7 @@ class EgoExoClips(Dataset):
         for t, frame in enumerate(frame_ids):
             if t == crop_step:
                 mc = self.multicrop
-                reduce = lambda hw: largest_reduction(mc.min_init_box_side(*hw), mc.cfg.init_crop_size)  # noqa: E731
+                reduce = lambda hw, mc=mc: largest_reduction(mc.min_init_box_side(*hw), mc.cfg.init_crop_size)  # noqa: E731
             else:
                 reduce = lambda hw: largest_reduction(min(hw), size)  # noqa: E731
             image = read_image(processed_frame_path(self.frames_folder, take_uid, int(frame)), reduce)

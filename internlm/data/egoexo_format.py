@@ -1,4 +1,4 @@
-"""The on-disk layouts of Ego-Exo4D (SPEC section 5): constants, path templates and small readers.
+"""The on-disk layouts of Ego-Exo4D (also in docs/data_formats.md): constants, path templates and small readers.
 
 RAW layout (what the Ego-Exo4D download gives, and what ``make_synthetic_egoworld.py`` writes), under ``root``
 (default ``data/egoexo4d_v2``):

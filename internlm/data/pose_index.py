@@ -1,4 +1,4 @@
-"""A compact, cached index of one split of processed Ego-Exo4D poses (SPEC section 5).
+"""A compact, cached index of one split of processed Ego-Exo4D poses (docs/data_formats.md).
 
 The processed poses are ~100-frame JSON fragments per take, overlapping by 5 frames
 (``{split}/{take_uid}_{first}-{last}.json``: {frame: {"pose": 17x3, "confidence": 17, "trajectory": 3,

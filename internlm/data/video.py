@@ -16,7 +16,6 @@ import numpy as np
 
 from .bad_samples import BadSampleError
 
-JPEG_EXTENSIONS = (".jpg", ".jpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 

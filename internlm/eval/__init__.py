@@ -1,4 +1,5 @@
-"""The three EgoAgent evaluations (SPEC section 7): metric code shared by the top-level eval scripts.
+"""The three EgoAgent evaluations: metric code shared by the top-level eval scripts (each script's --help states
+its protocol).
 
 knn.py        weighted kNN classification (eval_knn_conv_stem_cls.py)
 retrieval.py  future-state retrieval ranks, Top-1 and mAP (eval_feature_retrieval.py)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 from typing import Iterable, Optional, Sequence
 
 import torch
 from tqdm import tqdm
 
-from internlm.checkpoint.export import load_model
+from internlm.checkpoint.atomic import atomic_write_json as write_json  # noqa: F401  (the eval scripts' writer)
 from internlm.checkpoint.layout import resolve_checkpoint
+from internlm.checkpoint.weights import load_model
 from internlm.config import ConfigError, TrainConfig, load_config, parse_override
-from internlm.initialize.launch import LAUNCHERS, DistContext, init_distributed
+from internlm.initialize.arguments import add_launch_args  # noqa: F401  (the eval scripts' launch options)
+from internlm.initialize.launch import DistContext, init_distributed
+from internlm.model.attention import BACKENDS
 from internlm.monitor.logging_setup import setup_logging
 
 logger = logging.getLogger("internlm.eval")
@@ -34,22 +35,13 @@ def load_eval_config(args: argparse.Namespace) -> TrainConfig:
         raise SystemExit(f"config error: {exc}") from None
 
 
-def add_launch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--launcher", choices=LAUNCHERS, default=None,
-                   help="slurm: under srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST); "
-                        "torch: under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); "
-                        "default: torchrun's variables if set, else one process")
-    p.add_argument("--port", type=int, default=None, help="master port (default: MASTER_PORT, else 29500)")
-    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
-
-
 def add_checkpoint_args(p: argparse.ArgumentParser, default_which: str = "model") -> None:
     p.add_argument("--ckpt_folder", default=None,
                    help="a checkpoint step folder, or a run folder (-> its newest complete step); default: the "
                         "newest complete checkpoint in the config's ckpt.save_ckpt_folder")
     p.add_argument("--which", choices=("model", "teacher"), default=default_which,
                    help=f"student ('model') or EMA teacher weights (default: {default_which})")
-    p.add_argument("--attn_backend", choices=("sdpa", "flex", "flash"), default="sdpa",
+    p.add_argument("--attn_backend", choices=BACKENDS, default="sdpa",
                    help="attention kernel (default sdpa: runs everywhere, same numbers as the others)")
 
 
@@ -91,14 +83,6 @@ def num_batches(num_items: int, batch_size: int, world_size: int, eval_iters: Op
     """Batches this run takes per rank (the shard of rank 0 is the largest)."""
     n = math.ceil(math.ceil(num_items / world_size) / batch_size)
     return n if eval_iters is None or eval_iters <= 0 else min(n, eval_iters)
-
-
-def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, allow_nan=True)
-    os.replace(tmp, path)
 
 
 def format_table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -1,4 +1,4 @@
-"""Weighted k-nearest-neighbour classification (DINO's kNN protocol; SPEC section 7).
+"""Weighted k-nearest-neighbour classification (DINO's kNN protocol; eval_knn_conv_stem_cls.py --help).
 
 Features are L2-normalised, so the dot product is the cosine similarity. For every test image the k most
 similar training images vote for their class with weight exp(sim / T); a class's score is the sum of the weights

@@ -1,4 +1,4 @@
-"""3D motion prediction metrics and baselines (SPEC section 7; eval_3dposes.py).
+"""3D motion prediction metrics and baselines (the protocol: eval_3dposes.py --help).
 
 A clip has 20 pose frames at 30 fps (indices 0..19): frames 0..4 are the input, 5..19 the 15 predicted targets.
 Positions are metres in the camera frame; errors are reported in cm and cm/s.

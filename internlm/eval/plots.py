@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-# COCO's 17-joint skeleton (0-based, the joint order of SPEC section 5: nose, eyes, ears, shoulders, elbows,
+# COCO's 17-joint skeleton (0-based, the joint order of egoexo_format.JOINT_NAMES: nose, eyes, ears, shoulders, elbows,
 # wrists, hips, knees, ankles; left before right).
 COCO_EDGES = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9),
               (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))

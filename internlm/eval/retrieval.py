@@ -23,7 +23,7 @@ by less than float32 resolves, so its own oracle fails the self-test; the cosine
 from __future__ import annotations
 
 import math
-from typing import Hashable, Optional, Sequence
+from typing import Hashable, Sequence
 
 import torch
 

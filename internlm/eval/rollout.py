@@ -1,4 +1,4 @@
-"""Autoregressive pose rollout of the joint model (SPEC section 7, eval_3dposes.py).
+"""Autoregressive pose rollout of the joint model (the protocol: eval_3dposes.py --help).
 
 Inputs: the T step frames of a clip and the true poses of step 0. The action query of step t predicts the poses
 of step t from frames <= t and poses < t, so step t is predicted once steps < t are known: the prediction for

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .attention import MaskLayout
+from .attention import MaskLayout, representation_layout
 from .configuration_egoagent import EgoAgentConfig
 from .heads import DINOHead
 from .modeling_internlm import InternLMBackbone
@@ -60,10 +60,8 @@ class EgoAgentModel(EgoAgentPreTrainedModel):
                                   config.norm_last_layer) if config.with_rep_head else None)
         self.post_init()
 
-    def _layout(self, seq_len: int) -> MaskLayout:
-        # As EgoAgent.representation_layout: one frame + a trailing query is "full" under the block-causal mask.
-        plain_causal = self.config.causal and not self.config.perframe_atten
-        return MaskLayout("causal" if plain_causal else "full", seq_len)
+    def _layout(self, num_image_tokens: int) -> MaskLayout:
+        return representation_layout(num_image_tokens, self.config.causal, self.config.perframe_atten)
 
     def forward(self, pixel_values: torch.Tensor, output_logits: bool = False, return_dict: Optional[bool] = None,
                 **kwargs) -> EgoAgentEncoderOutput:
@@ -72,7 +70,7 @@ class EgoAgentModel(EgoAgentPreTrainedModel):
         tokens = self.image_projector(pixel_values.to(dtype))  # (B, N, d)
         B, N, d = tokens.shape
         x = torch.cat([tokens, self.state_query.to(dtype).expand(B, 1, d)], dim=1)  # (B, N + 1, d)
-        hidden = self.backbone(x, self._layout(N + 1))  # (B, N + 1, d), final-normed
+        hidden = self.backbone(x, self._layout(N))  # (B, N + 1, d), final-normed
         pooled = hidden[:, -1]  # (B, d)
         logits = None
         if output_logits:

@@ -1,7 +1,6 @@
 """EgoAgent model: InternLM backbone, projectors, query tokens and heads."""
 
 from .attention import AttentionBackendError, MaskLayout
-from .egoagent import AgentOutput, EgoAgent, JointOutput, RepresentationOutput, build_model
+from .egoagent import AgentOutput, EgoAgent, JointOutput, RepresentationOutput
 
-__all__ = ["AgentOutput", "AttentionBackendError", "EgoAgent", "JointOutput", "MaskLayout", "RepresentationOutput",
-           "build_model"]
+__all__ = ["AgentOutput", "AttentionBackendError", "EgoAgent", "JointOutput", "MaskLayout", "RepresentationOutput"]

@@ -62,6 +62,27 @@ class MaskLayout:
         return allowed
 
 
+# The joint branch's tokens per step besides the image tokens: action query, action token, future-state query.
+TOKENS_PER_STEP_EXTRA = 3
+
+
+def representation_layout(num_image_tokens: int, causal: bool, perframe_atten: bool) -> MaskLayout:
+    """[image tokens of one view (N), state query]. Block-causal over one frame and a trailing query lets every
+    token see every token ("full"); plain causal attention (perframe_atten=False) stays causal."""
+    L = num_image_tokens + 1
+    return MaskLayout("causal" if causal and not perframe_atten else "full", L)
+
+
+def joint_layout(num_steps: int, num_image_tokens: int, perframe_atten: bool) -> MaskLayout:
+    """Per step t: [image tokens of frame t (N), action query, action token, future-state query], T steps."""
+    per_step = num_image_tokens + TOKENS_PER_STEP_EXTRA
+    L = num_steps * per_step
+    if not perframe_atten:
+        return MaskLayout("causal", L)
+    blocks = tuple((t * per_step, t * per_step + num_image_tokens) for t in range(num_steps))
+    return MaskLayout("block_causal", L, blocks)
+
+
 def _flash_attn_module():
     # imported by name: transformers scans the files of a Hub export for import statements and would demand
     # flash-attn from everyone who loads it, though it is optional
@@ -90,6 +111,12 @@ def check_backend(name: str, layout_kind: str, device: torch.device, dtype: torc
             raise AttentionBackendError("attn_backend='flex' has no backward pass on the CPU in PyTorch; train on the"
                                         " CPU with attn_backend='sdpa' (flex runs CPU inference only)")
     if name == "flash":
+        # the mask first: no installation or device can make flash-attn run it
+        if layout_kind == "block_causal":
+            raise AttentionBackendError(
+                "attn_backend='flash' cannot express the block-causal mask of the joint branch (perframe_atten=True);"
+                " use attn_backend='flex' (or 'sdpa')"
+            )
         ok, why = flash_attn_available()
         if not ok:
             raise AttentionBackendError(f"attn_backend='flash': {why}; or use attn_backend='sdpa'")
@@ -97,11 +124,6 @@ def check_backend(name: str, layout_kind: str, device: torch.device, dtype: torc
             raise AttentionBackendError(f"attn_backend='flash' needs a CUDA device, got {device}; use 'sdpa'")
         if dtype not in (torch.float16, torch.bfloat16):
             raise AttentionBackendError(f"attn_backend='flash' needs fp16 or bf16 activations, got {dtype}; use 'sdpa'")
-        if layout_kind == "block_causal":
-            raise AttentionBackendError(
-                "attn_backend='flash' cannot express the block-causal mask of the joint branch (perframe_atten=True);"
-                " use attn_backend='flex' (or 'sdpa')"
-            )
 
 
 class AttentionKernel:

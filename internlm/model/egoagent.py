@@ -1,6 +1,6 @@
 """EgoAgent: one InternLM transformer that represents frames, predicts the next frame's feature and the next poses.
 
-Token layouts (SPEC section 3):
+Token layouts (built by attention.representation_layout / joint_layout):
 - representation branch (one view): [image tokens (N), state query]; the feature is the final-normed output at
   the state query.
 - joint branch (a clip of T steps), per step t: [image tokens of frame t (N), action query, action token of the
@@ -18,38 +18,25 @@ from torch import nn
 
 from internlm.config.schema import ModelConfig
 
-from .attention import MaskLayout, check_backend
+from .attention import TOKENS_PER_STEP_EXTRA, MaskLayout, check_backend, joint_layout, representation_layout
 from .heads import ActionHead, DINOHead
 from .modeling_internlm import InternLMBackbone, init_internlm_weights
 from .pose_ops import block_xyz, last_observed_pose
 from .projectors import ActionProjector, ImageProjector
 
-TOKENS_PER_STEP_EXTRA = 3  # action query, action token, future-state query
+# The joint-branch parts a stage-1 model does not have (they start from their initialisation in stage 2 and are
+# left out of the Hugging Face export of the image encoder).
+JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.")
 
 
-def representation_layout(cfg: ModelConfig, num_image_tokens: int) -> MaskLayout:
-    L = num_image_tokens + 1
-    if cfg.causal and not cfg.perframe_atten:
-        return MaskLayout("causal", L)
-    # block-causal over one frame + a trailing query = every token sees every token
-    return MaskLayout("full", L)
-
-
-def joint_layout(cfg: ModelConfig, num_steps: int, num_image_tokens: int) -> MaskLayout:
-    per_step = num_image_tokens + TOKENS_PER_STEP_EXTRA
-    L = num_steps * per_step
-    if not cfg.perframe_atten:
-        return MaskLayout("causal", L)
-    blocks = tuple((t * per_step, t * per_step + num_image_tokens) for t in range(num_steps))
-    return MaskLayout("block_causal", L, blocks)
-
-
-def check_backend_can_train(cfg: ModelConfig, joint: bool, device: torch.device, dtype: torch.dtype) -> None:
+def check_backend_can_train(cfg: ModelConfig, joint: bool, device: torch.device, dtype: torch.dtype,
+                            needs_grad: bool = True) -> None:
     """Raise AttentionBackendError now if cfg's attention backend cannot train the layouts of this model here
     (else the first forward finds out, after the model is built and the data indexed)."""
-    layouts = [representation_layout(cfg, 1)] + ([joint_layout(cfg, 1, 1)] if joint else [])
+    layouts = [representation_layout(1, cfg.causal, cfg.perframe_atten)]
+    layouts += [joint_layout(1, 1, cfg.perframe_atten)] if joint else []
     for layout in layouts:
-        check_backend(cfg.resolved_attn_backend, layout.kind, device, dtype, needs_grad=True)
+        check_backend(cfg.resolved_attn_backend, layout.kind, device, dtype, needs_grad=needs_grad)
 
 
 @dataclass
@@ -123,10 +110,10 @@ class EgoAgent(nn.Module):
     # ------------------------------------------------------------------------------------ layouts
 
     def representation_layout(self, num_image_tokens: int) -> MaskLayout:
-        return representation_layout(self.cfg, num_image_tokens)
+        return representation_layout(num_image_tokens, self.cfg.causal, self.cfg.perframe_atten)
 
     def joint_layout(self, num_steps: int, num_image_tokens: int) -> MaskLayout:
-        return joint_layout(self.cfg, num_steps, num_image_tokens)
+        return joint_layout(num_steps, num_image_tokens, self.cfg.perframe_atten)
 
     # ------------------------------------------------------------------------------------ branches
 
@@ -187,8 +174,3 @@ class EgoAgent(nn.Module):
         outs = [self.represent(v) for v in views]
         joint = self.forward_joint(frames, poses) if frames is not None else None
         return AgentOutput(outs, joint)
-
-
-def build_model(cfg: ModelConfig, joint: bool, device: Optional[torch.device] = None) -> EgoAgent:
-    model = EgoAgent(cfg, joint)
-    return model.to(device) if device is not None else model

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from internlm.config.schema import TrainConfig
 
-from .attention import MaskLayout
+from .attention import MaskLayout, joint_layout, representation_layout
 from .modeling_internlm import swiglu_hidden_size
 
 
@@ -51,23 +51,17 @@ class SampleCost:
 
 
 def _layouts(cfg: TrainConfig):
-    from .egoagent import TOKENS_PER_STEP_EXTRA
-
     m, data = cfg.model, cfg.data
     p = m.patch_size
     n_global = (data.vid_crop_size // p) ** 2
     n_local = (data.local_crop_size // p) ** 2
     n_pred = (data.pred_img_size // p) ** 2
-    rep_kind = "causal" if (m.causal and not m.perframe_atten) else "full"
-    T = data.clip_steps
-    per_step = n_pred + TOKENS_PER_STEP_EXTRA
-    if m.perframe_atten:
-        joint = MaskLayout("block_causal", T * per_step, tuple((t * per_step, t * per_step + n_pred)
-                                                                 for t in range(T)))
-    else:
-        joint = MaskLayout("causal", T * per_step)
-    return (MaskLayout(rep_kind, n_global + 1), MaskLayout(rep_kind, n_local + 1), MaskLayout(rep_kind, n_pred + 1),
-            joint, n_global, n_local, n_pred)
+
+    def rep(n):
+        return representation_layout(n, m.causal, m.perframe_atten)
+
+    joint = joint_layout(data.clip_steps, n_pred, m.perframe_atten)
+    return rep(n_global), rep(n_local), rep(n_pred), joint, n_global, n_local, n_pred
 
 
 def sample_cost(cfg: TrainConfig, dense_attention: bool = False) -> SampleCost:

@@ -9,6 +9,7 @@ Self-contained (imports torch and its sibling files only): the Hugging Face expo
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,9 +67,6 @@ class InternLMBackbone(nn.Module):
         self.kernel = AttentionKernel(attn_backend)
         # InternLM recomputes the first round(fraction * num_layers) blocks in the backward pass.
         self.num_checkpointed = int(round(checkpoint_fraction * num_layers))
-
-    def set_attn_backend(self, backend: str) -> None:
-        self.kernel = AttentionKernel(backend)
 
     def forward(self, x: torch.Tensor, layout: MaskLayout) -> torch.Tensor:  # (B, L, d) -> (B, L, d), final-normed
         assert x.shape[1] == layout.seq_len, (x.shape, layout.seq_len)

@@ -25,9 +25,6 @@ from internlm.solver.optimizer import adamw_kwargs, param_groups
 
 logger = logging.getLogger(__name__)
 
-MODES = ("single", "ddp", "zero1", "fsdp")
-
-
 def _fully_shard():
     try:
         from torch.distributed.fsdp import fully_shard  # torch >= 2.6

@@ -41,11 +41,8 @@ def adamw_kwargs(cfg: AdamConfig, device: torch.device) -> dict:
     return kwargs
 
 
-def build_adamw(model: nn.Module, cfg: AdamConfig, device: torch.device) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **adamw_kwargs(cfg, device))
-
-
-def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, beta2: float) -> None:
     for i, group in enumerate(optimizer.param_groups):
         group["lr"] = lr
         group["weight_decay"] = weight_decay if i == DECAY else 0.0
+        group["betas"] = (group["betas"][0], beta2)

@@ -1,4 +1,6 @@
-"""The meta-architecture: student and EMA teacher, their losses, the DINO centers and the teacher update.
+"""The meta-architecture: student and EMA teacher, their losses and how they are weighted, the DINO centers, the
+teacher update and the per-step bookkeeping (sums over accumulation chunks and ranks, decoded into the logged
+scalars). The trainer only sees ``begin_step`` / ``chunk_loss`` / ``end_step``.
 
 Parallel wrappers (DDP, FSDP2) are applied to ``student``/``teacher`` from outside (internlm/parallel); this class
 only calls their ``forward``, so it works the same wrapped or not.
@@ -6,32 +8,42 @@ only calls their ``forward``, so it works the same wrapped or not.
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import logging
+import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from internlm.checkpoint.layout import TRAIN_STATE_DIR
+from internlm.checkpoint.weights import load_state_dict
 from internlm.config.schema import TrainConfig
 from internlm.model import EgoAgent
+from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 
-from .losses import action_loss, dino_multicrop_loss, prediction_loss, teacher_probs
+from .losses import action_loss, dino_multicrop_loss, prediction_loss, teacher_probs, visible_elements
 
-# Order of the per-step statistics vector (summed over chunks and ranks, then divided by its count).
+logger = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"torch.float16": torch.float16, "torch.half": torch.float16, "torch.bfloat16": torch.bfloat16}
+# Order of the per-step statistics vector (summed over chunks and ranks, then divided by the world size).
 STAT_NAMES = ("loss_rep", "loss_pred", "loss_act_sum", "teacher_entropy", "kl_teacher_student", "feature_std")
 
 
 @dataclass
-class ChunkResult:
-    loss: torch.Tensor  # scalar to backpropagate (already weighted for the chunk's share of the step)
-    stats: torch.Tensor  # (len(STAT_NAMES),) fp32, per-sample means weighted by the chunk size, see STAT_NAMES
-    rep_center_sum: torch.Tensor  # (K,) sum of the teacher's global-view logits
-    rep_center_count: int
-    pred_center_sum: Optional[torch.Tensor]  # (K,) sum of the teacher's target-frame logits
-    pred_center_count: int
+class StepState:
+    """What one optimizer step accumulates over its gradient-accumulation chunks (this rank)."""
+
+    act_normalizer: Optional[torch.Tensor]  # () global visible pose elements / world size (stage 2)
+    stats: torch.Tensor  # (len(STAT_NAMES),) fp32: chunk-share-weighted means; loss_act_sum is a sum
+    rep_sum: Optional[torch.Tensor] = None  # (K,) sum of the teacher's global-view logits
+    rep_count: int = 0
+    pred_sum: Optional[torch.Tensor] = None  # (K,) sum of the teacher's target-frame logits (stage 2)
+    pred_count: int = 0
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -39,29 +51,100 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _all_reduce_(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _add(total: Optional[torch.Tensor], part: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return part if total is None else total + part
+
+
 class EgoAgentMetaArch(nn.Module):
-    def __init__(self, cfg: TrainConfig, student: EgoAgent):
+    def __init__(self, cfg: TrainConfig):
         super().__init__()
         self.cfg = cfg
         self.joint = cfg.loss.is_joint
-        self.student = student
-        self.teacher = copy.deepcopy(student)
+        self.student = EgoAgent(cfg.model, joint=self.joint)
+        # The teacher is built from its own section (attention backend, no activation checkpointing) and starts as
+        # the student's copy; building it must not move the random stream the rest of the run draws from.
+        with torch.random.fork_rng(devices=[]):
+            self.teacher = EgoAgent(cfg.teacher_model, joint=self.joint)
+        self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         K = cfg.model.output_dim
         self.register_buffer("rep_center", torch.zeros(K))
         self.register_buffer("pred_center", torch.zeros(K))
+        lc = cfg.loss
+        self.loss_weights = {"loss_rep": lc.rep_weight}
+        if self.joint:
+            self.loss_weights.update(loss_pred=lc.pred_weight, loss_act=lc.act_weight)
+        self.student_dtype = AUTOCAST_DTYPES.get(cfg.model.dtype)  # None: no autocast
+        self.teacher_dtype = AUTOCAST_DTYPES.get(cfg.teacher_model.dtype)
 
     @property
-    def student_model(self) -> EgoAgent:
-        """The unwrapped student (for state dicts and parameter groups)."""
-        return getattr(self.student, "module", self.student)
+    def loss_terms(self) -> tuple[str, ...]:
+        """The loss terms this stage trains and logs, in order."""
+        return tuple(self.loss_weights)
 
-    # ------------------------------------------------------------------------------------------ losses
+    def weighted_total(self, terms: dict) -> torch.Tensor | float:
+        """L = w_rep L_rep + w_pred L_pred + w_act L_act (paper eq. 4): what is trained and what is logged."""
+        return sum(self.loss_weights[name] * value for name, value in terms.items())
 
-    def chunk_losses(self, chunk: dict, teacher_temp: float, chunk_weight: float,
-                     act_normalizer: Optional[torch.Tensor]) -> ChunkResult:
-        """Forward teacher and student on one gradient-accumulation chunk.
+    # ---------------------------------------------------------------------------------- initialisation
+
+    def init_from(self, path: str) -> None:
+        """Student and teacher weights and the representation centre of another run (stage 2 from stage 1); the
+        joint-only parts start from their initialisation."""
+        for which, model in (("model", self.student), ("teacher", self.teacher)):
+            state, _, folder = load_state_dict(path, which)
+            result = model.load_state_dict(state, strict=False)
+            bad_missing = [k for k in result.missing_keys if not k.startswith(JOINT_ONLY_PREFIXES)]
+            if bad_missing or result.unexpected_keys:
+                raise ValueError(f"ckpt.load_ckpt_info: {folder} ({which}) does not fit this model: missing "
+                                 f"{bad_missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+            if result.missing_keys:
+                logger.info("initialised %s from %s; %d new tensors start fresh (%s ...)", which, folder,
+                            len(result.missing_keys), ", ".join(sorted({k.split('.')[0] for k in result.missing_keys})))
+            else:
+                logger.info("initialised %s from %s", which, folder)
+            if self.cfg.model.prediction_init == "representation" and any(k.startswith("pred_head.")
+                                                                             for k in result.missing_keys):
+                model.init_prediction_from_representation()
+                logger.info("%s: the state-prediction head and future-state query start as copies of the "
+                            "representation head and the state query (model.prediction_init)", which)
+        state_dir = os.path.join(folder, TRAIN_STATE_DIR)
+        if os.path.isdir(state_dir):
+            import torch.distributed.checkpoint as dcp
+
+            dcp.load({"rep_center": self.rep_center}, checkpoint_id=state_dir)
+            logger.info("representation centre from %s (|c| = %.3g)", folder, float(self.rep_center.norm()))
+        else:
+            logger.info("%s holds weights only: the representation centre starts at 0", folder)
+
+    # ------------------------------------------------------------------------------------------ a step
+
+    def _autocast(self, dtype: Optional[torch.dtype], device: torch.device):
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+    def begin_step(self, batch: dict) -> StepState:
+        """Before the chunks of one optimizer step on this rank's ``batch``."""
+        device = batch["global_crops"].device
+        act_normalizer = None
+        if self.joint:  # the global number of visible pose elements, so that L_act is the global-batch mean
+            visible = _all_reduce_(visible_elements(batch["poses"]).float().reshape(1))
+            act_normalizer = visible[0] / _world_size()
+        return StepState(act_normalizer, torch.zeros(len(STAT_NAMES), device=device))
+
+    def chunk_loss(self, chunk: dict, state: StepState, teacher_temp: float, chunk_weight: float) -> torch.Tensor:
+        """Forward teacher and student on one gradient-accumulation chunk; returns the loss to backpropagate and
+        adds the chunk's statistics and centre sums to ``state``.
 
         chunk: global_crops (B, 2, 3, G, G), local_crops (B, n, 3, L, L) and, in stage 2, frames (B, T, 3, P, P),
         poses (B, T, 4, 5, 17). chunk_weight = B / per-rank batch, so the chunks of a step add up to the mean.
@@ -78,34 +161,35 @@ class EgoAgentMetaArch(nn.Module):
         frames = chunk.get("frames") if self.joint else None
         poses = chunk.get("poses") if self.joint else None
 
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast(self.teacher_dtype, globals_.device):
             teacher_views = [g_views] + ([frames.flatten(0, 1)] if self.joint else [])
             t_out = self.teacher(views=teacher_views)
         t_global = t_out.views[0].logits.float()  # (2B, K)
-        s_out = self.student(views=student_views, frames=frames, poses=poses)
+        with self._autocast(self.student_dtype, globals_.device):
+            s_out = self.student(views=student_views, frames=frames, poses=poses)
 
         s_logits = list(s_out.views[0].logits.chunk(n_global))
         if n_local:
             s_logits += list(s_out.views[1].logits.chunk(n_local))
-        rep_center = self.rep_center
-        loss_rep = dino_multicrop_loss(s_logits, list(t_global.chunk(n_global)), rep_center, teacher_temp,
+        loss_rep = dino_multicrop_loss(s_logits, list(t_global.chunk(n_global)), self.rep_center, teacher_temp,
                                        lc.student_temp)
-        loss = lc.rep_weight * loss_rep * chunk_weight
+        terms = {"loss_rep": loss_rep * chunk_weight}
         zero = loss_rep.new_zeros(())
-        loss_pred, act_sum, pred_sum, pred_count = zero, zero, None, 0
+        loss_pred, act_sum = zero, zero
         if self.joint:
             T = frames.shape[1]
             t_frames = t_out.views[1].logits.float().view(B, T, -1)  # (B, T, K)
             loss_pred = prediction_loss(s_out.joint.future_logits, t_frames, self.pred_center, teacher_temp,
                                         lc.student_temp)
-            loss_act = action_loss(s_out.joint.actions, poses, act_normalizer)
-            act_sum = loss_act.detach() * act_normalizer if act_normalizer is not None else loss_act.detach()
-            loss = loss + lc.pred_weight * loss_pred * chunk_weight + lc.act_weight * loss_act
+            loss_act = action_loss(s_out.joint.actions, poses, state.act_normalizer)
+            act_sum = loss_act.detach() * state.act_normalizer
+            terms.update(loss_pred=loss_pred * chunk_weight, loss_act=loss_act)
             targets = t_frames[:, 1:].reshape(-1, t_frames.shape[-1])
-            pred_sum, pred_count = targets.sum(0), targets.shape[0]
+            state.pred_sum, state.pred_count = _add(state.pred_sum, targets.sum(0)), state.pred_count + len(targets)
+        state.rep_sum, state.rep_count = _add(state.rep_sum, t_global.sum(0)), state.rep_count + len(t_global)
 
         with torch.no_grad():
-            q = teacher_probs(t_global[:B], rep_center, teacher_temp)  # teacher view 0
+            q = teacher_probs(t_global[:B], self.rep_center, teacher_temp)  # teacher view 0
             entropy = -(q * torch.log(q.clamp_min(1e-12))).sum(-1).mean()
             log_s = F.log_softmax(s_logits[0].float() / lc.student_temp, dim=-1)  # student on the same view
             kl = (q * (torch.log(q.clamp_min(1e-12)) - log_s)).sum(-1).mean()
@@ -113,10 +197,74 @@ class EgoAgentMetaArch(nn.Module):
             feat_std = feats.std(dim=0).mean() if B > 1 else zero
             # act_sum is a sum (normalised once per step); the others are means, weighted by the chunk's share
             weights = torch.tensor([chunk_weight, chunk_weight, 1.0, chunk_weight, chunk_weight, chunk_weight],
-                                   device=loss.device)
+                                   device=loss_rep.device)
             stats = torch.stack([loss_rep.detach(), loss_pred.detach(), act_sum, entropy, kl, feat_std]).float()
-            stats = stats * weights
-        return ChunkResult(loss, stats, t_global.sum(0), t_global.shape[0], pred_sum, pred_count)
+            state.stats += stats * weights
+        return self.weighted_total(terms)
+
+    def cancel_last_layer_gradients(self, step: int) -> None:
+        """DINO's freeze_last_layer: the heads' prototype layers are not updated for the first
+        loss.freeze_last_layer_steps steps (a gradient of None: AdamW leaves the parameter as it is)."""
+        if step >= self.cfg.loss.freeze_last_layer_steps:
+            return
+        for name, p in self.student.named_parameters():
+            if ".last_layer." in name:
+                p.grad = None
+
+    def end_step(self, state: StepState, momentum: float, update: bool) -> dict[str, float]:
+        """After the optimizer step: the EMA teacher and the centres (when the step was applied), and the step's
+        statistics over all ranks as named scalars."""
+        if update:
+            self.update_teacher(momentum)
+            self.update_centers(state.rep_sum, state.rep_count, state.pred_sum, state.pred_count)
+        return self.decode_stats(state, prefix="")
+
+    def decode_stats(self, state: StepState, prefix: str) -> dict[str, float]:
+        """The statistics summed over ranks -> loss terms, weighted total and the collapse monitors."""
+        world = _world_size()
+        stats = _all_reduce_(state.stats) / world
+        named = dict(zip(STAT_NAMES, stats.tolist()))
+        terms = {"loss_rep": named["loss_rep"]}
+        if self.joint:
+            normalizer = float(state.act_normalizer) * world  # visible elements over all ranks
+            terms.update(loss_pred=named["loss_pred"], loss_act=named["loss_act_sum"] * world / max(normalizer, 1.0))
+        out = dict(terms, loss=self.weighted_total(terms))
+        out.update({k: named[k] for k in ("teacher_entropy", "kl_teacher_student", "feature_std")})
+        return {prefix + k: v for k, v in out.items()}
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict], teacher_temp: float) -> dict[str, float]:
+        """The losses and monitors on validation batches (already on the device): no gradient, no centre or teacher
+        update; means over samples (L_act over visible elements). Collective: every rank passes as many batches."""
+        total: Optional[StepState] = None
+        samples = 0
+        for batch in batches:
+            one = self.begin_step(batch)
+            self.chunk_loss(batch, one, teacher_temp, 1.0)
+            n = batch["global_crops"].shape[0]
+            weights = torch.full_like(one.stats, float(n))
+            weights[STAT_NAMES.index("loss_act_sum")] = 1.0  # already a sum
+            if total is None:
+                total = StepState(one.act_normalizer, one.stats * weights)
+            else:
+                total.stats += one.stats * weights
+                if self.joint:
+                    total.act_normalizer = total.act_normalizer + one.act_normalizer
+            samples += n
+        if total is None:
+            raise ValueError("no validation batch")
+        divisor = torch.full_like(total.stats, float(samples))
+        divisor[STAT_NAMES.index("loss_act_sum")] = 1.0
+        total.stats /= divisor
+        return self.decode_stats(total, prefix="val_")
+
+    def prepare_new_run(self) -> None:
+        """What a run that does not resume computes once before its first step: the training clips' pose statistics
+        for model.pose_normalization (saved with the weights; an initialisation from a stage-2 run replaces them)."""
+        if self.joint and self.cfg.model.pose_normalization and self.cfg.data.dataset_type != "Generated":
+            from internlm.data.build import pose_statistics
+
+            self.set_pose_statistics(*pose_statistics(self.cfg.data))
 
     @torch.no_grad()
     def set_pose_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:

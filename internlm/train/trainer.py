@@ -1,18 +1,15 @@
 """The training loop of both stages: data -> chunks -> losses -> one optimizer step -> teacher/centers -> logs ->
-checkpoints. Stage 1 or 2 is decided by ``loss.name`` (dinoimgcls | joint)."""
+checkpoints. What a step computes and logs is the meta-architecture's (train/meta_arch.py): the loop knows no
+model, loss or stage; ``loss.name`` (dinoimgcls | joint) decides those there."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import random
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -21,16 +18,24 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from internlm.checkpoint.atomic import atomic_write_text
-from internlm.checkpoint.export import git_commit, load_state_dict
-from internlm.checkpoint.layout import (CONFIG_FILE, MARKER, complete_steps, incomplete_steps, is_complete,
-                                        latest_checkpoint, resolve_checkpoint, step_folder)
+from internlm.checkpoint.atomic import atomic_write_json, atomic_write_text
+from internlm.checkpoint.layout import (
+    CONFIG_FILE,
+    MARKER,
+    complete_steps,
+    incomplete_steps,
+    is_complete,
+    latest_checkpoint,
+    resolve_checkpoint,
+    step_folder,
+)
+from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.train_state import CheckpointManager, CorruptCheckpointError
 from internlm.config import TrainConfig, to_dict
 from internlm.data.bad_samples import parse_bad_files
 from internlm.initialize.launch import DistContext
-from internlm.initialize.signals import PREEMPTION_SIGNALS, preemption_signals_blocked
-from internlm.model import EgoAgent
+from internlm.initialize.preemption import PreemptionFlag, requeue_slurm_job
+from internlm.initialize.signals import preemption_signals_blocked
 from internlm.model.egoagent import check_backend_can_train
 from internlm.model.flops import detect_peak_tflops, sample_cost
 from internlm.monitor.progress import StepTimer
@@ -40,14 +45,9 @@ from internlm.solver.grad_scaler import DynamicLossScaler
 from internlm.solver.optimizer import apply_schedule
 from internlm.solver.schedules import Schedules
 
-from .losses import visible_elements
-from .meta_arch import STAT_NAMES, EgoAgentMetaArch
+from .meta_arch import AUTOCAST_DTYPES, EgoAgentMetaArch
 
 logger = logging.getLogger(__name__)
-
-AUTOCAST_DTYPES = {"torch.float16": torch.float16, "torch.half": torch.float16, "torch.bfloat16": torch.bfloat16}
-# The joint-branch parts a stage-1 checkpoint does not have; they start from their initialisation in stage 2.
-JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.")
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Progress:
     iteration: int = 0  # batches consumed, skipped steps included
     consumed_samples: int = 0  # global position in the sample stream
     skipped_steps: int = 0  # non-finite gradients (fp16 overflow)
-    bad_samples: int = 0  # distinct unreadable input files met so far, all ranks (their samples were replaced)
+    bad_samples: int = 0  # distinct unreadable input files met (their samples were replaced)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -84,28 +84,29 @@ class Trainer:
         self.ctx = ctx
         self.device = ctx.device
         self.world = ctx.world_size
-        self.joint = cfg.loss.is_joint
         self.global_batch = cfg.data.micro_num * self.world
-        self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.model.dtype)
         if cfg.model.dtype == "torch.tf32" and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.deterministic = cfg.cudnn_deterministic
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-        check_backend_can_train(cfg.model, self.joint, self.device, self.autocast_dtype or torch.float32)
         if not cfg.ckpt.save_ckpt_folder:
             raise ValueError("ckpt.save_ckpt_folder is not set: the run needs a folder for logs and checkpoints")
+        for section, trains in ((cfg.model, True), (cfg.teacher_model, False)):  # stop before building the model
+            check_backend_can_train(section, cfg.loss.is_joint, self.device,
+                                    AUTOCAST_DTYPES.get(section.dtype) or torch.float32, needs_grad=trains)
 
         self.plan = DataParallelPlan(cfg.parallel, self.world, self.device)
         self.manager = CheckpointManager(cfg, self.plan)
         resume_candidates = self._resume_candidates()
 
         seed_everything(cfg.data.seed)  # identical initial weights on every rank
-        student = EgoAgent(cfg.model, joint=self.joint)
-        self.meta = EgoAgentMetaArch(cfg, student)
+        self.meta = EgoAgentMetaArch(cfg)
+        init = cfg.ckpt.init_source()
         if not resume_candidates:
-            self._init_pose_statistics()
-            self._init_from_other_run()
+            self.meta.prepare_new_run()
+            if init is not None and "all" not in init.content:
+                self.meta.init_from(init.path)  # ckpt.load_ckpt_info content ("model",): stage 2 from stage 1
         self.meta.to(self.device)
         if cfg.model.compile:
             from internlm.parallel.compile import check_compile_available, compile_blocks
@@ -115,7 +116,7 @@ class Trainer:
                         compile_blocks(self.meta))
         self.plan.apply(self.meta, cfg.hybrid_zero_optimizer.reduce_bucket_size)
         self.optimizer = self.plan.build_optimizer(unwrap(self.meta.student), cfg.adam)
-        self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.autocast_dtype == torch.float16)
+        self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.meta.student_dtype == torch.float16)
         self.schedules = Schedules.from_config(cfg)
         self.progress = Progress()
         self.consecutive_skips = 0  # skipped steps since the last applied update
@@ -137,6 +138,7 @@ class Trainer:
         self.writer = ScalarWriter(cfg.monitor.tensorboard_folder or os.path.join(cfg.ckpt.save_ckpt_folder,
                                                                                     "tensorboard"), ctx.is_main)
         self.history: list[dict] = []  # per-step scalars of this process (tests and reports read it)
+        self._valid_dataset = None  # built at the first validation
 
     # ---------------------------------------------------------------------------------- initialisation
 
@@ -172,38 +174,6 @@ class Trainer:
                                older[0], kept)
                 folder, *older = older
 
-    def _init_pose_statistics(self) -> None:
-        """model.pose_normalization: the training clips' pose statistics, once, before the first step (saved with
-        the weights; a resumed run or an initialisation from another run keeps the stored ones)."""
-        if not (self.joint and self.cfg.model.pose_normalization) or self.cfg.data.dataset_type == "Generated":
-            return
-        from internlm.data.build import pose_statistics
-
-        self.meta.set_pose_statistics(*pose_statistics(self.cfg.data))
-
-    def _init_from_other_run(self) -> None:
-        """ckpt.load_ckpt_info with content ("model",): student and teacher weights (stage 2 from stage 1)."""
-        info = self.cfg.ckpt.init_source()
-        if info is None or "all" in info.content:
-            return
-        for which, model in (("model", self.meta.student), ("teacher", self.meta.teacher)):
-            state, src_cfg, folder = load_state_dict(info.path, which)
-            result = model.load_state_dict(state, strict=False)
-            bad_missing = [k for k in result.missing_keys if not k.startswith(JOINT_ONLY_PREFIXES)]
-            if bad_missing or result.unexpected_keys:
-                raise ValueError(f"ckpt.load_ckpt_info: {folder} ({which}) does not fit this model: missing "
-                                 f"{bad_missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-            if result.missing_keys:
-                logger.info("initialised %s from %s; %d new tensors start fresh (%s ...)", which, folder,
-                            len(result.missing_keys), ", ".join(sorted({k.split('.')[0] for k in result.missing_keys})))
-            else:
-                logger.info("initialised %s from %s", which, folder)
-            if self.cfg.model.prediction_init == "representation" and any(k.startswith("pred_head.")
-                                                                             for k in result.missing_keys):
-                getattr(model, "module", model).init_prediction_from_representation()
-                logger.info("%s: state-prediction head and future-state query start as copies of the representation "
-                            "head and the state query (model.prediction_init)", which)
-
     def _warn_if_global_batch_changed(self, folder: str, meta: dict) -> None:
         """Another number of ranks with the same data.micro_num changes the global batch (and so the training)."""
         saved_world = meta.get("world_size", self.world)
@@ -235,57 +205,53 @@ class Trainer:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         folder = os.path.join(self.cfg.ckpt.save_ckpt_folder, "runs", stamp)
         os.makedirs(folder, exist_ok=True)
-        atomic_write_text(os.path.join(folder, "config.json"), json.dumps(to_dict(self.cfg), indent=1))
-        atomic_write_text(os.path.join(folder, "run.json"), json.dumps({
+        atomic_write_json(os.path.join(folder, "config.json"), to_dict(self.cfg))
+        atomic_write_json(os.path.join(folder, "run.json"), {
             "git_commit": git_commit(), "command": sys.argv, "world_size": self.world,
             "device": str(self.device), "parallel_mode": self.plan.mode, "torch": torch.__version__,
-            "start_step": self.progress.step}, indent=1))
+            "start_step": self.progress.step})
 
     # ------------------------------------------------------------------------------------------ a step
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def _to_device(self, batch: dict) -> dict:
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def validate(self) -> dict[str, float]:
+        """The losses on the validation set (data.valid_every): val_loss, val_loss_rep, ... (every rank)."""
+        from internlm.data.build import build_valid_dataset, build_valid_loader
+
+        if self._valid_dataset is None:
+            self._valid_dataset = build_valid_dataset(self.cfg.data, self.meta.joint)
+        loader = build_valid_loader(self.cfg.data, self.ctx.rank, self.world, self.meta.joint, self._valid_dataset)
+        temp = self.schedules.at(self.progress.step).teacher_temp
+        values = self.meta.evaluate((self._to_device(b) for b in loader), temp)
+        if self.ctx.is_main:
+            logger.info("validation at step %d: %s", self.progress.step,
+                        " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        return values
 
     def train_step(self, batch: dict) -> dict:
         """One optimizer step on this rank's batch of micro_num samples; returns the logged scalars."""
         cfg = self.cfg
         values = self.schedules.at(self.progress.step)
-        apply_schedule(self.optimizer, values.lr, values.weight_decay)
+        apply_schedule(self.optimizer, values.lr, values.weight_decay, values.beta2)
         batch = self._to_device(batch)
-        n = batch["global_crops"].shape[0]
+        n = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
         chunks = cfg.data.gradient_accumulation
         chunk_size = n // chunks
-        act_normalizer = None
-        if self.joint:  # the global number of visible pose elements, so that L_act is the global-batch mean
-            visible = _all_reduce_(visible_elements(batch["poses"]).float().reshape(1))
-            act_normalizer = visible[0] / self.world
-        stats = torch.zeros(len(STAT_NAMES), device=self.device)
-        rep_sum = pred_sum = None
-        rep_count = pred_count = 0
+        state = self.meta.begin_step(batch)
         for c in range(chunks):
             part = {k: v[c * chunk_size:(c + 1) * chunk_size] for k, v in batch.items() if torch.is_tensor(v)}
             with self.plan.grad_sync(self.meta.student, enabled=c == chunks - 1):
-                with self._autocast():
-                    out = self.meta.chunk_losses(part, values.teacher_temp, chunk_size / n, act_normalizer)
-                (out.loss * self.scaler.scale).backward()
-            stats += out.stats
-            rep_sum = out.rep_center_sum if rep_sum is None else rep_sum + out.rep_center_sum
-            rep_count += out.rep_center_count
-            if out.pred_center_sum is not None:
-                pred_sum = out.pred_center_sum if pred_sum is None else pred_sum + out.pred_center_sum
-                pred_count += out.pred_center_count
+                loss = self.meta.chunk_loss(part, state, values.teacher_temp, chunk_size / n)
+                (loss * self.scaler.scale).backward()
 
         grad_norm = self._unscale_and_clip()
         finite = math.isfinite(grad_norm)
         if finite:
+            self.meta.cancel_last_layer_gradients(self.progress.step)
             self.optimizer.step()
-            self.meta.update_teacher(values.momentum)
-            self.meta.update_centers(rep_sum, rep_count, pred_sum, pred_count)
+        scalars = self.meta.end_step(state, values.momentum, update=finite)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update(found_inf=not finite)
         p = self.progress
@@ -300,20 +266,10 @@ class Trainer:
             self.consecutive_skips += 1
             logger.warning("step %d: non-finite gradients, update skipped (%d so far); loss scale now %g",
                            p.step, p.skipped_steps, self.scaler.scale)
-
-        _all_reduce_(stats)
-        stats /= self.world
-        named = dict(zip(STAT_NAMES, stats.tolist()))
-        scalars = {"loss_rep": named["loss_rep"], "teacher_entropy": named["teacher_entropy"],
-                   "kl_teacher_student": named["kl_teacher_student"], "feature_std": named["feature_std"]}
-        total = cfg.loss.rep_weight * named["loss_rep"]
-        if self.joint:
-            loss_act = named["loss_act_sum"] * self.world / max(float(act_normalizer) * self.world, 1.0)
-            scalars.update(loss_pred=named["loss_pred"], loss_act=loss_act)
-            total += cfg.loss.pred_weight * named["loss_pred"] + cfg.loss.act_weight * loss_act
-        scalars.update(loss=total, lr=values.lr, weight_decay=values.weight_decay, momentum=values.momentum,
-                       teacher_temp=values.teacher_temp, grad_norm=grad_norm, loss_scale=self.scaler.scale,
-                       skipped_steps=p.skipped_steps, bad_samples=p.bad_samples, update_applied=float(finite))
+        scalars.update(lr=values.lr, weight_decay=values.weight_decay, momentum=values.momentum,
+                       teacher_temp=values.teacher_temp, beta2=values.beta2, grad_norm=grad_norm,
+                       loss_scale=self.scaler.scale, skipped_steps=p.skipped_steps, bad_samples=p.bad_samples,
+                       update_applied=float(finite))
         return scalars
 
     def _note_bad_files(self, batch: dict) -> None:
@@ -368,7 +324,7 @@ class Trainer:
         start_iteration = self.progress.iteration
         every = cfg.monitor.log_every
         self.meta.train()
-        with _PreemptionFlag() as preempt:
+        with PreemptionFlag() as preempt:
             with preemption_signals_blocked():  # loader workers start here and must not die of a group signal
                 batches = iter(loader)
             while self.progress.step < total:
@@ -382,9 +338,13 @@ class Trainer:
                 self._record_samples(batch)
                 scalars = self.train_step(batch)
                 dt = timer.tick()
+                step = self.progress.step
+                valid_every = cfg.data.valid_every
+                if valid_every and scalars["update_applied"] and (step % valid_every == 0 or step == total):
+                    scalars.update(self.validate())
+                    timer.resume()  # the validation is not a training step's time
                 self._account(scalars, dt)
                 self._stop_if_runaway()
-                step = self.progress.step
                 if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
                     logger.info(self._log_line(scalars, timer))
                 if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
@@ -394,7 +354,7 @@ class Trainer:
                     logger.warning("pre-emption signal: saving step %d and stopping", step)
                     self.save()
                     self.manager.wait()
-                    _requeue_slurm_job(self.ctx.is_main)
+                    requeue_slurm_job(self.ctx.is_main)
                     break
         self.manager.wait()
         self.writer.close()
@@ -432,7 +392,7 @@ class Trainer:
         self.writer.write(self.progress.step, scalars)
         if self.ctx.is_main and self.cfg.monitor.metrics_file:
             with open(self._metrics_path(), "a") as f:
-                f.write(json.dumps(_json_numbers(scalars), allow_nan=False) + "\n")
+                f.write(json.dumps(_json_numbers(scalars)) + "\n")
 
     def _metrics_path(self) -> str:
         return os.path.join(self.cfg.ckpt.save_ckpt_folder, "metrics.jsonl")
@@ -460,9 +420,7 @@ class Trainer:
 
     def _log_line(self, s: dict, timer: StepTimer) -> str:
         p, total = self.progress, self.cfg.data.total_steps
-        terms = f"rep {s['loss_rep']:.4f}"
-        if self.joint:
-            terms += f" pred {s['loss_pred']:.4f} act {s['loss_act']:.4f}"
+        terms = " ".join(f"{name[len('loss_'):]} {s[name]:.4f}" for name in self.meta.loss_terms)
         line = (f"step {p.step}/{total} | loss {s['loss']:.4f} ({terms}) | lr {s['lr']:.3g} wd {s['weight_decay']:.3g}"
                 f" m {s['momentum']:.5f} temp {s['teacher_temp']:.3g} | gnorm {s['grad_norm']:.3g}"
                 f" scale {s['loss_scale']:g} skipped {p.skipped_steps} bad {p.bad_samples}"
@@ -478,57 +436,11 @@ def _json_numbers(scalars: dict) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in scalars.items()}
 
 
-class _PreemptionFlag:
-    """SIGTERM / SIGUSR1 set a flag; ``agreed`` tells every rank at the same step boundary (one tiny all-reduce)."""
-
-    SIGNALS = PREEMPTION_SIGNALS
-
-    def __init__(self):
-        self.raised = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self.raised else 0.0])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            if dist.get_backend() == "nccl":
-                flag = flag.cuda()
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _requeue_slurm_job(is_main: bool) -> None:
-    job = os.environ.get("SLURM_JOB_ID")
-    if not (is_main and job):
-        return
-    try:
-        subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-        logger.warning("slurm job %s requeued; it will resume from the checkpoint just written", job)
-    except (OSError, subprocess.SubprocessError) as exc:
-        logger.error("could not requeue slurm job %s (%s); resubmit it to resume", job, exc)
-
-
 def _default_loader_factory(cfg: TrainConfig, ctx: DistContext, consumed: int) -> Iterator[dict]:
     from internlm.data.build import build_train_dataset, build_train_loader
 
-    if cfg.data.dataset_type == "Generated":
-        from internlm.data.generated import GeneratedSamples
-
-        dataset = GeneratedSamples(cfg.data, joint=cfg.loss.is_joint)
-    else:
-        dataset = build_train_dataset(cfg.data)
+    dataset = build_train_dataset(cfg.data, joint=cfg.loss.is_joint)
+    if hasattr(dataset, "bad_files"):
         dataset.bad_files.warn = False  # Trainer._note_bad_files warns, once for all ranks and workers
     return build_train_loader(cfg.data, rank=ctx.rank, world_size=ctx.world_size, consumed=consumed,
-                              dataset=dataset)
+                              dataset=dataset, joint=cfg.loss.is_joint)

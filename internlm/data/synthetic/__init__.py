@@ -1,4 +1,5 @@
-"""The synthetic egocentric world (SPEC section 10): the project's default data when the real data is absent.
+"""The synthetic egocentric world (README: "The synthetic egocentric world"): the project's default data when the
+real data is absent.
 
 ``generate_world(out_dir, seed, size)`` (or ``dataset_preprocess/make_synthetic_egoworld.py``) writes, under
 ``out_dir`` (``--out data`` gives the README's default paths):

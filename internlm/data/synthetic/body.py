@@ -38,7 +38,7 @@ HEAD_OMEGA = 12.0
 
 @dataclass
 class Motion:
-    joints: np.ndarray  # (T, 17, 3) world, metres, SPEC joint order
+    joints: np.ndarray  # (T, 17, 3) world, metres, egoexo_format.JOINT_NAMES order
     cam_to_world: np.ndarray  # (T, 4, 4) head camera -> world
     heading: np.ndarray  # (T,) walking direction, rad
     speed: np.ndarray  # (T,) m/s

@@ -169,8 +169,9 @@ def random_scene(rng: np.random.Generator, half_extent: tuple[float, float] = (6
     for _ in range(int(rng.integers(landmarks[0], landmarks[1] + 1))):
         cls = OBJECT_CLASSES[int(rng.integers(len(OBJECT_CLASSES)))]
         scale = float(rng.uniform(1.0, 2.2))
-        _place(scene, rng, lambda x, y: object_solid(cls, x, y, float(rng.uniform(0, math.pi)), scale,
-                                                     rng.uniform(-0.08, 0.08, 3)), margin=1.0)
+        _place(scene, rng, lambda x, y, cls=cls, scale=scale: object_solid(cls, x, y, float(rng.uniform(0, math.pi)),
+                                                                           scale, rng.uniform(-0.08, 0.08, 3)),
+               margin=1.0)
     return scene
 
 

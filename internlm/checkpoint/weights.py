@@ -1,4 +1,5 @@
-"""Load the unsharded weights of a checkpoint into a ready EgoAgent (what every eval tool does first)."""
+"""The unsharded weight files of a checkpoint: write them (with the resolved config) and load them into a ready
+EgoAgent (what every eval tool does first)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from internlm.config import TrainConfig, config_from_resolved
 from internlm.model import EgoAgent
 
 from .layout import CONFIG_FILE, STUDENT_FILE, TEACHER_FILE, resolve_checkpoint
+from .provenance import git_commit
 
 WEIGHT_FILES = {"model": STUDENT_FILE, "student": STUDENT_FILE, "teacher": TEACHER_FILE}
 
@@ -66,33 +68,18 @@ def read_centers(folder: str, num_prototypes: int) -> Optional[dict[str, torch.T
     return centers
 
 
-def git_commit() -> str:
-    """The commit of the code that wrote a run (with '+dirty' for uncommitted changes), or 'unknown'."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
-
-
 def write_weights(folder: str, student_state: dict, teacher_state: dict, cfg: TrainConfig, meta: dict) -> None:
     """The unsharded part of a checkpoint: both weight files, the resolved config and meta.json (no marker)."""
     from internlm.config import to_dict
 
+    from .atomic import atomic_torch_save, atomic_write_json
     from .layout import META_FILE
-    from .atomic import atomic_torch_save, atomic_write_text
 
     os.makedirs(folder, exist_ok=True)
     atomic_torch_save({k: v.detach().cpu() for k, v in student_state.items()}, os.path.join(folder, STUDENT_FILE))
     atomic_torch_save({k: v.detach().cpu() for k, v in teacher_state.items()}, os.path.join(folder, TEACHER_FILE))
-    atomic_write_text(os.path.join(folder, CONFIG_FILE), json.dumps(to_dict(cfg), indent=1))
-    atomic_write_text(os.path.join(folder, META_FILE), json.dumps(meta, indent=1))
+    atomic_write_json(os.path.join(folder, CONFIG_FILE), to_dict(cfg))
+    atomic_write_json(os.path.join(folder, META_FILE), meta)
 
 
 def save_weights_only(save_folder: str, student: torch.nn.Module, teacher: torch.nn.Module, cfg: TrainConfig,

@@ -1,0 +1,55 @@
+"""Command-line conventions shared by the entry points: the launch options, and a parser for the scripts.
+
+Options are documented with underscores (``--take_uids``); the hyphenated spelling (``--take-uids``) is accepted
+too, and ``--help`` shows every default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from .launch import LAUNCHERS
+
+
+def add_launch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--launcher", choices=LAUNCHERS, default=None,
+                   help="slurm: under srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST); "
+                        "torch: under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); "
+                        "omitted: torchrun's variables if set, else one process")
+    p.add_argument("--port", type=int, default=None, help="master port (default: MASTER_PORT, else 29500)")
+    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default (unless its help already says it)."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ScriptArgumentParser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+
+    def parse_args(self, args: Optional[Sequence[str]] = None, namespace=None):
+        return super().parse_args(_underscored(args), namespace)
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace=None):
+        return super().parse_known_args(_underscored(args), namespace)
+
+
+def _underscored(args: Optional[Sequence[str]]) -> list[str]:
+    """``--take-uids=a`` -> ``--take_uids=a``; values and positionals are left alone."""
+    import sys
+
+    out = []
+    for a in sys.argv[1:] if args is None else args:
+        if a.startswith("--") and len(a) > 2:
+            name, eq, value = a[2:].partition("=")
+            a = "--" + name.replace("-", "_") + eq + value
+        out.append(a)
+    return out
