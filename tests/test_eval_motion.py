@@ -215,7 +215,7 @@ def test_motion_baseline_tool_and_its_eval_row(tmp_path, processed_world):
     cfg = write_tiny_config(tmp_path / "cfg.py", 2, tmp_path / "run", paths["frames"], paths["poses"])
     make_checkpoint(cfg)
     baseline = tmp_path / "pose_mlp.pt"
-    run_script(["tools/train_motion_baseline.py", "--config", cfg, "--steps", "60", "--out", str(baseline)])
+    run_script(["tools/train_motion_baseline.py", "--config", cfg, "--steps", "300", "--out", str(baseline)])
     payload = torch.load(baseline, weights_only=False)
     assert payload["record"]["pose_frame"] == "camera" and payload["record"]["num_clips"] > 0
     assert payload["record"]["final_loss"] < payload["record"]["first_loss"]

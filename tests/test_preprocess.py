@@ -56,7 +56,8 @@ def test_pose_fragments_follow_the_spec(processed_world):
                 frames = sorted(int(k) for k in content)
                 assert os.path.basename(path) == f"{uid}_{frames[0]}-{frames[-1]}.json"
                 for entry in content.values():
-                    assert set(entry) == {"pose", "confidence", "trajectory"}
+                    assert set(entry) == {"pose", "confidence", "trajectory", "rotation"}
+                    assert fmt.is_rotation(np.array(entry["rotation"]), tol=1e-5)
                     pose, confidence = np.array(entry["pose"]), np.array(entry["confidence"])
                     assert pose.shape == (17, 3) and confidence.shape == (17,) and len(entry["trajectory"]) == 3
                     assert set(confidence.tolist()) <= {0, 1}
@@ -93,7 +94,7 @@ def _raw_labels(world, spec):
 
 def test_pose_is_the_world_joint_in_that_frames_camera(processed_world):
     """pose = R X + t of THAT frame's extrinsic (1e-5), manual label where there is one, else automatic; a joint
-    the label lacks is -1 with confidence 0; trajectory = the camera centre -R^T t."""
+    the label lacks is -1 with confidence 0; trajectory = the camera centre -R^T t; rotation = R."""
     w = processed_world
     checked_manual = 0
     for spec in kept_specs(w):
@@ -113,6 +114,7 @@ def test_pose_is_the_world_joint_in_that_frames_camera(processed_world):
                 else:
                     assert merged.confidence[row, j] == 0 and np.all(merged.pose[row, j] == -1)
             np.testing.assert_allclose(merged.trajectory[row], -e[:, :3].T @ e[:, 3], atol=1e-5)
+            np.testing.assert_allclose(merged.rotation[row], e[:, :3], atol=1e-6)
             if str(frame) in manual:  # the automatic label differs here, so this really checks the choice
                 auto = automatic[str(frame)][0]["annotation3D"]
                 common = [n for n in joints3d if n in auto]

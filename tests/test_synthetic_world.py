@@ -129,7 +129,9 @@ def _camera_frame_poses(motion) -> np.ndarray:
 
 def test_motion_is_predictable_but_not_constant_velocity():
     """Over 0.5 s a constant-velocity extrapolation is clearly wrong (gait, turns, gaze), while a linear model of
-    the last 5 poses (fit on other takes) beats both simple baselines: the future follows from the past."""
+    the last 5 poses (fit on other takes) beats both simple baselines: the future follows from the past, most of
+    all at short horizons (the head's glances, which move the whole body in the head camera's frame, are only
+    partly foreseeable from 5 poses)."""
     past, future = [], []
     for k in range(8):
         rng = np.random.default_rng([123, k])
@@ -158,7 +160,9 @@ def test_motion_is_predictable_but_not_constant_velocity():
     weights = np.linalg.solve(a.T @ a + 1e-3 * np.eye(a.shape[1]), a.T @ b)
     predicted = (features(past[half:]) @ weights).reshape(future[half:].shape) + past[half:, -1:]
     learned, baseline = mpjpe_cm(predicted, future[half:]), mpjpe_cm(zero[half:], future[half:])
-    assert learned < 0.75 * baseline, (learned, baseline)
+    assert learned < 0.9 * baseline, (learned, baseline)
+    first_learned, first_zero = mpjpe_cm(predicted[:, 0], future[half:, 0]), mpjpe_cm(zero[half:, 0], future[half:, 0])
+    assert first_learned < 0.6 * first_zero, (first_learned, first_zero)
 
 
 def test_hands_come_into_view(synthetic_world):

@@ -23,6 +23,7 @@ def tiny_overrides(save_folder, steps: int = 6, micro_num: int = 4, accum: int =
         "data.micro_num": micro_num, "data.gradient_accumulation": accum, "loss.grad_accum": accum,
         "data.total_steps": steps, "lr_scheduler.total_steps": steps, "data.num_workers": 0,
         "ckpt.save_ckpt_folder": str(save_folder), "ckpt.checkpoint_every": 1000, "ckpt.load_ckpt_info": None,
+        "ckpt.keep_last": 0,
         "monitor.log_every": 1000, "monitor.tensorboard_folder": None,
     }
     if data_root is not None:

@@ -8,12 +8,12 @@ DATA_ROOT = "data/synthetic"
 HIDDEN_SIZE = 128
 NUM_ATTENTION_HEAD = 4
 NUM_LAYER = 4
-OUTPUT_DIM = 256
+OUTPUT_DIM = 256  # DINO prototypes, sized to ~1,000 training frames (the paper's 65,536 stay near-uniform)
 PATCH_SIZE = 8
 IMAGE_SIZE = 32  # global crops; local crops are half (16 tokens per frame with 8-px patches)
 N_LOCAL_CROPS = 6
 BATCH_SIZE = 32
-TOTAL_STEPS = 300
+TOTAL_STEPS = 600
 
 MODEL = dict(
     perframe_atten=True,
@@ -43,7 +43,7 @@ model_type = "EGOAGENT"
 model = dict(MODEL, teacher=False, checkpoint=False)
 teacher_type = "EGOAGENT"
 teacher = dict(MODEL, teacher=True, checkpoint=False)
-momentum_scheduler = dict(momentum_teacher=0.98)
+momentum_scheduler = dict(momentum_teacher=0.98)  # 0.996 would keep half the random init after 300 steps
 
 data = dict(
     micro_num=BATCH_SIZE,

@@ -9,7 +9,7 @@ DATA_ROOT = "data/synthetic"
 HIDDEN_SIZE = 128
 NUM_ATTENTION_HEAD = 4
 NUM_LAYER = 4
-OUTPUT_DIM = 256
+OUTPUT_DIM = 256  # DINO prototypes, sized to ~1,000 training frames (the paper's 65,536 stay near-uniform)
 PATCH_SIZE = 8
 IMAGE_SIZE = 32  # frames and global crops; local crops are half (16 tokens per frame with 8-px patches)
 N_LOCAL_CROPS = 6
@@ -39,14 +39,14 @@ MODEL = dict(
     head_hidden_dim=512,
     head_bottleneck_dim=128,
     init_std=0.02,  # InternLM's 0.006 is for d >= 1024; at d = 128 every frame would start with one feature
-    action_residual=True,
-    pose_normalization=True,
+    action_residual=True,  # offsets from the last observed pose, starting at "the body stays where it was"
+    pose_normalization=True,  # the action input standardised with the training clips' statistics
 )
 model_type = "EGOAGENT"
 model = dict(MODEL, teacher=False, checkpoint=False)
 teacher_type = "EGOAGENT"
 teacher = dict(MODEL, teacher=True, checkpoint=False)
-momentum_scheduler = dict(momentum_teacher=0.98)
+momentum_scheduler = dict(momentum_teacher=0.98)  # 0.996 would keep half the random init after 300 steps
 
 data = dict(
     micro_num=BATCH_SIZE,
@@ -66,7 +66,7 @@ data = dict(
     egoexo_frames_folder=f"{DATA_ROOT}/egoexo4d_v2/processed_data",
     egoexo_pose_folder=f"{DATA_ROOT}/egoexo4d_body_pose",
     clip_frames=20,
-    pose_frame="clip_first_camera",
+    pose_frame="clip_first_camera",  # ego-motion shows in the poses (in each frame's own camera it does not)
     clip_steps=4,
     pred_img_size=IMAGE_SIZE,
     num_workers=1,
@@ -81,7 +81,7 @@ loss = dict(
     warmup_teacher_temp_epochs=0,
     rep_weight=1.0,
     pred_weight=1.0,
-    act_weight=10.0,
+    act_weight=10.0,  # L_act is an L1 in metres (~0.02), far below the DINO terms (~5)
 )
 
 adam = dict(lr=6e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, weight_decay=0.04, weight_decay_end=0.4)

@@ -78,9 +78,9 @@ class RolloutExample:
     predicted: dict  # predictor name -> (20, 17, 3): the true inputs 0..4, then its prediction 5..19
 
 
-PREDICTOR_STYLES = {  # colour, line style of each predictor in the rollout plot (truth is black)
-    "model": ("#d73027", "-"), "pose_mlp": ("#4575b4", "--"), "constant_velocity": ("#fdae61", ":"),
-    "zero_velocity": ("#999999", ":"),
+PREDICTOR_STYLES = {  # label, colour, line style of each predictor in the rollout plot (truth is black)
+    "model": ("EgoAgent", "#d73027", "-"), "pose_mlp": ("pose-only MLP", "#4575b4", "--"),
+    "constant_velocity": ("constant velocity", "#fdae61", ":"), "zero_velocity": ("zero velocity", "#999999", ":"),
 }
 
 
@@ -105,7 +105,7 @@ def plot_skeleton_rollouts(path: str, examples: list[RolloutExample], frames=(4,
             _skeleton(ax, ex.truth[f], ex.visible[f], dict(color="black", lw=2.2))
             if f >= 5:
                 for name, pred in ex.predicted.items():
-                    colour, ls = PREDICTOR_STYLES.get(name, ("#1a9850", "-."))
+                    _, colour, ls = PREDICTOR_STYLES.get(name, (name, "#1a9850", "-."))
                     _skeleton(ax, pred[f], ex.visible[f], dict(color=colour, lw=1.4, ls=ls))
             ax.set_xlim(lo[0] - pad, hi[0] + pad)
             ax.set_ylim(-hi[1] - pad, -lo[1] + pad)
@@ -118,9 +118,9 @@ def plot_skeleton_rollouts(path: str, examples: list[RolloutExample], frames=(4,
             ax.set_title(f"frame {f}" + (" (last input)" if f < 5 else f" (+{(f - 4) * 1000 // 30} ms)"), fontsize=9)
         axes[r, 0].set_ylabel(ex.title, fontsize=8)
     names = list(examples[0].predicted) if examples else []
+    styles = [PREDICTOR_STYLES.get(n, (n, "#1a9850", "-.")) for n in names]
     handles = [plt.Line2D([], [], color="black", lw=2.2, label="truth")] + [
-        plt.Line2D([], [], color=PREDICTOR_STYLES.get(n, ("#1a9850", "-."))[0],
-                   ls=PREDICTOR_STYLES.get(n, ("#1a9850", "-."))[1], lw=1.4, label=n) for n in names]
+        plt.Line2D([], [], color=colour, ls=ls, lw=1.4, label=label) for label, colour, ls in styles]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=100)

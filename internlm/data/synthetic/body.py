@@ -3,7 +3,8 @@
 Motion (30 fps): smooth random speed (stops included) and turn rate, steering clear of walls and solids (so
 turns are announced by what the camera sees ahead); a periodic gait (stride ~1.2-1.7 s: leg and arm swing,
 pelvis bob twice per stride, sway, shoulder twist); head yaw/pitch independent of the walking direction,
-critically damped towards a target: the nearest landmark in front most of the time, else random scanning;
+critically damped towards a target: the nearest landmark in front some of the time, else quick glances around
+(targets held under a second, so the camera often turns 10-40 degrees between two 6 Hz frames);
 reach episodes (mostly when a landmark is within reach in front, sometimes anywhere) bring one or both hands
 forward into the view while the walker slows down and the head looks down at them.
 Body frame: x forward, y left, z up. The head camera is mounted at the brow, pitched down by CAMERA_TILT.
