@@ -279,7 +279,7 @@ def example_rows(dataset, data_cfg, got: Collected, gallery: Gallery, targets, e
 
 def summarize(ranks: dict, steps: torch.Tensor, num_steps: int) -> dict:
     rows = {}
-    for row, r in ranks.items():
+    for row, r in sorted(ranks.items(), key=lambda kv: list(ROWS).index(kv[0])):
         stats = rank_statistics(r)
         stats["per_step"] = [{"t": t, **rank_statistics(r[steps == t])} for t in range(num_steps)]
         stats["query"] = ROWS[row]

@@ -27,8 +27,9 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {1: "configs/demo/stage1_dino_tiny.py", 2: "configs/demo/stage2_joint_tiny.py"}
 # (label, threads, loader workers, compile); the first is the baseline of the ratios
-SETTINGS = (("2 threads, 1 worker (shipped)", 2, 1, False), ("2 threads, 0 workers", 2, 0, False),
-            ("1 thread, 1 worker", 1, 1, False), ("2 threads, 1 worker, torch.compile", 2, 1, True))
+SETTINGS = (("2 threads, 1 worker", 2, 1, False), ("2 threads, 0 workers", 2, 0, False),
+            ("1 thread, 1 worker", 1, 1, False), ("2 threads, 1 worker, torch.compile", 2, 1, True),
+            ("2 threads, 0 workers, torch.compile", 2, 0, True))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -223,10 +223,14 @@ def knn_table(knn: dict, stage1: dict) -> list[str]:
             *[f"| {label} | {r['top1']:.2f} | {r['top1_se']:.2f} | {r['top5']:.2f} |" for label, r in rows]]
 
 
+def _order(row: str) -> int:
+    return list(RETRIEVAL_LABELS).index(row) if row in RETRIEVAL_LABELS else len(RETRIEVAL_LABELS)
+
+
 def retrieval_table(ret: dict) -> list[str]:
     return ["| query | Top-1 % | ± SE | mAP % | ± SE |", "|---|---|---|---|---|",
             *[f"| {RETRIEVAL_LABELS.get(n, n)} | {r['top1']:.2f} | {r['top1_se']:.2f} | {r['mAP']:.2f} | "
-              f"{r['mAP_se']:.2f} |" for n, r in ret["rows"].items()],
+              f"{r['mAP_se']:.2f} |" for n, r in sorted(ret["rows"].items(), key=lambda kv: _order(kv[0]))],
             f"| chance | {ret['chance']['top1']:.2f} | | {ret['chance']['mAP']:.2f} | |"]
 
 

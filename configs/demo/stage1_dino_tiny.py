@@ -64,7 +64,7 @@ data = dict(
     egoexo_frames_folder=f"{DATA_ROOT}/egoexo4d_v2/processed_data",
     egoexo_pose_folder=f"{DATA_ROOT}/egoexo4d_body_pose",
     pred_img_size=IMAGE_SIZE,
-    num_workers=1,
+    num_workers=1,  # one decoding process beside the step: no setting measured clearly faster (benchmarks/RESULTS.md)
 )
 
 loss = dict(

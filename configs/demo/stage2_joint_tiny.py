@@ -69,7 +69,7 @@ data = dict(
     pose_frame="clip_first_camera",  # ego-motion shows in the poses (in each frame's own camera it does not)
     clip_steps=4,
     pred_img_size=IMAGE_SIZE,
-    num_workers=1,
+    num_workers=1,  # one decoding process beside the step: no setting measured clearly faster (benchmarks/RESULTS.md)
 )
 
 loss = dict(
