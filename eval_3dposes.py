@@ -46,7 +46,6 @@ from internlm.eval.cli import (
 from internlm.eval.distributed import gather_rows, sum_over_ranks
 from internlm.eval.motion import (
     INPUT_FRAMES,
-    M_TO_CM,
     MotionErrorSums,
     constant_velocity,
     poses_from_blocks,
@@ -94,8 +93,7 @@ def evaluate(model, pose_mlp, loader, ctx, total: int, num_examples: int) -> tup
         if pose_mlp is not None:
             predictions["pose_mlp"] = pose_mlp(xyz[:, :INPUT_FRAMES].float(), visible[:, :INPUT_FRAMES])
         for name, pred in predictions.items():
-            sums.setdefault(name, MotionErrorSums()).add(pred, xyz, visible)
-            per_clip.setdefault(name, []).append(clip_mpjpe(pred, xyz, visible))
+            per_clip.setdefault(name, []).append(sums.setdefault(name, MotionErrorSums()).add(pred, xyz, visible))
         num_clips += frames.shape[0]
         if len(examples) < num_examples:  # the first clip of each batch: examples spread over the split
             full = {name: torch.cat([xyz[0, :INPUT_FRAMES], pred[0].to(xyz)]).cpu().numpy()
@@ -103,13 +101,6 @@ def evaluate(model, pose_mlp, loader, ctx, total: int, num_examples: int) -> tup
             examples.append(RolloutExample(f"{batch['take_uid'][0][:8]} f{int(batch['frame_ids'][0, 0])}",
                                            xyz[0].cpu().numpy(), visible[0].cpu().numpy(), full))
     return sums, {k: torch.cat(v) for k, v in per_clip.items()}, examples, num_clips
-
-
-def clip_mpjpe(pred: torch.Tensor, xyz: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    """(N,) MPJPE@30fps of each clip (cm): the mean over its 15 target frames and visible joints."""
-    err = (pred.double().cpu() - xyz[:, INPUT_FRAMES:].double().cpu()).norm(dim=-1) * M_TO_CM  # (N, 15, J)
-    vis = visible[:, INPUT_FRAMES:].double().cpu()
-    return (err * vis).sum(dim=(1, 2)) / vis.sum(dim=(1, 2)).clamp_min(1)
 
 
 def paired_comparisons(per_clip: dict) -> dict:

@@ -262,7 +262,7 @@ def example_rows(dataset, data_cfg, got: Collected, gallery: Gallery, targets, e
     picked = torch.linspace(0, num_q - 1, n).round().long().unique().tolist()
     norm = (IMAGENET_MEAN, IMAGENET_STD) if data_cfg.norm_vid else (None, None)
     image = lambda src: to_image(dataset[src[0]]["frames"][src[1]], *norm)  # noqa: E731
-    shown = [r for r in ("egoagent", "copy") if r in got.queries] if "egoagent" in got.queries else ["oracle", "copy"]
+    shown = ["egoagent" if "egoagent" in got.queries else "oracle", "copy"]
     space = gallery.emb["model"]
     top = {r: top_retrieved(torch.cat(got.queries[r])[picked].to(space.device), space,
                             excluded[picked].to(space.device), k=5) for r in shown}

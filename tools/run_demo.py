@@ -110,8 +110,8 @@ class Pipeline:
     def finished(self, ckpt_folder: str) -> bool:
         """A training run whose last step's checkpoint is complete."""
         path = os.path.join(REPO, ckpt_folder)
-        return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, d, "COMPLETE")) and
-                                           self.previous.get("timings_s") for d in os.listdir(path))
+        return bool(self.previous.get("timings_s")) and os.path.isdir(path) and any(
+            os.path.isfile(os.path.join(path, d, "COMPLETE")) for d in os.listdir(path))
 
     def world_is_current(self) -> bool:
         try:

@@ -58,8 +58,9 @@ class MotionErrorSums:
         self.vel10_sum = torch.zeros(len(FRAMES_10FPS), dtype=torch.float64)
         self.vel10_count = torch.zeros(len(FRAMES_10FPS), dtype=torch.float64)
 
-    def add(self, pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> None:
-        """pred (N, 15, J, 3) frames 5..19; target (N, 20, J, 3) and visible (N, 20, J) the whole clip."""
+    def add(self, pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """pred (N, 15, J, 3) frames 5..19; target (N, 20, J, 3) and visible (N, 20, J) the whole clip.
+        Returns each clip's own MPJPE@30fps (N,) in cm (for paired comparisons between predictors)."""
         if pred.shape[1] != HORIZON or target.shape[1] != CLIP_FRAMES:
             raise ValueError(f"expected pred (N, {HORIZON}, J, 3) and target (N, {CLIP_FRAMES}, J, 3), got "
                              f"{tuple(pred.shape)} and {tuple(target.shape)}")
@@ -68,14 +69,17 @@ class MotionErrorSums:
         full_pred = torch.cat([target[:, :INPUT_FRAMES], pred], dim=1)  # (N, 20, J, 3): true inputs
         vis_t = visible[:, INPUT_FRAMES:]  # (N, 15, J)
         err = (pred - target[:, INPUT_FRAMES:]).norm(dim=-1) * M_TO_CM  # (N, 15, J)
-        self.pos_sum += (err * vis_t).sum(dim=(0, 2))
-        self.pos_count += vis_t.sum(dim=(0, 2))
+        per_clip_frame = (err * vis_t).sum(dim=2)  # (N, 15)
+        visible_per_clip_frame = vis_t.sum(dim=2)
+        self.pos_sum += per_clip_frame.sum(dim=0)
+        self.pos_count += visible_per_clip_frame.sum(dim=0)
         s, c = _velocity_errors(full_pred, target, visible, range(INPUT_FRAMES, CLIP_FRAMES), 1, FPS)
         self.vel30_sum += s
         self.vel30_count += c
         s, c = _velocity_errors(full_pred, target, visible, FRAMES_10FPS, 3, FPS / 3)
         self.vel10_sum += s
         self.vel10_count += c
+        return per_clip_frame.sum(dim=1) / visible_per_clip_frame.sum(dim=1).clamp_min(1)
 
     def as_tensor(self) -> torch.Tensor:  # (4 * 15 + 2 * 5,) float64
         return torch.cat([self.pos_sum, self.pos_count, self.vel30_sum, self.vel30_count, self.vel10_sum,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -19,8 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from internlm.checkpoint.layout import TRAIN_STATE_DIR
-from internlm.checkpoint.weights import load_state_dict
+from internlm.checkpoint.weights import load_state_dict, read_centers
 from internlm.config.schema import TrainConfig
 from internlm.model import EgoAgent
 from internlm.model.egoagent import JOINT_ONLY_PREFIXES
@@ -119,11 +117,9 @@ class EgoAgentMetaArch(nn.Module):
                 model.init_prediction_from_representation()
                 logger.info("%s: the state-prediction head and future-state query start as copies of the "
                             "representation head and the state query (model.prediction_init)", which)
-        state_dir = os.path.join(folder, TRAIN_STATE_DIR)
-        if os.path.isdir(state_dir):
-            import torch.distributed.checkpoint as dcp
-
-            dcp.load({"rep_center": self.rep_center}, checkpoint_id=state_dir)
+        centers = read_centers(folder, self.rep_center.numel())
+        if centers is not None:
+            self.rep_center.copy_(centers["rep_center"])
             logger.info("representation centre from %s (|c| = %.3g)", folder, float(self.rep_center.norm()))
         else:
             logger.info("%s holds weights only: the representation centre starts at 0", folder)
