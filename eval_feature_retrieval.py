@@ -3,7 +3,8 @@
 Every val clip (20 frames at 30 fps, T = 4 steps of 5, the image of step t = its first frame) gives T - 1 = 3
 queries, t = 0, 1, 2: "which frame comes next?".
   query    the student's state-prediction head at the future-state query of step t (it sees frames <= t and
-           the actions, i.e. the poses, of steps <= t);
+           the actions, i.e. the poses, of steps <= t); with model.prediction_residual the head's output is a
+           change added to the teacher's copy prediction of frame t, computed here as in training;
   gallery  the representation of every real next frame (steps 1..3 of every clip, de-duplicated by take and
            frame) from the network L_pred trains against: the EMA teacher (--gallery teacher, the default) or
            the student (--gallery student); the query's own current frame t is removed from its gallery;
@@ -49,6 +50,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +83,7 @@ from internlm.eval.retrieval import (
     top_retrieved,
 )
 from internlm.initialize.launch import destroy_distributed
+from internlm.train.losses import copy_prediction
 
 logger = logging.getLogger("eval_feature_retrieval")
 ORACLE_FLOOR = 99.0  # % of queries the oracle must rank first
@@ -133,11 +136,27 @@ class Checkpoint:
     center: torch.Tensor  # (K,) the centre the checkpoint's loss applies to the gallery network's logits
     center_source: str
     space: LogitSpace
+    # model.prediction_residual: the network whose copy prediction of frame t the state prediction is added to (the
+    # teacher, as in training) and its L_pred centre; None otherwise
+    copy_net: Optional[torch.nn.Module] = None
+    copy_center: Optional[torch.Tensor] = None
+
+    def predict(self, frames: torch.Tensor, poses: torch.Tensor, gallery_logits: torch.Tensor) -> torch.Tensor:
+        """The student's state prediction of every step (B, T, K); gallery_logits (B, T, K) are reused as the
+        residual base when the gallery network is the teacher."""
+        copy_logits = None
+        if self.copy_net is not None:
+            base = gallery_logits if self.copy_net is self.gallery_net else \
+                self.copy_net.represent(frames.flatten(0, 1)).logits.unflatten(0, frames.shape[:2])
+            copy_logits = copy_prediction(base, self.copy_center, self.space.teacher_temp, self.space.student_temp)
+        return self.student.forward_joint(frames, poses, copy_logits=copy_logits).future_logits
 
 
 def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Checkpoint:
     student, cfg, folder = load_model(path, "model", device, attn_backend=attn_backend)
-    gallery_net = student if gallery == "student" else load_model(folder, "teacher", device, attn_backend)[0]
+    residual = student.joint and cfg.model.prediction_residual
+    teacher = load_model(folder, "teacher", device, attn_backend)[0] if gallery == "teacher" or residual else None
+    gallery_net = student if gallery == "student" else teacher
     centers = read_centers(folder, cfg.model.output_dim)
     # The centre L_pred applies to the target frames (stage 2); a stage-1 checkpoint's representation centre.
     which = "pred_center" if student.joint else "rep_center"
@@ -146,8 +165,16 @@ def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Check
     else:
         center, source = centers[which], which
     heads = [gallery_net.rep_head.last_layer.weight] + ([student.pred_head.last_layer.weight] if student.joint else [])
-    space = LogitSpace(heads, [center], cfg.loss.student_temp, cfg.loss.teacher_temp)
-    return Checkpoint(folder, student, gallery_net, center.to(device), source, space)
+    space_centers = [center]
+    copy_center = None
+    if residual:
+        copy_center = (centers or {}).get("pred_center", torch.zeros(cfg.model.output_dim)).to(device)
+        if gallery_net is not teacher:
+            heads.append(teacher.rep_head.last_layer.weight)
+        space_centers.append(copy_center)
+    space = LogitSpace(heads, space_centers, cfg.loss.student_temp, cfg.loss.teacher_temp)
+    return Checkpoint(folder, student, gallery_net, center.to(device), source, space,
+                      teacher if residual else None, copy_center)
 
 
 # ------------------------------------------------------------------------------------------------ collection
@@ -194,10 +221,10 @@ def collect(ck: Checkpoint, baseline, loader, dataset, ctx, total: int) -> Colle
         out.add(out.queries, "copy", space.query(space.minimiser(now, ck.center)))
         out.add(out.queries, "oracle", space.query(space.minimiser(nxt, ck.center)))
         if ck.student.joint:
-            pred = ck.student.forward_joint(frames, batch["poses"]).future_logits[:, :T - 1]  # (B, T-1, K)
+            pred = ck.predict(frames, batch["poses"], logits)[:, :T - 1]  # (B, T-1, K)
             out.add(out.queries, "egoagent", space.query(pred.flatten(0, 1)))
             shuffled = other_clip_poses(dataset, batch["sample_id"].tolist()).to(ctx.device)
-            pred = ck.student.forward_joint(frames, shuffled).future_logits[:, :T - 1]
+            pred = ck.predict(frames, shuffled, logits)[:, :T - 1]
             out.add(out.queries, "shuffled_actions", space.query(pred.flatten(0, 1)))
         if baseline is not None:
             b, bs = baseline.gallery_net.represent(flat).logits.unflatten(0, (B, T)), baseline.space

@@ -151,3 +151,10 @@ def test_out_of_range_values_are_errors_at_load_time(key, value, expected):
     with pytest.raises(ConfigError) as err:
         load_config("configs/demo/stage2_joint_tiny.py", [(key, value)])
     assert expected in str(err.value)
+
+
+def test_residual_prediction_excludes_a_copied_prediction_head():
+    with pytest.raises(ConfigError, match="prediction_residual"):
+        load_config("configs/demo/stage2_joint_tiny.py", [("model.prediction_init", "representation")])
+    cfg = load_config("configs/joint_train/lr6e-04_tmp004_300m.py")
+    assert not cfg.model.prediction_residual and cfg.model.prediction_init == "fresh"  # the paper's predictor

@@ -199,3 +199,27 @@ def test_retrieval_script_end_to_end(tmp_path, processed_world):
     base = json.loads((tmp_path / "base" / "retrieval.json").read_text())
     assert set(base["rows"]) == {"copy", "raw_pixels", "oracle"} and base["headline"] == "oracle"
     assert base["num_queries"] == 24 and base["top1"] >= 99.0
+
+
+@pytest.mark.slow
+def test_untrained_residual_predictor_is_exactly_the_copy_baseline(tmp_path, processed_world):
+    """model.prediction_residual: before any training the prediction is the teacher's copy of frame t, so the
+    EgoAgent, shuffled-action and copy rows rank every query the same (the base is computed as in training)."""
+    from eval_helpers import make_checkpoint, run_script, world_paths, write_tiny_config
+
+    paths = world_paths(processed_world)
+    cfg = write_tiny_config(tmp_path / "cfg.py", 2, tmp_path / "run", paths["frames"], paths["poses"])
+    with open(cfg, "a") as f:
+        f.write("model['prediction_residual'] = True\nteacher['prediction_residual'] = True\n")
+    make_checkpoint(cfg)
+    for gallery in ("teacher", "student"):
+        out = tmp_path / gallery
+        run_script(["eval_feature_retrieval.py", "--config", cfg, "--batch_size", "4", "--gallery", gallery,
+                    "--output_dir", str(out)])
+        rows = json.loads((out / "retrieval.json").read_text())["rows"]
+        if gallery == "teacher":
+            for row in ("egoagent", "shuffled_actions"):
+                assert rows[row]["top1"] == rows["copy"]["top1"] and rows[row]["mAP"] == rows["copy"]["mAP"], row
+        else:  # the copy row is now the student's; the prediction still starts from the teacher's copy
+            assert rows["egoagent"]["mAP"] == rows["shuffled_actions"]["mAP"]
+            assert rows["egoagent"]["mAP"] != rows["copy"]["mAP"]

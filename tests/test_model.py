@@ -116,6 +116,31 @@ def test_prediction_can_start_as_the_copy_of_the_representation():
         assert (model.pred_head(feats) - model.rep_head(feats)).abs().max() > 1e-3
 
 
+def test_residual_prediction_starts_as_the_copy_and_learns_a_change():
+    torch.manual_seed(0)
+    model = EgoAgent(tiny_cfg(prediction_residual=True), joint=True)
+    frames, poses = clip()
+    copy_logits = torch.randn(2, 4, 96)
+    with pytest.raises(ValueError, match="copy_logits"):
+        model.forward_joint(frames, poses)
+    assert model.forward_joint(frames, poses, with_logits=False).future_logits is None  # the rollout needs none
+    out = model.forward_joint(frames, poses, copy_logits=copy_logits).future_logits
+    torch.testing.assert_close(out, copy_logits, rtol=0, atol=0)  # exactly the copy: every gain starts at 0
+    gains = model.pred_head.last_layer.parametrizations.weight.original0
+    assert gains.requires_grad and not gains.any()
+    target = torch.randn(2, 4, 96)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(5):  # the gains move first, then the rest of the head
+        opt.zero_grad()
+        (model.forward_joint(frames, poses, copy_logits=copy_logits).future_logits - target).square().mean().backward()
+        opt.step()
+    with torch.no_grad():
+        moved = model.forward_joint(frames, poses, copy_logits=copy_logits).future_logits - copy_logits
+        other = model.forward_joint(frames, clip(seed=3)[1], copy_logits=copy_logits).future_logits - copy_logits
+    assert moved.abs().mean() > 1e-2
+    assert (moved - other).abs().max() > 1e-3 * moved.abs().max()  # the change depends on the actions
+
+
 def test_pose_normalization_standardises_the_input():
     torch.manual_seed(0)
     from internlm.model.projectors import ActionProjector

@@ -240,6 +240,37 @@ def test_stage2_takes_the_representation_centre_of_stage1(tmp_path):
     assert not s2.meta.pred_center.any()  # the prediction target's centre is new in stage 2
 
 
+def test_residual_prediction_starts_at_the_copy_loss(tmp_path):
+    """model.prediction_residual (the demo): the first L_pred is exactly that of the copy prediction of the teacher's
+    frame t; the paper's fresh predictor is elsewhere."""
+    from internlm.train.losses import copy_prediction, prediction_loss
+    from internlm.train.meta_arch import STAT_NAMES, EgoAgentMetaArch
+
+    g = torch.Generator().manual_seed(0)
+    B, T = 3, 4
+    chunk = {"global_crops": torch.randn(B, 2, 3, 32, 32, generator=g),
+             "local_crops": torch.randn(B, 2, 3, 16, 16, generator=g),
+             "frames": torch.randn(B, T, 3, 32, 32, generator=g), "poses": torch.rand(B, T, 4, 5, 17, generator=g)}
+    losses = {}
+    for residual in (True, False):
+        cfg = tiny_config(2, tmp_path, **{"model.prediction_residual": residual,
+                                          "teacher.prediction_residual": residual})
+        torch.manual_seed(0)
+        meta = EgoAgentMetaArch(cfg)
+        meta.pred_center.normal_()  # a centre that is not zero must enter the base
+        state = meta.begin_step(chunk)
+        meta.chunk_loss(chunk, state, cfg.loss.teacher_temp, 1.0)
+        losses[residual] = float(state.stats[STAT_NAMES.index("loss_pred")])
+        if residual:
+            with torch.no_grad():
+                t_frames = meta.teacher.represent(chunk["frames"].flatten(0, 1)).logits.view(B, T, -1)
+                base = copy_prediction(t_frames, meta.pred_center, cfg.loss.teacher_temp, cfg.loss.student_temp)
+                want = prediction_loss(base, t_frames, meta.pred_center, cfg.loss.teacher_temp,
+                                       cfg.loss.student_temp)
+            assert losses[True] == pytest.approx(float(want), rel=1e-5)
+    assert abs(losses[True] - losses[False]) > 1e-2
+
+
 def test_freeze_last_layer_for_the_first_steps(tmp_path):
     trainer = make_trainer(tiny_config(1, tmp_path, steps=4, **{"loss.freeze_last_layer_steps": 2}))
     student = trainer.meta.student

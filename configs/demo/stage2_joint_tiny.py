@@ -41,6 +41,9 @@ MODEL = dict(
     init_std=0.02,  # InternLM's 0.006 is for d >= 1024; at d = 128 every frame would start with one feature
     action_residual=True,  # offsets from the last observed pose, starting at "the body stays where it was"
     pose_normalization=True,  # the action input standardised with the training clips' statistics
+    # the state prediction = the teacher's "frame t+1 looks like frame t" + a learned change (zero at the start):
+    # a fresh predictor at this scale never reproduces the teacher's own view of frame t (the copy baseline)
+    prediction_residual=True,
 )
 model_type = "EGOAGENT"
 model = dict(MODEL, teacher=False, checkpoint=False)

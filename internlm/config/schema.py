@@ -79,6 +79,10 @@ class ModelConfig:
     # head and future-state query like any new layer (the paper); "representation" copies the representation head
     # and state query into them, so the predictor starts as the copy baseline.
     prediction_init: str = "fresh"
+    # The state-prediction output as a change: logits = the L_pred minimiser for "frame t+1 looks like frame t" under
+    # the teacher's representation of frame t, plus the state-prediction head (its prototype gains start at 0), so
+    # the predictor starts exactly as the copy baseline and learns only what the action and history change.
+    prediction_residual: bool = False
     # InternLM's normal init std (qkv, w1; out_proj and w2 divided by sqrt(2 (layer + 1)); w3 a quarter). 0.006 is
     # InternLM's value for d >= 1024; narrow demo models need a larger one or every image starts with one feature.
     init_std: float = 0.006
@@ -488,6 +492,10 @@ def _validate_model(m: ModelConfig, section: str) -> None:
         raise ConfigError(f"{section}.checkpoint={m.checkpoint}: expected True/False or a fraction in [0, 1]")
     if m.prediction_init not in ("fresh", "representation"):
         raise ConfigError(f"{section}.prediction_init={m.prediction_init!r}: expected 'fresh' or 'representation'")
+    if m.prediction_residual and m.prediction_init != "fresh":
+        raise ConfigError(f"{section}: prediction_residual=True starts the predictor at the copy baseline already; "
+                          f"prediction_init={m.prediction_init!r} would add the representation head on top of it "
+                          "(use prediction_init='fresh')")
     if m.img_size % m.patch_size:
         raise ConfigError(
             f"{section}.lvm_config.conv_stem_config: img_size={m.img_size} is not a multiple of "
@@ -500,7 +508,7 @@ def _validate_model(m: ModelConfig, section: str) -> None:
 _TEACHER_MUST_MATCH = ("hidden_size", "num_layers", "num_attention_heads", "mlp_ratio", "output_dim", "lvm_config",
                        "head_hidden_dim", "head_bottleneck_dim", "rope_base", "layer_norm_epsilon", "perframe_atten",
                        "causal", "use_multi_crop", "norm_last_layer", "pose_frames", "num_joints", "pose_channels",
-                       "init_std", "action_residual", "pose_normalization")
+                       "init_std", "action_residual", "pose_normalization", "prediction_residual")
 
 
 def _validate_ranges(cfg: TrainConfig) -> None:

@@ -27,6 +27,8 @@ from typing import Hashable, Sequence
 
 import torch
 
+from internlm.train.losses import copy_prediction
+
 
 def retrieval_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor,
                     queries_per_chunk: int = 1024, gallery_per_chunk: int = 8192) -> torch.Tensor:
@@ -100,7 +102,7 @@ class LogitSpace:
     def minimiser(self, logits: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
         """(n, K) teacher logits -> the student logits s = (tau_s / tau_t)(l - c) that minimise L_pred towards
         them (what a perfect predictor outputs: the oracle's query; on frame t, the copy baseline's)."""
-        return (self.student_temp / self.teacher_temp) * (logits.float() - center.to(logits.device).float())
+        return copy_prediction(logits, center, self.teacher_temp, self.student_temp)
 
     def query(self, logits: torch.Tensor) -> torch.Tensor:
         """(n, K) student logits s -> (n, m) unit rows."""

@@ -83,7 +83,7 @@ class EgoAgent(nn.Module):
             self.action_query = nn.Parameter(torch.zeros(d))
             self.future_query = nn.Parameter(torch.zeros(d))
             self.pred_head = DINOHead(d, cfg.output_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
-                                      cfg.norm_last_layer)
+                                      cfg.norm_last_layer, zero_gain=cfg.prediction_residual)
             self.action_head = ActionHead(d, cfg.pose_channels, cfg.pose_frames, cfg.num_joints,
                                           zero_init=cfg.action_residual)
         self.reset_backbone_and_queries()
@@ -127,10 +127,19 @@ class EgoAgent(nn.Module):
         feature = self.encode(images)
         return RepresentationOutput(feature, self.rep_head(feature))
 
-    def forward_joint(self, frames: torch.Tensor, poses: torch.Tensor, with_logits: bool = True) -> JointOutput:
-        """frames (B, T, 3, P, P), poses (B, T, 4, 5, 17) -> JointOutput."""
+    def forward_joint(self, frames: torch.Tensor, poses: torch.Tensor, with_logits: bool = True,
+                      copy_logits: Optional[torch.Tensor] = None) -> JointOutput:
+        """frames (B, T, 3, P, P), poses (B, T, 4, 5, 17) -> JointOutput.
+
+        copy_logits (B, T, K): with model.prediction_residual, the base the state-prediction head's change is added
+        to: the L_pred minimiser towards frame t itself under the teacher's representation
+        (losses.copy_prediction); the caller has the teacher, this module does not."""
         if not self.joint:
             raise RuntimeError("this is the stage-1 model (joint=False); it has no action or prediction parts")
+        if self.cfg.prediction_residual and with_logits and copy_logits is None:
+            raise ValueError("model.prediction_residual=True: the state prediction is a change added to the teacher's "
+                             "copy prediction of frame t; pass copy_logits (losses.copy_prediction of the teacher's "
+                             "logits of the clip's frames)")
         B, T = frames.shape[:2]
         img = self.image_projector(frames.flatten(0, 1))  # (B*T, N, d)
         N, d = img.shape[1:]
@@ -145,6 +154,8 @@ class EgoAgent(nn.Module):
             actions = self.add_residual_base(actions, poses)
         future = out[:, :, N + 2]  # (B, T, d)
         logits = self.pred_head(future) if with_logits else None
+        if logits is not None and self.cfg.prediction_residual:
+            logits = copy_logits.to(logits.dtype) + logits
         return JointOutput(actions, future, logits)
 
     def residual_base(self, poses: torch.Tensor) -> torch.Tensor:
@@ -166,11 +177,11 @@ class EgoAgent(nn.Module):
         return torch.cat([actions[:, :, :3] + base, actions[:, :, 3:]], dim=2)
 
     def forward(self, views: Sequence[torch.Tensor] = (), frames: Optional[torch.Tensor] = None,
-                poses: Optional[torch.Tensor] = None) -> AgentOutput:
+                poses: Optional[torch.Tensor] = None, copy_logits: Optional[torch.Tensor] = None) -> AgentOutput:
         """Everything one training step needs from this model, in one call (DDP and FSDP only see ``forward``).
 
         views: groups of same-size views, each (B_i, 3, S_i, S_i) -> representation of every view;
-        frames (B, T, 3, P, P) and poses (B, T, 4, 5, 17) -> the joint branch."""
+        frames (B, T, 3, P, P) and poses (B, T, 4, 5, 17) -> the joint branch (copy_logits: see forward_joint)."""
         outs = [self.represent(v) for v in views]
-        joint = self.forward_joint(frames, poses) if frames is not None else None
+        joint = self.forward_joint(frames, poses, copy_logits=copy_logits) if frames is not None else None
         return AgentOutput(outs, joint)

@@ -9,10 +9,11 @@ from torch.nn.utils.parametrizations import weight_norm
 class DINOHead(nn.Module):
     """Linear(d, 2048) GELU Linear(2048, 2048) GELU Linear(2048, 256), L2-normalise, weight-normalised
     Linear(256, K, no bias). With norm_last_layer the weight norm g is fixed to 1 (DINO), so the logits are
-    cosine similarities to K prototypes."""
+    cosine similarities to K prototypes. ``zero_gain``: every prototype's g starts at 0 and is learned (the head
+    outputs 0 at first: a change added to a base, the residual state-prediction option)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 norm_last_layer: bool = True):
+                 norm_last_layer: bool = True, zero_gain: bool = False):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.GELU(),
@@ -25,8 +26,8 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         with torch.no_grad():
-            self.last_layer.parametrizations.weight.original0.fill_(1.0)  # g
-        if norm_last_layer:
+            self.last_layer.parametrizations.weight.original0.fill_(0.0 if zero_gain else 1.0)  # g
+        if norm_last_layer and not zero_gain:
             self.last_layer.parametrizations.weight.original0.requires_grad = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., K)

@@ -23,7 +23,7 @@ from internlm.config.schema import TrainConfig
 from internlm.model import EgoAgent
 from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 
-from .losses import action_loss, dino_multicrop_loss, prediction_loss, teacher_probs, visible_elements
+from .losses import action_loss, copy_prediction, dino_multicrop_loss, prediction_loss, teacher_probs, visible_elements
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +161,12 @@ class EgoAgentMetaArch(nn.Module):
             teacher_views = [g_views] + ([frames.flatten(0, 1)] if self.joint else [])
             t_out = self.teacher(views=teacher_views)
         t_global = t_out.views[0].logits.float()  # (2B, K)
+        t_frames = t_out.views[1].logits.float().view(B, frames.shape[1], -1) if self.joint else None  # (B, T, K)
+        copy_logits = None
+        if self.joint and self.cfg.model.prediction_residual:
+            copy_logits = copy_prediction(t_frames, self.pred_center, teacher_temp, lc.student_temp)
         with self._autocast(self.student_dtype, globals_.device):
-            s_out = self.student(views=student_views, frames=frames, poses=poses)
+            s_out = self.student(views=student_views, frames=frames, poses=poses, copy_logits=copy_logits)
 
         s_logits = list(s_out.views[0].logits.chunk(n_global))
         if n_local:
@@ -173,8 +177,6 @@ class EgoAgentMetaArch(nn.Module):
         zero = loss_rep.new_zeros(())
         loss_pred, act_sum = zero, zero
         if self.joint:
-            T = frames.shape[1]
-            t_frames = t_out.views[1].logits.float().view(B, T, -1)  # (B, T, K)
             loss_pred = prediction_loss(s_out.joint.future_logits, t_frames, self.pred_center, teacher_temp,
                                         lc.student_temp)
             loss_act = action_loss(s_out.joint.actions, poses, state.act_normalizer)

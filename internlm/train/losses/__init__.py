@@ -2,6 +2,7 @@
 
 from .action_loss import action_loss, visible_elements
 from .dino_loss import dino_multicrop_loss, teacher_probs
-from .prediction_loss import prediction_loss
+from .prediction_loss import copy_prediction, prediction_loss
 
-__all__ = ["action_loss", "dino_multicrop_loss", "prediction_loss", "teacher_probs", "visible_elements"]
+__all__ = ["action_loss", "copy_prediction", "dino_multicrop_loss", "prediction_loss", "teacher_probs",
+           "visible_elements"]

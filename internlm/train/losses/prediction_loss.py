@@ -15,3 +15,12 @@ def prediction_loss(student_pred_logits: torch.Tensor, teacher_frame_logits: tor
     Step t is matched with frame t+1 for t = 0..T-2; mean over steps and batch."""
     targets = teacher_probs(teacher_frame_logits[:, 1:], center, teacher_temp)  # (B, T-1, K)
     return cross_entropy(targets, student_pred_logits[:, :-1], student_temp).mean()
+
+
+def copy_prediction(teacher_frame_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float,
+                    student_temp: float) -> torch.Tensor:
+    """(..., K) teacher logits of frame t -> the student logits that minimise L_pred had frame t+1 been frame t,
+    (tau_s / tau_t)(l_T - c): the "nothing changes" prediction (the retrieval protocol's copy baseline, and the
+    base the residual state-prediction option adds its change to)."""
+    logits = teacher_frame_logits.float()
+    return (student_temp / teacher_temp) * (logits - center.to(logits.device).float())
