@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import cv2
@@ -71,6 +72,29 @@ def test_crop_boxes_respect_the_configured_scales():
         assert got.min() >= lo - 0.03 and got.max() <= hi + 0.03, kind
         assert got.min() < lo + 0.1 * (hi - lo) and got.max() > hi - 0.15 * (hi - lo), kind  # the range is used
     assert len(fractions["local"]) == 150 * 3
+
+
+@pytest.mark.parametrize("flip_p", [0.0, 0.5, 1.0])
+def test_flip_probability_and_the_same_random_stream(flip_p):
+    """data.flip_prob: how often a crop is mirrored (left half dark, right half bright); the crops drawn do not depend
+    on it (one draw per decision either way)."""
+    image = np.zeros((96, 96, 3), np.uint8)
+    image[:, 48:] = 255
+    cfg = MultiCropConfig(init_crop_size=64, init_crop_scale=(0.9, 1.0), global_crop_size=32,
+                          global_crops_scale=(0.9, 1.0), local_crops_number=0, normalize=False, flip_p=flip_p)
+    mirrored, boxes = [], []
+    for seed in range(40):
+        out = MultiCropTransform(cfg)(image, np.random.default_rng(seed), return_boxes=True)
+        view = out["global_crops"][0].mean(0)  # first global view: blurred, never solarised
+        mirrored.append(bool(view[:, :16].mean() > view[:, 16:].mean()))
+        boxes.append(out["boxes"]["global"])
+    assert sum(mirrored) == {0.0: 0, 1.0: 40}.get(flip_p, sum(mirrored))
+    if flip_p == 0.5:
+        assert 8 <= sum(mirrored) <= 32
+    default = [MultiCropTransform(dataclasses.replace(cfg, flip_p=0.5))(image, np.random.default_rng(seed),
+                                                                          return_boxes=True)["boxes"]["global"]
+               for seed in range(40)]
+    assert boxes == default
 
 
 def test_random_resized_crop_falls_back_to_a_central_box():

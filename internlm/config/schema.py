@@ -164,6 +164,7 @@ class DataConfig:
     clip_steps: int = 4  # ... split into T=4 steps of 5 frames
     pred_img_size: int = 224  # full frames resized for prediction/action (teacher targets too)
     init_crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_prob: float = 0.5  # DINO's horizontal flip of every crop; a mirrored view swaps left and right turns
     pose_frame: str = "camera"  # POSE_FRAMES: the coordinate frame of the clips' poses
     num_workers: int = 2
     seed: int = 0  # data order and augmentation; train.py --seed overrides
@@ -523,6 +524,8 @@ def _validate_ranges(cfg: TrainConfig) -> None:
         if not (math.isfinite(value) and value >= low):
             kind = "an integer" if isinstance(low, int) else "a finite number"
             raise ConfigError(f"{key}={value!r}: expected {kind} >= {low}")
+    if not 0.0 <= cfg.data.flip_prob <= 1.0:
+        raise ConfigError(f"data.flip_prob={cfg.data.flip_prob!r}: expected a probability in [0, 1]")
 
 
 def _validate_teacher(cfg: TrainConfig) -> None:

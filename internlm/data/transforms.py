@@ -142,9 +142,11 @@ GLOBAL_2 = ViewAugmentation(blur_p=0.1, solarize_p=0.2)
 LOCAL = ViewAugmentation(blur_p=0.5, solarize_p=0.0)
 
 
-def photometric(img: np.ndarray, view: ViewAugmentation, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (S, S, 3) RGB -> uint8 (S, S, 3): flip, jitter, grayscale, blur, solarize (DINO's order)."""
-    if rng.random() < FLIP_P:
+def photometric(img: np.ndarray, view: ViewAugmentation, rng: np.random.Generator,
+                flip_p: float = FLIP_P) -> np.ndarray:
+    """uint8 (S, S, 3) RGB -> uint8 (S, S, 3): flip, jitter, grayscale, blur, solarize (DINO's order). The random
+    stream is the same whatever flip_p is (one draw per decision)."""
+    if rng.random() < flip_p:
         img = cv2.flip(img, 1)
     if rng.random() < JITTER_P:
         img = color_jitter(img, rng)
@@ -191,6 +193,7 @@ class MultiCropConfig:
     local_crops_scale: tuple[float, float] = (0.05, 0.4)
     local_crops_number: int = 6
     normalize: bool = True
+    flip_p: float = FLIP_P
 
     @classmethod
     def from_data_config(cls, data) -> "MultiCropConfig":
@@ -199,6 +202,7 @@ class MultiCropConfig:
             global_crop_size=data.vid_crop_size, global_crops_scale=tuple(data.global_crops_scale),
             local_crop_size=data.local_crop_size, local_crops_scale=tuple(data.local_crops_scale),
             local_crops_number=data.local_crops_number if data.use_local_crop else 0, normalize=data.norm_vid,
+            flip_p=data.flip_prob,
         )
 
 
@@ -235,11 +239,11 @@ class MultiCropTransform:
         boxes = {"init": init_box, "global": [], "local": []}
         for k, view in enumerate((GLOBAL_1, GLOBAL_2)):
             box = random_resized_crop_box(size, size, cfg.global_crops_scale, rng)
-            self.normalizer.into(photometric(crop_resize(init, box, g), view, rng), global_crops[k])
+            self.normalizer.into(photometric(crop_resize(init, box, g), view, rng, cfg.flip_p), global_crops[k])
             boxes["global"].append(box)
         for k in range(n):
             box = random_resized_crop_box(size, size, cfg.local_crops_scale, rng)
-            self.normalizer.into(photometric(crop_resize(init, box, l_size), LOCAL, rng), local_crops[k])
+            self.normalizer.into(photometric(crop_resize(init, box, l_size), LOCAL, rng, cfg.flip_p), local_crops[k])
             boxes["local"].append(box)
         out = {"global_crops": torch.from_numpy(global_crops), "local_crops": torch.from_numpy(local_crops)}
         if return_boxes:
