@@ -50,13 +50,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from internlm.checkpoint.layout import read_meta
-from internlm.checkpoint.weights import load_model, read_centers
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
 from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from internlm.eval.cli import (
@@ -74,16 +72,16 @@ from internlm.eval.cli import (
 from internlm.eval.distributed import gather_lists, gather_rows
 from internlm.eval.plots import RetrievalExample, plot_retrieval_examples, to_image
 from internlm.eval.retrieval import (
-    LogitSpace,
+    Checkpoint,
     chance_level,
     deduplicate,
+    load_checkpoint,
     paired_difference,
     rank_statistics,
     retrieval_ranks,
     top_retrieved,
 )
 from internlm.initialize.launch import destroy_distributed
-from internlm.train.losses import copy_prediction
 
 logger = logging.getLogger("eval_feature_retrieval")
 ORACLE_FLOOR = 99.0  # % of queries the oracle must rank first
@@ -124,57 +122,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------ networks
-
-
-@dataclass
-class Checkpoint:
-    """One checkpoint's networks for this protocol: the student (query side) and the gallery network."""
-
-    folder: str
-    student: torch.nn.Module
-    gallery_net: torch.nn.Module
-    center: torch.Tensor  # (K,) the centre the checkpoint's loss applies to the gallery network's logits
-    center_source: str
-    space: LogitSpace
-    # model.prediction_residual: the network whose copy prediction of frame t the state prediction is added to (the
-    # teacher, as in training) and its L_pred centre; None otherwise
-    copy_net: Optional[torch.nn.Module] = None
-    copy_center: Optional[torch.Tensor] = None
-
-    def predict(self, frames: torch.Tensor, poses: torch.Tensor, gallery_logits: torch.Tensor) -> torch.Tensor:
-        """The student's state prediction of every step (B, T, K); gallery_logits (B, T, K) are reused as the
-        residual base when the gallery network is the teacher."""
-        copy_logits = None
-        if self.copy_net is not None:
-            base = gallery_logits if self.copy_net is self.gallery_net else \
-                self.copy_net.represent(frames.flatten(0, 1)).logits.unflatten(0, frames.shape[:2])
-            copy_logits = copy_prediction(base, self.copy_center, self.space.teacher_temp, self.space.student_temp)
-        return self.student.forward_joint(frames, poses, copy_logits=copy_logits).future_logits
-
-
-def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Checkpoint:
-    student, cfg, folder = load_model(path, "model", device, attn_backend=attn_backend)
-    residual = student.joint and cfg.model.prediction_residual
-    teacher = load_model(folder, "teacher", device, attn_backend)[0] if gallery == "teacher" or residual else None
-    gallery_net = student if gallery == "student" else teacher
-    centers = read_centers(folder, cfg.model.output_dim)
-    # The centre L_pred applies to the target frames (stage 2); a stage-1 checkpoint's representation centre.
-    which = "pred_center" if student.joint else "rep_center"
-    if centers is None:
-        center, source = torch.zeros(cfg.model.output_dim), "none (weights-only checkpoint: zero centre)"
-    else:
-        center, source = centers[which], which
-    heads = [gallery_net.rep_head.last_layer.weight] + ([student.pred_head.last_layer.weight] if student.joint else [])
-    space_centers = [center]
-    copy_center = None
-    if residual:
-        copy_center = (centers or {}).get("pred_center", torch.zeros(cfg.model.output_dim)).to(device)
-        if gallery_net is not teacher:
-            heads.append(teacher.rep_head.last_layer.weight)
-        space_centers.append(copy_center)
-    space = LogitSpace(heads, space_centers, cfg.loss.student_temp, cfg.loss.teacher_temp)
-    return Checkpoint(folder, student, gallery_net, center.to(device), source, space,
-                      teacher if residual else None, copy_center)
 
 
 # ------------------------------------------------------------------------------------------------ collection

@@ -223,3 +223,14 @@ def test_untrained_residual_predictor_is_exactly_the_copy_baseline(tmp_path, pro
         else:  # the copy row is now the student's; the prediction still starts from the teacher's copy
             assert rows["egoagent"]["mAP"] == rows["shuffled_actions"]["mAP"]
             assert rows["egoagent"]["mAP"] != rows["copy"]["mAP"]
+
+    # tools/diagnose_prediction.py on the same checkpoint: nothing learned, so EgoAgent recovers none of what frame
+    # t+1 adds over frame t, at any scale of its (zero) change; the oracle is L_pred's floor
+    run_script(["tools/diagnose_prediction.py", "--config", cfg, "--out", str(tmp_path / "diag.json")])
+    diag = json.loads((tmp_path / "diag.json").read_text())
+    lp = diag["l_pred"]
+    assert diag["residual"] and lp["egoagent"] == pytest.approx(lp["copy"], abs=1e-6)
+    assert lp["shuffled_actions"] == pytest.approx(lp["copy"], abs=1e-6)
+    assert lp["oracle"] < lp["copy"] and diag["gap_nats"] > 0 and abs(diag["recovered_nats"]["true"]) < 1e-5
+    for scaled in diag["retrieval_scaled_change"].values():
+        assert scaled["true"]["top1"] == scaled["shuffled"]["top1"] == diag["teacher_copy"]["top1"]

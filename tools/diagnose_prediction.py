@@ -1,0 +1,157 @@
+"""Why does (or doesn't) the state prediction beat the copy baseline? Measurements on one stage-2 checkpoint.
+
+eval_feature_retrieval.py says whether EgoAgent's predicted feature of frame t+1 retrieves the true next frame
+better than copying frame t; this tool says why, on the same clips, similarity and gallery (the teacher's
+representation of every true next frame, minus the checkpoint's L_pred centre):
+
+  L_pred (nats), per query: the copy prediction of frame t, EgoAgent, EgoAgent with another clip's actions, and the
+      oracle (the target's own entropy, L_pred's floor). copy - oracle is all that frame t+1 adds over frame t; how
+      much of it EgoAgent recovers, with and without the true actions, is what L_pred has learned.
+  retrieval Top-1 / mAP (%) of queries copy + a (prediction - copy) for a in --scales, true and shuffled actions:
+      a = 0 is the copy, a = 1 EgoAgent. A change that improves L_pred but helps retrieval only when shrunk is a
+      prediction that hedges over the possible next frames (the loss's optimum under uncertainty), which a
+      retrieval among near-identical neighbouring frames penalises.
+  student copy: the student's own representation head on frame t, against the same teacher gallery: how far the
+      student (which L_pred trains) is from the teacher (which makes the targets) on frame t itself.
+
+    python tools/diagnose_prediction.py --config configs/demo/stage2_joint_tiny.py \\
+        --ckpt_folder runs/demo/save_ckpt/demo_stage2 \\
+        --opt data.egoexo_frames_folder=data/synthetic/egoexo4d_v2/processed_data \\
+        --opt data.egoexo_pose_folder=data/synthetic/egoexo4d_body_pose [--split train] [--out diagnosis.json]
+
+One process (CPU or one GPU); minutes on the demo's val split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+
+from internlm.data.build import build_eval_clip_dataset, build_eval_loader
+from internlm.eval.cli import add_config_args, eval_checkpoint, format_table, load_eval_config, move, progress
+from internlm.eval.retrieval import LogitSpace, deduplicate, load_checkpoint, rank_statistics, retrieval_ranks
+from internlm.initialize.launch import init_distributed
+from internlm.monitor.logging_setup import setup_logging
+from internlm.train.losses import copy_prediction, teacher_probs
+from internlm.train.losses.dino_loss import cross_entropy
+
+logger = logging.getLogger("diagnose_prediction")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--ckpt_folder", default=None, help="a stage-2 step folder or run folder (default: the config's)")
+    p.add_argument("--split", default=None, help="pose split (default: the config's data.egoexo_valid_split)")
+    p.add_argument("--scales", default="0,0.1,0.25,0.5,1", help="comma-separated a of copy + a (prediction - copy)")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="write the numbers as JSON here")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def measure(ck, dataset, loader, ctx, total: int, loss_cfg) -> dict:
+    """Per query (clip step t = 0..T-2): the logits of every query kind, the target distribution and the keys."""
+    ts, tt = loss_cfg.student_temp, loss_cfg.teacher_temp
+    rows = {k: [] for k in ("copy", "egoagent", "shuffled_actions", "oracle", "student_copy", "target_probs",
+                            "gallery_logits")}
+    current, target = [], []
+    n = len(dataset)
+    for batch in progress(loader, ctx, total, "diagnose"):
+        batch = move(batch, ctx.device)
+        frames = batch["frames"]  # (B, T, 3, P, P)
+        B, T = frames.shape[:2]
+        teacher = ck.gallery_net.represent(frames.flatten(0, 1)).logits.unflatten(0, (B, T))  # (B, T, K)
+        shuffled = torch.stack([dataset.clip_poses((int(i) + n // 2) % n) for i in batch["sample_id"]])
+        now, nxt = (x.flatten(0, 1) for x in (teacher[:, :T - 1], teacher[:, 1:]))  # (B*(T-1), K)
+        take = lambda x, last=T - 1: x[:, :last].flatten(0, 1)  # noqa: E731  steps 0..T-2
+        rows["copy"].append(copy_prediction(now, ck.center, tt, ts))
+        rows["oracle"].append(copy_prediction(nxt, ck.center, tt, ts))
+        rows["egoagent"].append(take(ck.predict(frames, batch["poses"], teacher)))
+        rows["shuffled_actions"].append(take(ck.predict(frames, shuffled.to(ctx.device), teacher)))
+        rows["student_copy"].append(take(ck.student.represent(frames.flatten(0, 1)).logits.unflatten(0, (B, T))))
+        rows["target_probs"].append(teacher_probs(nxt, ck.center, tt))
+        rows["gallery_logits"].append(nxt)
+        ids = batch["frame_ids"].tolist()
+        for b in range(B):
+            for t in range(T - 1):
+                current.append((batch["take_uid"][b], ids[b][t]))
+                target.append((batch["take_uid"][b], ids[b][t + 1]))
+    out = {k: torch.cat(v).float().cpu() for k, v in rows.items()}
+    out["current"], out["target"] = current, target
+    return out
+
+
+def diagnose(ck, got: dict, scales: list[float], loss_cfg) -> dict:
+    ts = loss_cfg.student_temp
+    probs = got["target_probs"]
+    losses = {k: float(cross_entropy(probs, got[k], ts).mean()) for k in ("copy", "egoagent", "shuffled_actions",
+                                                                            "oracle", "student_copy")}
+    kept, index_of = deduplicate(got["target"])
+    heads = [ck.gallery_net.rep_head.last_layer.weight, ck.student.pred_head.last_layer.weight,
+             ck.student.rep_head.last_layer.weight]
+    space = LogitSpace([h.cpu() for h in heads], [ck.center.cpu()] + ([ck.copy_center.cpu()] if ck.copy_center
+                                                                      is not None else []), ts, loss_cfg.teacher_temp)
+    gallery = space.gallery(got["gallery_logits"][kept], ck.center.cpu())
+    targets = torch.tensor([index_of[k] for k in got["target"]])
+    excluded = torch.tensor([index_of.get(k, -1) for k in got["current"]])
+
+    def top1_map(query_logits: torch.Tensor) -> dict:
+        stats = rank_statistics(retrieval_ranks(space.query(query_logits), gallery, targets, excluded))
+        return {"top1": stats["top1"], "mAP": stats["mAP"], "top1_se": stats["top1_se"]}
+
+    copy = got["copy"]
+    scaled = {}
+    for a in scales:
+        scaled[str(a)] = {"true": top1_map(copy + a * (got["egoagent"] - copy)),
+                          "shuffled": top1_map(copy + a * (got["shuffled_actions"] - copy))}
+    return {"l_pred": losses, "gap_nats": losses["copy"] - losses["oracle"],
+            "recovered_nats": {"true": losses["copy"] - losses["egoagent"],
+                               "shuffled": losses["copy"] - losses["shuffled_actions"]},
+            "retrieval_scaled_change": scaled, "student_copy": top1_map(got["student_copy"]),
+            "teacher_copy": top1_map(copy),
+            "num_queries": len(got["target"]), "num_gallery": len(kept)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    ctx = init_distributed(None, device=args.device)
+    setup_logging(ctx.rank)
+    cfg = load_eval_config(args)
+    if not cfg.loss.is_joint:
+        raise SystemExit(f"{args.config}: a stage-1 config has no state prediction to diagnose")
+    ck = load_checkpoint(eval_checkpoint(cfg, args.ckpt_folder, args.config), "teacher", ctx.device, "sdpa")
+    split = args.split or cfg.data.egoexo_valid_split
+    dataset = build_eval_clip_dataset(cfg.data, split)
+    loader = build_eval_loader(dataset, args.batch_size, 0, 1, 0)
+    got = measure(ck, dataset, loader, ctx, len(loader), cfg.loss)
+    scales = [float(a) for a in args.scales.split(",")]
+    result = dict(diagnose(ck, got, scales, cfg.loss), checkpoint=os.path.abspath(ck.folder), split=split,
+                  residual=ck.copy_net is not None)
+    lp = result["l_pred"]
+    print(format_table(f"L_pred on {result['num_queries']} {split} queries (nats; the oracle is its floor)",
+                       ["copy", "EgoAgent", "shuffled actions", "oracle", "student copy"],
+                       [[f"{lp[k]:.4f}" for k in ("copy", "egoagent", "shuffled_actions", "oracle", "student_copy")]]))
+    print(f"frame t+1 adds {result['gap_nats']:.4f} nats over frame t; EgoAgent recovers "
+          f"{result['recovered_nats']['true']:.4f} (shuffled actions {result['recovered_nats']['shuffled']:.4f})")
+    print(format_table(f"retrieval of copy + a (prediction - copy), gallery {result['num_gallery']} frames (Top-1 %)",
+                       ["a", "true actions", "shuffled actions"],
+                       [[a, r["true"]["top1"], r["shuffled"]["top1"]] for a, r in
+                        result["retrieval_scaled_change"].items()]))
+    print(f"student copy (the student's representation head on frame t): Top-1 {result['student_copy']['top1']:.2f}%"
+          f" vs the teacher's copy {result['teacher_copy']['top1']:.2f}%")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
