@@ -76,6 +76,7 @@ from internlm.eval.retrieval import (
     chance_level,
     deduplicate,
     load_checkpoint,
+    other_clip_poses,
     paired_difference,
     rank_statistics,
     retrieval_ranks,
@@ -145,12 +146,6 @@ class Collected:
 
 ROW_SPACE = {"egoagent": "model", "shuffled_actions": "model", "copy": "model", "oracle": "model",
              "stage1_copy": "stage1", "raw_pixels": "pixels"}
-
-
-def other_clip_poses(dataset, sample_ids: list[int]) -> torch.Tensor:
-    """The poses of clip (i + N/2) mod N for every clip i: far away in the split, usually another take."""
-    n = len(dataset)
-    return torch.stack([dataset.clip_poses((i + n // 2) % n) for i in sample_ids])
 
 
 @torch.no_grad()

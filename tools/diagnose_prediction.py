@@ -34,7 +34,14 @@ import torch
 
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
 from internlm.eval.cli import add_config_args, eval_checkpoint, format_table, load_eval_config, move, progress
-from internlm.eval.retrieval import LogitSpace, deduplicate, load_checkpoint, rank_statistics, retrieval_ranks
+from internlm.eval.retrieval import (
+    LogitSpace,
+    deduplicate,
+    load_checkpoint,
+    other_clip_poses,
+    rank_statistics,
+    retrieval_ranks,
+)
 from internlm.initialize.launch import init_distributed
 from internlm.monitor.logging_setup import setup_logging
 from internlm.train.losses import copy_prediction, teacher_probs
@@ -62,13 +69,12 @@ def measure(ck, dataset, loader, ctx, total: int, loss_cfg) -> dict:
     rows = {k: [] for k in ("copy", "egoagent", "shuffled_actions", "oracle", "student_copy", "target_probs",
                             "gallery_logits")}
     current, target = [], []
-    n = len(dataset)
     for batch in progress(loader, ctx, total, "diagnose"):
         batch = move(batch, ctx.device)
         frames = batch["frames"]  # (B, T, 3, P, P)
         B, T = frames.shape[:2]
         teacher = ck.gallery_net.represent(frames.flatten(0, 1)).logits.unflatten(0, (B, T))  # (B, T, K)
-        shuffled = torch.stack([dataset.clip_poses((int(i) + n // 2) % n) for i in batch["sample_id"]])
+        shuffled = other_clip_poses(dataset, batch["sample_id"].tolist())
         now, nxt = (x.flatten(0, 1) for x in (teacher[:, :T - 1], teacher[:, 1:]))  # (B*(T-1), K)
         take = lambda x, last=T - 1: x[:, :last].flatten(0, 1)  # noqa: E731  steps 0..T-2
         rows["copy"].append(copy_prediction(now, ck.center, tt, ts))
@@ -96,8 +102,7 @@ def diagnose(ck, got: dict, scales: list[float], loss_cfg) -> dict:
     kept, index_of = deduplicate(got["target"])
     heads = [ck.gallery_net.rep_head.last_layer.weight, ck.student.pred_head.last_layer.weight,
              ck.student.rep_head.last_layer.weight]
-    space = LogitSpace([h.cpu() for h in heads], [ck.center.cpu()] + ([ck.copy_center.cpu()] if ck.copy_center
-                                                                      is not None else []), ts, loss_cfg.teacher_temp)
+    space = LogitSpace([h.cpu() for h in heads], [ck.center.cpu()], ts, loss_cfg.teacher_temp)
     gallery = space.gallery(got["gallery_logits"][kept], ck.center.cpu())
     targets = torch.tensor([index_of[k] for k in got["target"]])
     excluded = torch.tensor([index_of.get(k, -1) for k in got["current"]])

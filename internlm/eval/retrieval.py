@@ -164,10 +164,9 @@ class Checkpoint:
     center: torch.Tensor  # (K,) the centre the checkpoint's loss applies to the gallery network's logits
     center_source: str
     space: LogitSpace
-    # model.prediction_residual: the network whose copy prediction of frame t the state prediction is added to (the
-    # teacher, as in training) and its L_pred centre; None otherwise
+    # model.prediction_residual: the network whose copy prediction of frame t (with ``center``, the L_pred centre)
+    # the state prediction is added to: the teacher, as in training; None otherwise
     copy_net: Optional[torch.nn.Module] = None
-    copy_center: Optional[torch.Tensor] = None
 
     def predict(self, frames: torch.Tensor, poses: torch.Tensor, gallery_logits: torch.Tensor) -> torch.Tensor:
         """The student's state prediction of every step (B, T, K); gallery_logits (B, T, K) are reused as the
@@ -176,7 +175,7 @@ class Checkpoint:
         if self.copy_net is not None:
             base = gallery_logits if self.copy_net is self.gallery_net else \
                 self.copy_net.represent(frames.flatten(0, 1)).logits.unflatten(0, frames.shape[:2])
-            copy_logits = copy_prediction(base, self.copy_center, self.space.teacher_temp, self.space.student_temp)
+            copy_logits = copy_prediction(base, self.center, self.space.teacher_temp, self.space.student_temp)
         return self.student.forward_joint(frames, poses, copy_logits=copy_logits).future_logits
 
 
@@ -193,13 +192,15 @@ def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Check
     else:
         center, source = centers[which], which
     heads = [gallery_net.rep_head.last_layer.weight] + ([student.pred_head.last_layer.weight] if student.joint else [])
-    space_centers = [center]
-    copy_center = None
-    if residual:
-        copy_center = (centers or {}).get("pred_center", torch.zeros(cfg.model.output_dim)).to(device)
-        if gallery_net is not teacher:
-            heads.append(teacher.rep_head.last_layer.weight)
-        space_centers.append(copy_center)
-    space = LogitSpace(heads, space_centers, cfg.loss.student_temp, cfg.loss.teacher_temp)
+    if residual and gallery_net is not teacher:  # the residual base is in the teacher head's span
+        heads.append(teacher.rep_head.last_layer.weight)
+    space = LogitSpace(heads, [center], cfg.loss.student_temp, cfg.loss.teacher_temp)
     return Checkpoint(folder, student, gallery_net, center.to(device), source, space,
-                      teacher if residual else None, copy_center)
+                      teacher if residual else None)
+
+
+def other_clip_poses(dataset, sample_ids: list[int]) -> torch.Tensor:
+    """The shuffled-action control: the poses of clip (i + N/2) mod N for every clip i (far away in the split,
+    usually another take)."""
+    n = len(dataset)
+    return torch.stack([dataset.clip_poses((i + n // 2) % n) for i in sample_ids])
