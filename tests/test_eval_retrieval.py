@@ -226,7 +226,8 @@ def test_untrained_residual_predictor_is_exactly_the_copy_baseline(tmp_path, pro
 
     # tools/diagnose_prediction.py on the same checkpoint: nothing learned, so EgoAgent recovers none of what frame
     # t+1 adds over frame t, at any scale of its (zero) change; the oracle is L_pred's floor
-    run_script(["tools/diagnose_prediction.py", "--config", cfg, "--out", str(tmp_path / "diag.json")])
+    run_script(["tools/diagnose_prediction.py", "--config", cfg, "--out", str(tmp_path / "diag.json"),
+                "--probe_steps", "30"])
     diag = json.loads((tmp_path / "diag.json").read_text())
     lp = diag["l_pred"]
     assert diag["residual"] and lp["egoagent"] == pytest.approx(lp["copy"], abs=1e-6)
@@ -234,3 +235,61 @@ def test_untrained_residual_predictor_is_exactly_the_copy_baseline(tmp_path, pro
     assert lp["oracle"] < lp["copy"] and diag["gap_nats"] > 0 and abs(diag["recovered_nats"]["true"]) < 1e-5
     for scaled in diag["retrieval_scaled_change"].values():
         assert scaled["true"]["top1"] == scaled["shuffled"]["top1"] == diag["teacher_copy"]["top1"]
+    # the camera-motion probe: trained on the training clips, scored there and on val, on the same gallery rule
+    probe = diag["probe"]
+    assert probe["steps"] == 30 and set(probe["splits"]) == {"train", "val"}
+    for got in probe["splits"].values():
+        assert set(got["rows"]) == {"copy", "probe", "probe_shuffled_motion", "oracle"}
+        assert got["rows"]["oracle"]["top1"] >= 99.0
+    assert probe["splits"]["val"]["rows"]["copy"]["top1"] == diag["teacher_copy"]["top1"]
+
+
+def _motion_world(n: int, seed: int):
+    """n independent queries whose next frame is frame t moved by its camera motion: teacher logits l = W h of a
+    random bottleneck h (as a DINO head's), and h_{t+1} = normalize(h_t + A m) for a random linear effect A of the
+    12 motion numbers m."""
+    from internlm.eval.prediction_probe import ProbeSet
+    from internlm.train.losses import copy_prediction, teacher_probs
+
+    g = torch.Generator().manual_seed(seed)
+    K, r, d = 64, 8, 16
+    W = torch.nn.functional.normalize(torch.randn(K, r, generator=g), dim=-1)  # unit prototypes
+    A, lift = torch.randn(r, 12, generator=g), torch.randn(r, d, generator=g)
+    center = 0.1 * torch.randn(K, generator=g)
+    h = torch.nn.functional.normalize(torch.randn(n, r, generator=g), dim=-1)
+    motion = torch.randn(n, 12, generator=g)
+    h_next = torch.nn.functional.normalize(h + 0.4 * motion @ A.T / 12 ** 0.5, dim=-1)
+    now, nxt = h @ W.T, h_next @ W.T  # (n, K) cosines to the prototypes
+    data = ProbeSet(features=h @ lift, copy=copy_prediction(now, center, 0.04, 0.1),
+                    target_probs=teacher_probs(nxt, center, 0.04), target_logits=nxt, motion=motion,
+                    current=[("now", i) for i in range(n)], target=[("next", i) for i in range(n)])
+    return data, W, center
+
+
+@pytest.mark.parametrize("hypotheses", [1, 3])
+def test_camera_motion_probe_starts_at_the_copy_and_learns_the_motion(hypotheses):
+    """internlm/eval/prediction_probe.py on a world where the next frame is determined by frame t and the camera
+    motion: the untrained probe is exactly the copy (L_pred and every rank); trained, it lowers L_pred below the
+    copy's, retrieves the next frame better, and only with the true motion (another query's motion is worse)."""
+    from internlm.eval.prediction_probe import MotionProbe, evaluate_probe, train_probe
+
+    train, W, center = _motion_world(512, 0)
+    probe = MotionProbe(16, 64, hypotheses=hypotheses, hidden_dim=64, bottleneck_dim=16)
+    probe.fit_motion_statistics(train.motion)
+    probe.eval()
+    space = LogitSpace([W] + probe.last_layers(), [center], 0.1, 0.04)
+    start = evaluate_probe(probe, train, space, center, 0.1)["rows"]
+    assert start["probe"]["l_pred"] == pytest.approx(start["copy"]["l_pred"], abs=1e-6)
+    assert (start["probe"]["top1"], start["probe"]["mAP"]) == (start["copy"]["top1"], start["copy"]["mAP"])
+    assert start["oracle"]["top1"] == 100.0
+
+    torch.manual_seed(0)
+    losses = train_probe(probe, train, 0.1, steps=800, lr=1e-3)
+    assert sum(losses[-20:]) < 0.9 * sum(losses[:20])
+    got = evaluate_probe(probe, train, LogitSpace([W] + probe.last_layers(), [center], 0.1, 0.04), center, 0.1)
+    rows = got["rows"]
+    gap = rows["copy"]["l_pred"] - rows["oracle"]["l_pred"]
+    assert rows["copy"]["l_pred"] - rows["probe"]["l_pred"] > 0.25 * gap, rows
+    assert rows["probe_shuffled_motion"]["l_pred"] > rows["probe"]["l_pred"] + 0.1 * gap, rows
+    d = got["probe_minus_copy"]
+    assert d["top1_diff"] > 2 * d["top1_diff_se"], (d, rows)

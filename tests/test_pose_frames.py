@@ -56,19 +56,20 @@ def test_every_frame_matches_the_raw_camera_poses(processed_world, tmp_path):
                                    atol=2e-5)
 
 
-def _write_turning_take(root, degrees_per_frame: float, n: int = 25) -> tuple[str, str]:
-    """A take whose whole body turns on the spot (about the world's vertical axis) with the head camera fixed to
-    it: its processed fragment and the step frames. -> (frames_root, pose_root)."""
+def _write_turning_take(root, degrees_per_frame: float, n: int = 25, metres_per_frame: float = 0.0) -> tuple[str, str]:
+    """A take whose whole body turns (about the world's vertical axis) with the head camera fixed to it, on the
+    spot or walking along world +x: its processed fragment and the step frames. -> (frames_root, pose_root)."""
     take = "00000000-0000-0000-0000-00000000turn"
     body = np.random.default_rng(0).uniform(-0.4, 0.4, (17, 3)) + [1.0, 0.0, 1.0]  # world, in front of the camera
     # camera looking along world +x, z up: camera x right = -y world, camera y down = -z world, camera z = +x world
     base = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
-    centre = np.array([0.0, 0.0, 1.6])
+    start = np.array([0.0, 0.0, 1.6])
     entries = {}
     for f in range(n):
+        centre = start + [metres_per_frame * f, 0.0, 0.0]
         a = math.radians(degrees_per_frame * f)
         turn = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
-        joints = (body - centre) @ turn.T + centre  # the body turns about the camera's vertical axis
+        joints = (body - start) @ turn.T + centre  # the body turns about the camera's vertical axis
         rotation = base @ turn.T  # world -> camera, turning with it
         pose = (joints - centre) @ rotation.T
         entries[str(f)] = {"pose": pose.tolist(), "confidence": [1] * 17, "trajectory": centre.tolist(),
@@ -106,6 +107,29 @@ def test_a_turning_body_shows_in_clip_coordinates_not_in_camera_ones(tmp_path):
             err = np.abs(loc[k] - loc[0] @ about_y.T).max()
             opposite = np.abs(loc[k] - loc[0] @ about_y).max()  # a right turn
             assert err < 1e-5 and opposite > 0.01, (k, err, opposite)
+
+
+def test_step_camera_motion_is_the_turn_and_walk_between_two_step_images(tmp_path):
+    """EgoExoClips.step_camera_motion on a body turning left by 2 degrees per frame while walking 2 cm per frame
+    along world +x: between two step images (5 frames) the camera turns 10 degrees and, at the first step (when it
+    still faces +x), moves 10 cm straight ahead; a point straight ahead then appears to the right."""
+    frames_root, pose_root = _write_turning_take(str(tmp_path), degrees_per_frame=2.0, metres_per_frame=0.02)
+    ds = build_clip_dataset(clip_cfg(frames_root, pose_root, "camera"), "val", train=False,
+                            cache_dir=str(tmp_path / "cache"))
+    motion = ds.step_camera_motion(0)  # the clip starting at frame 0: steps at frames 0, 5, 10, 15
+    assert motion.shape == (3, 12) and motion.dtype == np.float32
+    for t in range(3):
+        rel = motion[t, :9].reshape(3, 3).astype(np.float64)
+        np.testing.assert_allclose(rel @ rel.T, np.eye(3), atol=1e-5)
+        angle = math.degrees(math.acos(np.clip((np.trace(rel) - 1) / 2, -1, 1)))
+        assert angle == pytest.approx(10.0, abs=1e-3)
+        shift = motion[t, 9:]
+        assert np.linalg.norm(shift) == pytest.approx(0.10, abs=1e-5)
+        ahead = rel @ np.array([0.0, 0.0, 5.0])  # a point 5 m ahead of camera t, seen from camera t+1 (x right)
+        assert ahead[0] > 0.5 and abs(ahead[1]) < 1e-5
+    np.testing.assert_allclose(motion[0, 9:], [0.0, 0.0, 0.10], atol=1e-5)  # straight ahead: camera +z
+    # later steps: the walk is along world +x while the camera has turned left, so it moves forward and right
+    assert motion[2, 9] > 0.02 and motion[2, 11] > 0.05
 
 
 def test_other_frames_need_the_rotation_and_say_so(tmp_path):

@@ -13,13 +13,19 @@ representation of every true next frame, minus the checkpoint's L_pred centre):
       retrieval among near-identical neighbouring frames penalises.
   student copy: the student's own representation head on frame t, against the same teacher gallery: how far the
       student (which L_pred trains) is from the teacher (which makes the targets) on frame t itself.
+  --probe_steps N: a probe (internlm/eval/prediction_probe.py) trained for N steps on the training clips: a
+      prediction head on the frozen teacher given the exact camera motion of each step from the extrinsics, with
+      L_pred (or, --probe_hypotheses H > 1, winner-takes-all over H hypotheses and a selector); its L_pred and
+      Top-1 against the copy on the training clips and on the evaluated split: what the best possible action
+      buys in this representation, under L_pred's optimum and under a mode-seeking one.
 
     python tools/diagnose_prediction.py --config configs/demo/stage2_joint_tiny.py \\
         --ckpt_folder runs/demo/save_ckpt/demo_stage2 \\
         --opt data.egoexo_frames_folder=data/synthetic/egoexo4d_v2/processed_data \\
-        --opt data.egoexo_pose_folder=data/synthetic/egoexo4d_body_pose [--split train] [--out diagnosis.json]
+        --opt data.egoexo_pose_folder=data/synthetic/egoexo4d_body_pose [--split train] [--out diagnosis.json] \\
+        [--probe_steps 2000 [--probe_hypotheses 4]]
 
-One process (CPU or one GPU); minutes on the demo's val split.
+One process (CPU or one GPU); seconds on the demo's val split, a minute or two more with the probe.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import torch
 
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
 from internlm.eval.cli import add_config_args, eval_checkpoint, format_table, load_eval_config, move, progress
+from internlm.eval.prediction_probe import MotionProbe, collect_probe_set, evaluate_probe, train_probe
 from internlm.eval.retrieval import (
     LogitSpace,
     deduplicate,
@@ -41,6 +48,7 @@ from internlm.eval.retrieval import (
     other_clip_poses,
     rank_statistics,
     retrieval_ranks,
+    step_keys,
 )
 from internlm.initialize.launch import init_distributed
 from internlm.monitor.logging_setup import setup_logging
@@ -59,6 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
+    p.add_argument("--probe_steps", type=int, default=0,
+                   help="train the camera-motion probe this many steps (0: no probe)")
+    p.add_argument("--probe_hypotheses", type=int, default=1,
+                   help="probe hypotheses (1: L_pred; > 1: winner-takes-all with a selector)")
+    p.add_argument("--probe_lr", type=float, default=3e-4)
     return p.parse_args(argv)
 
 
@@ -84,11 +97,9 @@ def measure(ck, dataset, loader, ctx, total: int, loss_cfg) -> dict:
         rows["student_copy"].append(take(ck.student.represent(frames.flatten(0, 1)).logits.unflatten(0, (B, T))))
         rows["target_probs"].append(teacher_probs(nxt, ck.center, tt))
         rows["gallery_logits"].append(nxt)
-        ids = batch["frame_ids"].tolist()
-        for b in range(B):
-            for t in range(T - 1):
-                current.append((batch["take_uid"][b], ids[b][t]))
-                target.append((batch["take_uid"][b], ids[b][t + 1]))
+        keys = step_keys(batch)
+        current += keys[0]
+        target += keys[1]
     out = {k: torch.cat(v).float().cpu() for k, v in rows.items()}
     out["current"], out["target"] = current, target
     return out
@@ -124,6 +135,29 @@ def diagnose(ck, got: dict, scales: list[float], loss_cfg) -> dict:
             "num_queries": len(got["target"]), "num_gallery": len(kept)}
 
 
+def run_probe(ck, cfg, eval_split: str, args, ctx) -> dict:
+    """The camera-motion probe on the frozen teacher: trained on the training clips, scored on them and on
+    ``eval_split``."""
+    loss_cfg, teacher = cfg.loss, ck.gallery_net
+    sets = {}
+    for split in dict.fromkeys((cfg.data.egoexo_train_split, eval_split)):
+        dataset = build_eval_clip_dataset(cfg.data, split)
+        loader = build_eval_loader(dataset, args.batch_size, 0, 1, 0)
+        sets[split] = collect_probe_set(teacher, dataset, progress(loader, ctx, len(loader), f"probe {split}"),
+                                        ck.center, loss_cfg.teacher_temp, loss_cfg.student_temp, ctx.device)
+    torch.manual_seed(cfg.data.seed)
+    probe = MotionProbe(cfg.model.hidden_size, cfg.model.output_dim, args.probe_hypotheses,
+                        cfg.model.head_hidden_dim, cfg.model.head_bottleneck_dim)
+    losses = train_probe(probe, sets[cfg.data.egoexo_train_split], loss_cfg.student_temp, args.probe_steps,
+                         args.probe_lr, seed=cfg.data.seed)
+    heads = [teacher.rep_head.last_layer.weight.detach().cpu()] + [w.detach() for w in probe.last_layers()]
+    space = LogitSpace(heads, [ck.center.cpu()], loss_cfg.student_temp, loss_cfg.teacher_temp)
+    return {"steps": args.probe_steps, "hypotheses": args.probe_hypotheses, "lr": args.probe_lr,
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "splits": {split: evaluate_probe(probe, data, space, ck.center.cpu(), loss_cfg.student_temp)
+                       for split, data in sets.items()}}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     ctx = init_distributed(None, device=args.device)
@@ -151,6 +185,18 @@ def main(argv=None) -> int:
                         result["retrieval_scaled_change"].items()]))
     print(f"student copy (the student's representation head on frame t): Top-1 {result['student_copy']['top1']:.2f}%"
           f" vs the teacher's copy {result['teacher_copy']['top1']:.2f}%")
+    if args.probe_steps > 0:
+        result["probe"] = run_probe(ck, cfg, split, args, ctx)
+        table = []
+        for name, got in result["probe"]["splits"].items():
+            for row, r in got["rows"].items():
+                table.append([name, row, f"{r['l_pred']:.4f}", r["top1"], r["top1_se"], r["mAP"]])
+        print(format_table(f"camera-motion probe ({args.probe_steps} steps, {args.probe_hypotheses} hypotheses)",
+                           ["split", "query", "L_pred", "Top-1 %", "+-", "mAP %"], table))
+        for name, got in result["probe"]["splits"].items():
+            d, e = got["probe_minus_copy"], got["probe_minus_shuffled_motion"]
+            print(f"{name}: probe - copy Top-1 {d['top1_diff']:+.2f} +- {d['top1_diff_se']:.2f}; probe - shuffled "
+                  f"motion {e['top1_diff']:+.2f} +- {e['top1_diff_se']:.2f}")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -187,6 +187,21 @@ class EgoExoClips(Dataset):
             xyz = np.where(vis[..., None] > 0, xyz, MISSING_JOINT_VALUE)
         return xyz.astype(np.float32), vis
 
+    def step_camera_motion(self, i: int) -> np.ndarray:
+        """(T-1, 12) float32: how the camera moves from the image of step t to that of step t+1, from the pose
+        fragments' extrinsics: the rotation R_{t+1} R_t^T (camera-t coordinates -> camera-(t+1) coordinates,
+        row-major) and the displacement R_t (c_{t+1} - c_t) of the camera centre in camera-t coordinates (metres).
+        What frame t+1 shows is frame t seen through this motion (plus what comes into view)."""
+        idx, p = self.index, self.index.poses
+        rows = int(idx.clip_rows[i]) + idx.steps_per_clip * np.arange(idx.clip_steps)
+        rot, centre = np.asarray(p.rotation[rows], np.float64), np.asarray(p.trajectory[rows], np.float64)
+        if np.isnan(rot).any():
+            raise ValueError(f"take {p.take_uids[idx.clip_takes[i]]}: a step without its camera rotation (pose "
+                             "fragments written by an older preprocess_egoexo_body_pose.py: rerun it)")
+        relative = rot[1:] @ rot[:-1].transpose(0, 2, 1)  # (T-1, 3, 3)
+        shift = np.einsum("tij,tj->ti", rot[:-1], centre[1:] - centre[:-1])  # (T-1, 3)
+        return np.concatenate([relative.reshape(-1, 9), shift], axis=1).astype(np.float32)
+
     def clip_poses(self, i: int) -> torch.Tensor:
         """(T, 4, 5, 17): x, y, z (missing joints -1) and visibility, per step, frame and joint."""
         idx = self.index

@@ -78,6 +78,16 @@ def deduplicate(keys: Sequence[Hashable]) -> tuple[list[int], dict]:
     return kept, index_of
 
 
+def step_keys(batch: dict) -> tuple[list, list]:
+    """The (take_uid, frame) of frame t and of frame t+1 of every query (clip step t = 0..T-2) of an eval batch of
+    clips, clip-major: the keys a gallery is deduplicated and a query's target and excluded entry found by."""
+    current, target = [], []
+    for take, ids in zip(batch["take_uid"], batch["frame_ids"].tolist()):
+        current += [(take, f) for f in ids[:-1]]
+        target += [(take, f) for f in ids[1:]]
+    return current, target
+
+
 class LogitSpace:
     """Exact low-dimensional embeddings of predictions and gallery frames whose dot products are the protocol's
     similarity: the cosine of the centred log-probabilities, centred(s) for a prediction s and centred(l_g - c)
