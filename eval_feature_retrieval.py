@@ -80,6 +80,7 @@ from internlm.eval.retrieval import (
     paired_difference,
     rank_statistics,
     retrieval_ranks,
+    step_keys,
     top_retrieved,
 )
 from internlm.initialize.launch import destroy_distributed
@@ -153,7 +154,7 @@ def collect(ck: Checkpoint, baseline, loader, dataset, ctx, total: int) -> Colle
     out = Collected()
     for batch in progress(itertools.islice(loader, total), ctx, total, "retrieval"):
         batch = move(batch, ctx.device)
-        frames, frame_ids = batch["frames"], batch["frame_ids"].tolist()  # (B, T, 3, P, P), (B, T)
+        frames = batch["frames"]  # (B, T, 3, P, P)
         B, T = frames.shape[:2]
         flat = frames.flatten(0, 1)  # (B*T, 3, P, P)
         logits = ck.gallery_net.represent(flat).logits.unflatten(0, (B, T))  # (B, T, K)
@@ -175,14 +176,13 @@ def collect(ck: Checkpoint, baseline, loader, dataset, ctx, total: int) -> Colle
         pixels = F.normalize(flat.flatten(1).float(), dim=1).unflatten(0, (B, T))  # (B, T, 3*P*P)
         out.add(out.galleries, "pixels", pixels[:, 1:].flatten(0, 1))
         out.add(out.queries, "raw_pixels", pixels[:, :T - 1].flatten(0, 1))
-        for b in range(B):
-            take, sample = batch["take_uid"][b], int(batch["sample_id"][b])
-            for t in range(T - 1):
-                out.query_current.append((take, frame_ids[b][t]))
-                out.query_target.append((take, frame_ids[b][t + 1]))
-                out.query_step.append(t)
-                out.gallery_keys.append((take, frame_ids[b][t + 1]))
-                out.gallery_source.append((sample, t + 1))
+        current, target = step_keys(batch)
+        out.query_current += current
+        out.query_target += target
+        out.gallery_keys += target
+        for sample in batch["sample_id"].tolist():
+            out.query_step += range(T - 1)
+            out.gallery_source += [(sample, t + 1) for t in range(T - 1)]
     return out
 
 
