@@ -24,9 +24,14 @@ queries at rank 1; mAP = mean of 1 / rank (one correct entry per query), in %, e
 
 Rows of one run (same clips, same gallery frames, same similarity; one table, one JSON):
   egoagent          the query above, with the clip's true poses as actions;
-  shuffled_actions  the same query computed with the poses of another clip (clip (i + N/2) mod N, usually
-                    another take): the gap to `egoagent` is the evidence that the action is used;
+  shuffled_actions  the same query computed with the actions of another clip (clip (i + N/2) mod N, usually
+                    another take: its poses and, with data.camera_motion, its camera motion): the gap to
+                    `egoagent` is the evidence that the action is used;
   copy              the same checkpoint's gallery network on frame t itself ("nothing changes");
+  reprojection      with data.camera_motion: the gallery network on frame t reprojected by the step's true camera
+                    rotation (internlm/model/reprojection.py): what the action's ego-motion buys through geometry
+                    alone, nothing learned. With model.prediction_reprojection it is EgoAgent's residual base,
+                    and EgoAgent minus it is what the learned state prediction adds;
   stage1_copy       with --baseline_ckpt_folder: a stage-1 (representation-only) checkpoint's teacher on frame t
                     against its own representation of the next frames (the paper's Table 2 comparison);
   raw_pixels        the frames at the model's input size, flattened, cosine: frame t against the next frames;
@@ -76,7 +81,7 @@ from internlm.eval.retrieval import (
     chance_level,
     deduplicate,
     load_checkpoint,
-    other_clip_poses,
+    other_clip_actions,
     paired_difference,
     rank_statistics,
     retrieval_ranks,
@@ -91,6 +96,7 @@ ROWS = {  # name -> what the query is (the JSON and the table say it)
     "egoagent": "state-prediction head, true actions",
     "shuffled_actions": "state-prediction head, actions of another clip",
     "copy": "same checkpoint's representation of frame t",
+    "reprojection": "same checkpoint's representation of frame t reprojected by the step's camera rotation",
     "stage1_copy": "stage-1 checkpoint's representation of frame t",
     "raw_pixels": "pixels of frame t (cosine)",
     "oracle": "minimiser of L_pred from the target's own logits",
@@ -145,8 +151,8 @@ class Collected:
         table.setdefault(name, []).append(rows.cpu())
 
 
-ROW_SPACE = {"egoagent": "model", "shuffled_actions": "model", "copy": "model", "oracle": "model",
-             "stage1_copy": "stage1", "raw_pixels": "pixels"}
+ROW_SPACE = {"egoagent": "model", "shuffled_actions": "model", "copy": "model", "reprojection": "model",
+             "oracle": "model", "stage1_copy": "stage1", "raw_pixels": "pixels"}
 
 
 @torch.no_grad()
@@ -163,12 +169,16 @@ def collect(ck: Checkpoint, baseline, loader, dataset, ctx, total: int) -> Colle
         out.add(out.galleries, "model", space.gallery(nxt, ck.center))
         out.add(out.queries, "copy", space.query(space.minimiser(now, ck.center)))
         out.add(out.queries, "oracle", space.query(space.minimiser(nxt, ck.center)))
+        motion, focal = batch.get("camera_motion"), batch.get("focal")  # (B, T, 12), (B,) with data.camera_motion
         if ck.student.joint:
-            pred = ck.predict(frames, batch["poses"], logits)[:, :T - 1]  # (B, T-1, K)
+            pred = ck.predict(frames, batch["poses"], logits, motion, focal)[:, :T - 1]  # (B, T-1, K)
             out.add(out.queries, "egoagent", space.query(pred.flatten(0, 1)))
-            shuffled = other_clip_poses(dataset, batch["sample_id"].tolist()).to(ctx.device)
-            pred = ck.predict(frames, shuffled, logits)[:, :T - 1]
+            other = move(other_clip_actions(dataset, batch["sample_id"].tolist()), ctx.device)
+            pred = ck.predict(frames, other["poses"], logits, other.get("camera_motion"), focal)[:, :T - 1]
             out.add(out.queries, "shuffled_actions", space.query(pred.flatten(0, 1)))
+        if motion is not None:
+            base = ck.reprojection_baseline(frames, motion, focal)[:, :T - 1]
+            out.add(out.queries, "reprojection", space.query(base.flatten(0, 1)))
         if baseline is not None:
             b, bs = baseline.gallery_net.represent(flat).logits.unflatten(0, (B, T)), baseline.space
             out.add(out.galleries, "stage1", bs.gallery(b[:, 1:].flatten(0, 1), baseline.center))
@@ -260,7 +270,7 @@ def comparisons(ranks: dict) -> dict:
     """EgoAgent against each baseline and control on the same queries (paired differences with their SE)."""
     out = {}
     if "egoagent" in ranks:
-        for other in ("copy", "stage1_copy", "shuffled_actions", "raw_pixels"):
+        for other in ("copy", "stage1_copy", "shuffled_actions", "reprojection", "raw_pixels"):
             if other in ranks:
                 out[f"egoagent_minus_{other}"] = paired_difference(ranks["egoagent"], ranks[other])
     return out

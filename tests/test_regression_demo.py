@@ -68,7 +68,8 @@ def test_demo_stage2_learns_in_50_steps(processed_world, tmp_path):
     fall by 8% or more (measured: 16% and 10%). The prediction head is the paper's fresh one here: the demo's residual
     head starts at the copy prediction, within a few hundredths of a nat of L_pred's floor, so its L_pred moves with
     the teacher rather than with learning (its start and its learning are tested in test_model / test_training)."""
-    fresh = {"model.prediction_residual": False, "teacher.prediction_residual": False}
+    fresh = {"model.prediction_residual": False, "teacher.prediction_residual": False,
+             "model.prediction_reprojection": False, "teacher.prediction_reprojection": False}
     trainer = demo_stage2_trainer(processed_world, tmp_path / "run", steps=50, micro_num=8, **fresh)
     cfg = trainer.cfg
     held_out = trainer.loader_factory(cfg, trainer.ctx, consumed=10_000)  # a batch the 50 steps do not draw

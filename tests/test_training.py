@@ -250,11 +250,15 @@ def test_residual_prediction_starts_at_the_copy_loss(tmp_path):
     B, T = 3, 4
     chunk = {"global_crops": torch.randn(B, 2, 3, 32, 32, generator=g),
              "local_crops": torch.randn(B, 2, 3, 16, 16, generator=g),
-             "frames": torch.randn(B, T, 3, 32, 32, generator=g), "poses": torch.rand(B, T, 4, 5, 17, generator=g)}
+             "frames": torch.randn(B, T, 3, 32, 32, generator=g), "poses": torch.rand(B, T, 4, 5, 17, generator=g),
+             "camera_motion": torch.cat([torch.eye(3).flatten().expand(B, T, 9), torch.zeros(B, T, 3)], dim=2),
+             "focal": torch.full((B,), 14.0)}
     losses = {}
     for residual in (True, False):
         cfg = tiny_config(2, tmp_path, **{"model.prediction_residual": residual,
-                                          "teacher.prediction_residual": residual})
+                                          "teacher.prediction_residual": residual,
+                                          "model.prediction_reprojection": False,
+                                          "teacher.prediction_reprojection": False})
         torch.manual_seed(0)
         meta = EgoAgentMetaArch(cfg)
         meta.pred_center.normal_()  # a centre that is not zero must enter the base

@@ -45,7 +45,7 @@ from internlm.eval.retrieval import (
     LogitSpace,
     deduplicate,
     load_checkpoint,
-    other_clip_poses,
+    other_clip_actions,
     rank_statistics,
     retrieval_ranks,
     step_keys,
@@ -87,13 +87,15 @@ def measure(ck, dataset, loader, ctx, total: int, loss_cfg) -> dict:
         frames = batch["frames"]  # (B, T, 3, P, P)
         B, T = frames.shape[:2]
         teacher = ck.gallery_net.represent(frames.flatten(0, 1)).logits.unflatten(0, (B, T))  # (B, T, K)
-        shuffled = other_clip_poses(dataset, batch["sample_id"].tolist())
+        motion, focal = batch.get("camera_motion"), batch.get("focal")  # with data.camera_motion
+        other = move(other_clip_actions(dataset, batch["sample_id"].tolist()), ctx.device)
         now, nxt = (x.flatten(0, 1) for x in (teacher[:, :T - 1], teacher[:, 1:]))  # (B*(T-1), K)
         take = lambda x, last=T - 1: x[:, :last].flatten(0, 1)  # noqa: E731  steps 0..T-2
         rows["copy"].append(copy_prediction(now, ck.center, tt, ts))
         rows["oracle"].append(copy_prediction(nxt, ck.center, tt, ts))
-        rows["egoagent"].append(take(ck.predict(frames, batch["poses"], teacher)))
-        rows["shuffled_actions"].append(take(ck.predict(frames, shuffled.to(ctx.device), teacher)))
+        rows["egoagent"].append(take(ck.predict(frames, batch["poses"], teacher, motion, focal)))
+        rows["shuffled_actions"].append(take(ck.predict(frames, other["poses"], teacher, other.get("camera_motion"),
+                                                        focal)))
         rows["student_copy"].append(take(ck.student.represent(frames.flatten(0, 1)).logits.unflatten(0, (B, T))))
         rows["target_probs"].append(teacher_probs(nxt, ck.center, tt))
         rows["gallery_logits"].append(nxt)

@@ -44,6 +44,9 @@ MODEL = dict(
     # the state prediction = the teacher's "frame t+1 looks like frame t" + a learned change (zero at the start):
     # a fresh predictor at this scale never reproduces the teacher's own view of frame t (the copy baseline)
     prediction_residual=True,
+    # ... where "frame t" is frame t as the camera sees it after the step's rotation (the action's ego-motion): the
+    # geometric change a predictor of this size does not learn in the demo's budget (README, "Prediction")
+    prediction_reprojection=True,
 )
 model_type = "EGOAGENT"
 model = dict(MODEL, teacher=False, checkpoint=False)
@@ -70,6 +73,7 @@ data = dict(
     egoexo_pose_folder=f"{DATA_ROOT}/egoexo4d_body_pose",
     clip_frames=20,
     pose_frame="clip_first_camera",  # ego-motion shows in the poses (in each frame's own camera it does not)
+    camera_motion=True,  # each step's camera motion and the frames' focal length (model.prediction_reprojection)
     clip_steps=4,
     pred_img_size=IMAGE_SIZE,
     num_workers=1,  # one decoding process beside the step: no setting measured clearly faster (benchmarks/RESULTS.md)

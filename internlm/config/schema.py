@@ -83,6 +83,9 @@ class ModelConfig:
     # the teacher's representation of frame t, plus the state-prediction head (its prototype gains start at 0), so
     # the predictor starts exactly as the copy baseline and learns only what the action and history change.
     prediction_residual: bool = False
+    # With prediction_residual: the base is the teacher's view of frame t *reprojected by the step's camera rotation*
+    # (the action's ego-motion, model/reprojection.py) instead of frame t itself; needs data.camera_motion=True.
+    prediction_reprojection: bool = False
     # InternLM's normal init std (qkv, w1; out_proj and w2 divided by sqrt(2 (layer + 1)); w3 a quarter). 0.006 is
     # InternLM's value for d >= 1024; narrow demo models need a larger one or every image starts with one feature.
     init_std: float = 0.006
@@ -166,6 +169,9 @@ class DataConfig:
     init_crop_scale: tuple[float, float] = (0.2, 1.0)
     flip_prob: float = 0.5  # DINO's horizontal flip of every crop; a mirrored view swaps left and right turns
     pose_frame: str = "camera"  # POSE_FRAMES: the coordinate frame of the clips' poses
+    # Clips also carry each step's camera motion (T, 12) from the pose fragments' extrinsics and the frames'
+    # pinhole focal length (from the undistortion marker): the input of model.prediction_reprojection.
+    camera_motion: bool = False
     num_workers: int = 2
     seed: int = 0  # data order and augmentation; train.py --seed overrides
 
@@ -493,6 +499,9 @@ def _validate_model(m: ModelConfig, section: str) -> None:
         raise ConfigError(f"{section}.checkpoint={m.checkpoint}: expected True/False or a fraction in [0, 1]")
     if m.prediction_init not in ("fresh", "representation"):
         raise ConfigError(f"{section}.prediction_init={m.prediction_init!r}: expected 'fresh' or 'representation'")
+    if m.prediction_reprojection and not m.prediction_residual:
+        raise ConfigError(f"{section}.prediction_reprojection=True reprojects the base of the residual state "
+                          "prediction: it needs prediction_residual=True")
     if m.prediction_residual and m.prediction_init != "fresh":
         raise ConfigError(f"{section}: prediction_residual=True starts the predictor at the copy baseline already; "
                           f"prediction_init={m.prediction_init!r} would add the representation head on top of it "
@@ -509,7 +518,8 @@ def _validate_model(m: ModelConfig, section: str) -> None:
 _TEACHER_MUST_MATCH = ("hidden_size", "num_layers", "num_attention_heads", "mlp_ratio", "output_dim", "lvm_config",
                        "head_hidden_dim", "head_bottleneck_dim", "rope_base", "layer_norm_epsilon", "perframe_atten",
                        "causal", "use_multi_crop", "norm_last_layer", "pose_frames", "num_joints", "pose_channels",
-                       "init_std", "action_residual", "pose_normalization", "prediction_residual")
+                       "init_std", "action_residual", "pose_normalization", "prediction_residual",
+                       "prediction_reprojection")
 
 
 def _validate_ranges(cfg: TrainConfig) -> None:
@@ -637,6 +647,9 @@ def _validate_data(cfg: TrainConfig) -> None:
         )
     if data.pose_frame not in POSE_FRAMES:
         raise ConfigError(f"data.pose_frame={data.pose_frame!r}: expected one of {', '.join(POSE_FRAMES)}")
+    if model.prediction_reprojection and not data.camera_motion:
+        raise ConfigError("model.prediction_reprojection=True reprojects frame t by each step's camera rotation: "
+                          "set data.camera_motion=True so the clips carry it")
 
 
 def _validate_optimisation(cfg: TrainConfig) -> None:

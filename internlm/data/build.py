@@ -95,7 +95,7 @@ def build_clip_dataset(data_cfg: DataConfig, split: str, train: bool, cache_dir:
                 len(poses.take_uids), len(poses.frames))
     multicrop = MultiCropTransform(MultiCropConfig.from_data_config(data_cfg)) if train else None
     return EgoExoClips(index, data_cfg.egoexo_frames_folder, data_cfg.pred_img_size, data_cfg.norm_vid,
-                       multicrop, data_cfg.seed, train, data_cfg.pose_frame)
+                       multicrop, data_cfg.seed, train, data_cfg.pose_frame, data_cfg.camera_motion)
 
 
 def pose_statistics(data_cfg: DataConfig, max_clips: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ frames (the take's fragments merged), and has the image of each step (the step's
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from torch.utils.data import Dataset
 from ..config.schema import POSE_FRAMES
 from .bad_samples import IndexReport, KnownBadFiles
 from .egoexo_format import (
+    DONE_MARKER,
     FRAME_STEP,
     MISSING_JOINT_VALUE,
     camera_to_world,
@@ -139,22 +141,28 @@ class EgoExoClips(Dataset):
     randomness; keys are plain ints. Poses are in ``pose_frame`` (config.schema.POSE_FRAMES)."""
 
     def __init__(self, index: ClipIndex, frames_folder: str, pred_img_size: int, normalize: bool,
-                 multicrop: Optional[MultiCropTransform], seed: int, train: bool, pose_frame: str = "camera"):
+                 multicrop: Optional[MultiCropTransform], seed: int, train: bool, pose_frame: str = "camera",
+                 camera_motion: bool = False):
         if len(index) == 0:
             raise ValueError(f"{index.report.what}: no valid clips ({index.report.summary()})")
         if train and multicrop is None:
             raise ValueError("EgoExoClips(train=True) needs the multi-crop transform")
         if pose_frame not in POSE_FRAMES:
             raise ValueError(f"data.pose_frame={pose_frame!r}: expected one of {', '.join(POSE_FRAMES)}")
-        if pose_frame != "camera":
+        if pose_frame != "camera" or camera_motion:
             rows = index.poses.rotation[index.clip_rows] if len(index) else np.zeros((0, 3, 3))
             if np.isnan(rows).any():
-                raise ValueError(f"data.pose_frame={pose_frame!r} needs each pose frame's camera rotation, which "
+                what = "data.camera_motion=True" if camera_motion else f"data.pose_frame={pose_frame!r}"
+                raise ValueError(f"{what} needs each pose frame's camera rotation, which "
                                  f"the pose fragments of {index.report.what} lack (written by an older "
                                  "preprocess_egoexo_body_pose.py): rerun it, or use data.pose_frame='camera'")
         self.index, self.frames_folder, self.pred_img_size = index, frames_folder, pred_img_size
         self.normalizer, self.multicrop, self.seed, self.train = Normalizer(normalize), multicrop, seed, train
-        self.pose_frame = pose_frame
+        self.pose_frame, self.camera_motion = pose_frame, camera_motion
+        self._focal: dict[str, float] = {}  # take -> focal length (px) at pred_img_size
+        if camera_motion:  # every take's marker now, not a failed sample hours into a run
+            for take in np.unique(index.clip_takes):
+                self.focal_length(str(index.poses.take_uids[take]))
         self.what = index.report.what
         self.bad_files = KnownBadFiles(self.what)
 
@@ -202,6 +210,28 @@ class EgoExoClips(Dataset):
         shift = np.einsum("tij,tj->ti", rot[:-1], centre[1:] - centre[:-1])  # (T-1, 3)
         return np.concatenate([relative.reshape(-1, 9), shift], axis=1).astype(np.float32)
 
+    def clip_camera_motion(self, i: int) -> np.ndarray:
+        """(T, 12) float32: step_camera_motion for steps 0..T-2, and no motion (identity, zero) for the last step,
+        whose next image is outside the clip (nothing is predicted from it)."""
+        still = np.concatenate([np.eye(3).ravel(), np.zeros(3)]).astype(np.float32)
+        return np.concatenate([self.step_camera_motion(i), still[None]], axis=0)
+
+    def focal_length(self, take_uid: str) -> float:
+        """The pinhole focal length (px) of the take's undistorted frames at pred_img_size, from the completion
+        marker undistort_egovideos.py writes (its "focal" at its "size")."""
+        if take_uid not in self._focal:
+            marker = os.path.join(processed_frames_dir(self.frames_folder, take_uid), DONE_MARKER)
+            try:
+                with open(marker) as f:
+                    meta = json.load(f)
+                focal, size = float(meta["focal"]), float(meta["size"])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{marker}: data.camera_motion=True needs the focal length of the undistorted "
+                                 f"frames, read from this marker ('focal' and 'size', written by "
+                                 f"undistort_egovideos.py): {err}") from None
+            self._focal[take_uid] = focal * self.pred_img_size / size
+        return self._focal[take_uid]
+
     def clip_poses(self, i: int) -> torch.Tensor:
         """(T, 4, 5, 17): x, y, z (missing joints -1) and visibility, per step, frame and joint."""
         idx = self.index
@@ -227,6 +257,9 @@ class EgoExoClips(Dataset):
             frames[t] = resize_square(image.rgb, size, self.normalizer)
             if t == crop_step:
                 sample.update(self.multicrop(image.rgb, rng, source_hw=image.source_hw))
+        if self.camera_motion:
+            sample.update(camera_motion=torch.from_numpy(self.clip_camera_motion(i)),
+                          focal=torch.tensor(self.focal_length(take_uid), dtype=torch.float32))
         sample.update(frames=frames, poses=self.clip_poses(i), take_uid=take_uid,
                       frame_ids=torch.from_numpy(frame_ids))
         return sample

@@ -36,4 +36,13 @@ class GeneratedSamples(torch.utils.data.Dataset):
             sample["poses"] = torch.cat([torch.where(visible.bool(), xyz, torch.full_like(xyz, -1.0)), visible], 1)
             sample["take_uid"] = f"generated_{index % 7}"
             sample["frame_ids"] = torch.arange(T, dtype=torch.long) * F + 5 * int(index)
+            if c.camera_motion:  # a rotation of a few degrees and a step of a few cm per step; the last step still
+                w = torch.randn(T, 3, generator=g) * 0.1  # axis-angle (rad)
+                skew = torch.zeros(T, 3, 3)
+                skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
+                rotation = torch.linalg.matrix_exp(skew - skew.transpose(1, 2))  # (T, 3, 3)
+                shift = torch.randn(T, 3, generator=g) * 0.05
+                rotation[-1], shift[-1] = torch.eye(3), 0.0
+                sample["camera_motion"] = torch.cat([rotation.flatten(1), shift], dim=1)  # (T, 12)
+                sample["focal"] = torch.tensor(0.43 * c.pred_img_size)  # a ~100 degree field of view
         return sample

@@ -29,6 +29,7 @@ from typing import Hashable, Optional, Sequence
 import torch
 
 from internlm.checkpoint.weights import load_model, read_centers
+from internlm.model.reprojection import reproject_steps
 from internlm.train.losses import copy_prediction
 
 
@@ -177,16 +178,34 @@ class Checkpoint:
     # model.prediction_residual: the network whose copy prediction of frame t (with ``center``, the L_pred centre)
     # the state prediction is added to: the teacher, as in training; None otherwise
     copy_net: Optional[torch.nn.Module] = None
+    reprojection: bool = False  # model.prediction_reprojection: that base is frame t reprojected by the step's rotation
 
-    def predict(self, frames: torch.Tensor, poses: torch.Tensor, gallery_logits: torch.Tensor) -> torch.Tensor:
+    def predict(self, frames: torch.Tensor, poses: torch.Tensor, gallery_logits: torch.Tensor,
+                camera_motion: Optional[torch.Tensor] = None, focal: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The student's state prediction of every step (B, T, K); gallery_logits (B, T, K) are reused as the
-        residual base when the gallery network is the teacher."""
+        residual base when the gallery network is the teacher. camera_motion (B, T, 12) and focal (B,): the
+        clip's (data.camera_motion), needed with model.prediction_reprojection."""
         copy_logits = None
         if self.copy_net is not None:
-            base = gallery_logits if self.copy_net is self.gallery_net else \
-                self.copy_net.represent(frames.flatten(0, 1)).logits.unflatten(0, frames.shape[:2])
+            if self.reprojection:
+                if camera_motion is None or focal is None:
+                    raise ValueError("model.prediction_reprojection: the residual base needs each step's camera motion "
+                                     "and the focal length (data.camera_motion=True)")
+                base = self.copy_net.represent(reproject_steps(frames, camera_motion, focal).flatten(0, 1)).logits
+                base = base.unflatten(0, frames.shape[:2])
+            elif self.copy_net is self.gallery_net:
+                base = gallery_logits
+            else:
+                base = self.copy_net.represent(frames.flatten(0, 1)).logits.unflatten(0, frames.shape[:2])
             copy_logits = copy_prediction(base, self.center, self.space.teacher_temp, self.space.student_temp)
         return self.student.forward_joint(frames, poses, copy_logits=copy_logits).future_logits
+
+    def reprojection_baseline(self, frames: torch.Tensor, camera_motion: torch.Tensor,
+                              focal: torch.Tensor) -> torch.Tensor:
+        """(B, T, K) the L_pred minimiser towards the gallery network's view of frame t reprojected by the step's
+        camera rotation: a geometric forward model of the action with nothing learned (a baseline row)."""
+        logits = self.gallery_net.represent(reproject_steps(frames, camera_motion, focal).flatten(0, 1)).logits
+        return self.space.minimiser(logits.unflatten(0, frames.shape[:2]), self.center)
 
 
 def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Checkpoint:
@@ -206,11 +225,15 @@ def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Check
         heads.append(teacher.rep_head.last_layer.weight)
     space = LogitSpace(heads, [center], cfg.loss.student_temp, cfg.loss.teacher_temp)
     return Checkpoint(folder, student, gallery_net, center.to(device), source, space,
-                      teacher if residual else None)
+                      teacher if residual else None, bool(residual and cfg.model.prediction_reprojection))
 
 
-def other_clip_poses(dataset, sample_ids: list[int]) -> torch.Tensor:
-    """The shuffled-action control: the poses of clip (i + N/2) mod N for every clip i (far away in the split,
-    usually another take)."""
+def other_clip_actions(dataset, sample_ids: list[int]) -> dict:
+    """The shuffled-action control: the actions of clip (i + N/2) mod N for every clip i (far away in the split,
+    usually another take): its poses (B, T, 4, 5, 17) and, when the clips carry it, its camera motion (B, T, 12)."""
     n = len(dataset)
-    return torch.stack([dataset.clip_poses((i + n // 2) % n) for i in sample_ids])
+    others = [(i + n // 2) % n for i in sample_ids]
+    out = {"poses": torch.stack([dataset.clip_poses(j) for j in others])}
+    if getattr(dataset, "camera_motion", False):
+        out["camera_motion"] = torch.stack([torch.from_numpy(dataset.clip_camera_motion(j)) for j in others])
+    return out

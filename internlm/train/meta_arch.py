@@ -22,6 +22,7 @@ from internlm.checkpoint.weights import load_state_dict, read_centers
 from internlm.config.schema import TrainConfig
 from internlm.model import EgoAgent
 from internlm.model.egoagent import JOINT_ONLY_PREFIXES
+from internlm.model.reprojection import reproject_steps
 
 from .losses import action_loss, copy_prediction, dino_multicrop_loss, prediction_loss, teacher_probs, visible_elements
 
@@ -157,14 +158,18 @@ class EgoAgentMetaArch(nn.Module):
         frames = chunk.get("frames") if self.joint else None
         poses = chunk.get("poses") if self.joint else None
 
+        reproject = self.joint and self.cfg.model.prediction_reprojection
         with torch.no_grad(), self._autocast(self.teacher_dtype, globals_.device):
             teacher_views = [g_views] + ([frames.flatten(0, 1)] if self.joint else [])
+            if reproject:  # the residual base: frame t as the camera sees it after the step's rotation
+                teacher_views.append(reproject_steps(frames, chunk["camera_motion"], chunk["focal"]).flatten(0, 1))
             t_out = self.teacher(views=teacher_views)
         t_global = t_out.views[0].logits.float()  # (2B, K)
         t_frames = t_out.views[1].logits.float().view(B, frames.shape[1], -1) if self.joint else None  # (B, T, K)
         copy_logits = None
         if self.joint and self.cfg.model.prediction_residual:
-            copy_logits = copy_prediction(t_frames, self.pred_center, teacher_temp, lc.student_temp)
+            base = t_out.views[2].logits.float().view_as(t_frames) if reproject else t_frames
+            copy_logits = copy_prediction(base, self.pred_center, teacher_temp, lc.student_temp)
         with self._autocast(self.student_dtype, globals_.device):
             s_out = self.student(views=student_views, frames=frames, poses=poses, copy_logits=copy_logits)
 
