@@ -4,7 +4,8 @@ Every val clip (20 frames at 30 fps, T = 4 steps of 5, the image of step t = its
 queries, t = 0, 1, 2: "which frame comes next?".
   query    the student's state-prediction head at the future-state query of step t (it sees frames <= t and
            the actions, i.e. the poses, of steps <= t); with model.prediction_residual the head's output is a
-           change added to the teacher's copy prediction of frame t, computed here as in training;
+           change added to the teacher's copy prediction of frame t (with model.prediction_reprojection: of frame
+           t reprojected by the step's camera rotation), computed here as in training;
   gallery  the representation of every real next frame (steps 1..3 of every clip, de-duplicated by take and
            frame) from the network L_pred trains against: the EMA teacher (--gallery teacher, the default) or
            the student (--gallery student); the query's own current frame t is removed from its gallery;

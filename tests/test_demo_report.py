@@ -55,7 +55,8 @@ def fake_run(root: Path, knn=GOOD["knn"], retrieval=GOOD["retrieval"], motion=GO
     write(run / "eval/knn/egoagent.json", {**base, "rows": rows})
     write(run / "eval/knn/stage1.json", {**base, "rows": {"model": knn_row(33.0)}})
     ret_rows = {name: {"top1": 20.0, "top1_se": 1.0, "mAP": 30.0, "mAP_se": 1.0, "query": name}
-                for name in ("egoagent", "shuffled_actions", "copy", "stage1_copy", "raw_pixels", "oracle")}
+                for name in ("egoagent", "shuffled_actions", "copy", "stage1_copy", "raw_pixels", "oracle")
+                + (("reprojection",) if "reprojection" in retrieval else ())}
     ret_rows["oracle"].update(top1=100.0, mAP=100.0)
     write(run / "eval/retrieval/retrieval.json", {
         "rows": ret_rows, "num_queries": 500, "num_gallery": 170, "gallery": "teacher",
@@ -112,3 +113,19 @@ def test_pose_only_baseline_statement_follows_the_numbers(report, tmp_path):
     run = fake_run(tmp_path, mpjpe=(8.0, 14.0, 12.0, 9.0))
     report.main(["--run", str(run)])
     assert "EgoAgent beats the learned pose-only baseline: 8.00 vs 9.00 cm" in (run / "REPORT.md").read_text()
+
+
+@pytest.mark.parametrize("diff, said", [(3.0, "adds to"), (0.5, "does **not** add (beyond its SE) to"),
+                                        (-3.0, "**takes away** from")])
+def test_what_the_learned_prediction_adds_over_the_reprojection_follows_the_numbers(report, tmp_path, diff, said):
+    """With the reprojection row (data.camera_motion), the report says what the learned state prediction adds to the
+    geometry; the prediction verdict itself is still decided by the copy, stage-1 copy and shuffled-action margins."""
+    run = fake_run(tmp_path, retrieval={**GOOD["retrieval"], "reprojection": (diff, 1.0)})
+    summary = report.main(["--run", str(run)])
+    text = (run / "REPORT.md").read_text()
+    assert f"The learned state prediction {said} the reprojection of frame t" in text
+    assert summary["prediction_over_reprojection"].startswith(f"The learned state prediction {said}")
+    assert summary["effects"][1]["holds"]
+    plain = fake_run(tmp_path / "plain")  # no reprojection row: no statement
+    assert report.main(["--run", str(plain)])["prediction_over_reprojection"] == ""
+    assert "The learned state prediction" not in (plain / "REPORT.md").read_text()

@@ -244,6 +244,31 @@ def test_untrained_residual_predictor_is_exactly_the_copy_baseline(tmp_path, pro
     assert probe["splits"]["val"]["rows"]["copy"]["top1"] == diag["teacher_copy"]["top1"]
 
 
+@pytest.mark.slow
+def test_untrained_reprojection_predictor_is_exactly_the_reprojection_baseline(tmp_path, processed_world):
+    """model.prediction_reprojection: before any training the prediction is the teacher's view of frame t reprojected
+    by the step's camera rotation, so EgoAgent ranks every query as the reprojection row does; another clip's actions
+    (the shuffled control) bring another rotation."""
+    from eval_helpers import make_checkpoint, run_script, world_paths, write_tiny_config
+
+    paths = world_paths(processed_world)
+    cfg = write_tiny_config(tmp_path / "cfg.py", 2, tmp_path / "run", paths["frames"], paths["poses"])
+    with open(cfg, "a") as f:
+        f.write("data['camera_motion'] = True\n")
+        for section in ("model", "teacher"):
+            f.write(f"{section}['prediction_residual'] = True\n{section}['prediction_reprojection'] = True\n")
+    make_checkpoint(cfg)
+    run_script(["eval_feature_retrieval.py", "--config", cfg, "--batch_size", "4", "--output_dir", str(tmp_path / "r")])
+    got = json.loads((tmp_path / "r" / "retrieval.json").read_text())
+    rows = got["rows"]
+    assert {"egoagent", "shuffled_actions", "copy", "reprojection", "oracle"} <= set(rows)
+    for key in ("top1", "mAP"):
+        assert rows["egoagent"][key] == rows["reprojection"][key], key
+    assert rows["egoagent"]["mAP"] != rows["copy"]["mAP"] and rows["egoagent"]["mAP"] != rows["shuffled_actions"]["mAP"]
+    assert got["comparisons"]["egoagent_minus_reprojection"]["mAP_diff"] == 0.0
+    assert rows["oracle"]["top1"] >= 99.0
+
+
 def _motion_world(n: int, seed: int):
     """n independent queries whose next frame is frame t moved by its camera motion: teacher logits l = W h of a
     random bottleneck h (as a DINO head's), and h_{t+1} = normalize(h_t + A m) for a random linear effect A of the

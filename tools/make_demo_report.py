@@ -146,8 +146,9 @@ def learned_prediction(ret: dict) -> str:
     if c is None:
         return ""
     rows = ret["rows"]
-    adds = "adds" if c["top1_diff"] > c["top1_diff_se"] else "does **not** add (beyond its SE)"
-    return (f"The learned state prediction {adds} to the reprojection of frame t by the true camera rotation "
+    d, se = c["top1_diff"], c["top1_diff_se"]
+    adds = "adds to" if d > se else "**takes away** from" if d < -se else "does **not** add (beyond its SE) to"
+    return (f"The learned state prediction {adds} the reprojection of frame t by the true camera rotation "
             f"(geometry, nothing learned): Top-1 {rows['egoagent']['top1']:.2f} vs {rows['reprojection']['top1']:.2f}% "
             f"(difference {margin(c['top1_diff'], c['top1_diff_se'])} points; mAP "
             f"{margin(c['mAP_diff'], c['mAP_diff_se'])}).")
