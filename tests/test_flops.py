@@ -18,10 +18,12 @@ def test_allowed_pairs():
     assert allowed_pairs(MaskLayout("block_causal", 7, ((0, 3), (4, 6)))) == 28 + 4
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_train_step_flops_match_the_flop_counter(tmp_path, stage):
+@pytest.mark.parametrize("stage, reprojection", [(1, False), (2, True), (2, False)])
+def test_train_step_flops_match_the_flop_counter(tmp_path, stage, reprojection):
+    extra = {} if stage == 1 else {"model.prediction_reprojection": reprojection,
+                                   "teacher.prediction_reprojection": reprojection}
     cfg = tiny_config(stage, tmp_path, **{"model.hidden_size": 64, "teacher.hidden_size": 64,
-                                          "model.num_attention_heads": 4, "teacher.num_attention_heads": 4})
+                                          "model.num_attention_heads": 4, "teacher.num_attention_heads": 4, **extra})
     torch.manual_seed(0)
     meta = EgoAgentMetaArch(cfg)
     from torch.utils.data import default_collate

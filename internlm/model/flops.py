@@ -85,10 +85,12 @@ def sample_cost(cfg: TrainConfig, dense_attention: bool = False) -> SampleCost:
         action = 2 * m.pose_channels * m.pose_frames * m.num_joints * d
         student_fwd += (T * (conv * n_p + action + head + action)  # projectors, prediction and action heads
                         + backbone_forward_flops(d, nl, r, joint, dense_attention))
-        teacher_fwd += T * view(p_layout, n_p)
+        # the teacher's view of every frame; with model.prediction_reprojection also of every reprojected frame
+        passes = 2 if m.prediction_reprojection else 1
+        teacher_fwd += passes * T * view(p_layout, n_p)
         student_conv += T * conv * n_p
         student_tokens += joint.seq_len
-        teacher_tokens += T * p_layout.seq_len
+        teacher_tokens += passes * T * p_layout.seq_len
     return SampleCost(3 * student_fwd - student_conv + teacher_fwd, student_tokens, teacher_tokens)
 
 
