@@ -267,6 +267,14 @@ def test_untrained_reprojection_predictor_is_exactly_the_reprojection_baseline(t
     assert rows["egoagent"]["mAP"] != rows["copy"]["mAP"] and rows["egoagent"]["mAP"] != rows["shuffled_actions"]["mAP"]
     assert got["comparisons"]["egoagent_minus_reprojection"]["mAP_diff"] == 0.0
     assert rows["oracle"]["top1"] >= 99.0
+    # the diagnosis tool measures the learned change from the same base: nothing learned, nothing changes
+    run_script(["tools/diagnose_prediction.py", "--config", cfg, "--out", str(tmp_path / "diag.json")])
+    diag = json.loads((tmp_path / "diag.json").read_text())
+    assert diag["scaled_from"] == "reprojection"
+    assert diag["l_pred"]["egoagent"] == pytest.approx(diag["l_pred"]["reprojection"], abs=1e-6)
+    assert diag["l_pred"]["reprojection"] != pytest.approx(diag["l_pred"]["copy"], abs=1e-4)
+    for scaled in diag["retrieval_scaled_change"].values():
+        assert scaled["true"]["top1"] == rows["reprojection"]["top1"]
 
 
 def _motion_world(n: int, seed: int):

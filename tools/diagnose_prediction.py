@@ -7,10 +7,13 @@ representation of every true next frame, minus the checkpoint's L_pred centre):
   L_pred (nats), per query: the copy prediction of frame t, EgoAgent, EgoAgent with another clip's actions, and the
       oracle (the target's own entropy, L_pred's floor). copy - oracle is all that frame t+1 adds over frame t; how
       much of it EgoAgent recovers, with and without the true actions, is what L_pred has learned.
-  retrieval Top-1 / mAP (%) of queries copy + a (prediction - copy) for a in --scales, true and shuffled actions:
-      a = 0 is the copy, a = 1 EgoAgent. A change that improves L_pred but helps retrieval only when shrunk is a
-      prediction that hedges over the possible next frames (the loss's optimum under uncertainty), which a
-      retrieval among near-identical neighbouring frames penalises.
+  retrieval Top-1 / mAP (%) of queries base + a (prediction - base) for a in --scales, true and shuffled actions,
+      where base is the residual prediction's base: the copy, or with model.prediction_reprojection the teacher's
+      view of frame t reprojected by the step's camera rotation (its L_pred is then reported too): a = 0 is the
+      base, a = 1 EgoAgent. A change that improves L_pred but helps retrieval only when shrunk is a prediction that
+      hedges over the possible next frames (the loss's optimum under uncertainty), which a retrieval among
+      near-identical neighbouring frames penalises; one that raises the val L_pred over its base has fitted the
+      training takes.
   student copy: the student's own representation head on frame t, against the same teacher gallery: how far the
       student (which L_pred trains) is from the teacher (which makes the targets) on frame t itself.
   --probe_steps N: a probe (internlm/eval/prediction_probe.py) trained for N steps on the training clips: a
@@ -63,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_config_args(p)
     p.add_argument("--ckpt_folder", default=None, help="a stage-2 step folder or run folder (default: the config's)")
     p.add_argument("--split", default=None, help="pose split (default: the config's data.egoexo_valid_split)")
-    p.add_argument("--scales", default="0,0.1,0.25,0.5,1", help="comma-separated a of copy + a (prediction - copy)")
+    p.add_argument("--scales", default="0,0.1,0.25,0.5,1", help="comma-separated a of base + a (prediction - base)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
@@ -97,6 +100,10 @@ def measure(ck, dataset, loader, ctx, total: int, loss_cfg) -> dict:
         rows["shuffled_actions"].append(take(ck.predict(frames, other["poses"], teacher, other.get("camera_motion"),
                                                         focal)))
         rows["student_copy"].append(take(ck.student.represent(frames.flatten(0, 1)).logits.unflatten(0, (B, T))))
+        if ck.reprojection:  # the residual bases of the true and of the shuffled actions
+            rows.setdefault("reprojection", []).append(take(ck.reprojection_baseline(frames, motion, focal)))
+            rows.setdefault("shuffled_reprojection", []).append(
+                take(ck.reprojection_baseline(frames, other["camera_motion"], focal)))
         rows["target_probs"].append(teacher_probs(nxt, ck.center, tt))
         rows["gallery_logits"].append(nxt)
         keys = step_keys(batch)
@@ -111,7 +118,8 @@ def diagnose(ck, got: dict, scales: list[float], loss_cfg) -> dict:
     ts = loss_cfg.student_temp
     probs = got["target_probs"]
     losses = {k: float(cross_entropy(probs, got[k], ts).mean()) for k in ("copy", "egoagent", "shuffled_actions",
-                                                                            "oracle", "student_copy")}
+                                                                            "oracle", "student_copy", "reprojection")
+              if k in got}
     kept, index_of = deduplicate(got["target"])
     heads = [ck.gallery_net.rep_head.last_layer.weight, ck.student.pred_head.last_layer.weight,
              ck.student.rep_head.last_layer.weight]
@@ -124,16 +132,18 @@ def diagnose(ck, got: dict, scales: list[float], loss_cfg) -> dict:
         stats = rank_statistics(retrieval_ranks(space.query(query_logits), gallery, targets, excluded))
         return {"top1": stats["top1"], "mAP": stats["mAP"], "top1_se": stats["top1_se"]}
 
-    copy = got["copy"]
+    base = got.get("reprojection", got["copy"])  # what the residual prediction adds its change to
+    other_base = got.get("shuffled_reprojection", got["copy"])  # ... with the shuffled actions
     scaled = {}
     for a in scales:
-        scaled[str(a)] = {"true": top1_map(copy + a * (got["egoagent"] - copy)),
-                          "shuffled": top1_map(copy + a * (got["shuffled_actions"] - copy))}
+        scaled[str(a)] = {"true": top1_map(base + a * (got["egoagent"] - base)),
+                          "shuffled": top1_map(other_base + a * (got["shuffled_actions"] - other_base))}
     return {"l_pred": losses, "gap_nats": losses["copy"] - losses["oracle"],
             "recovered_nats": {"true": losses["copy"] - losses["egoagent"],
                                "shuffled": losses["copy"] - losses["shuffled_actions"]},
-            "retrieval_scaled_change": scaled, "student_copy": top1_map(got["student_copy"]),
-            "teacher_copy": top1_map(copy),
+            "retrieval_scaled_change": scaled, "scaled_from": "reprojection" if "reprojection" in got else "copy",
+            "student_copy": top1_map(got["student_copy"]),
+            "teacher_copy": top1_map(got["copy"]),
             "num_queries": len(got["target"]), "num_gallery": len(kept)}
 
 
@@ -176,12 +186,16 @@ def main(argv=None) -> int:
     result = dict(diagnose(ck, got, scales, cfg.loss), checkpoint=os.path.abspath(ck.folder), split=split,
                   residual=ck.copy_net is not None)
     lp = result["l_pred"]
+    names = {"copy": "copy", "reprojection": "reprojection", "egoagent": "EgoAgent",
+             "shuffled_actions": "shuffled actions", "oracle": "oracle", "student_copy": "student copy"}
+    shown = [k for k in names if k in lp]
     print(format_table(f"L_pred on {result['num_queries']} {split} queries (nats; the oracle is its floor)",
-                       ["copy", "EgoAgent", "shuffled actions", "oracle", "student copy"],
-                       [[f"{lp[k]:.4f}" for k in ("copy", "egoagent", "shuffled_actions", "oracle", "student_copy")]]))
+                       [names[k] for k in shown], [[f"{lp[k]:.4f}" for k in shown]]))
     print(f"frame t+1 adds {result['gap_nats']:.4f} nats over frame t; EgoAgent recovers "
           f"{result['recovered_nats']['true']:.4f} (shuffled actions {result['recovered_nats']['shuffled']:.4f})")
-    print(format_table(f"retrieval of copy + a (prediction - copy), gallery {result['num_gallery']} frames (Top-1 %)",
+    base = result["scaled_from"]
+    print(format_table(f"retrieval of {base} + a (prediction - {base}), gallery {result['num_gallery']} frames "
+                       "(Top-1 %)",
                        ["a", "true actions", "shuffled actions"],
                        [[a, r["true"]["top1"], r["shuffled"]["top1"]] for a, r in
                         result["retrieval_scaled_change"].items()]))
