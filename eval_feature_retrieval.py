@@ -171,15 +171,16 @@ def collect(ck: Checkpoint, baseline, loader, dataset, ctx, total: int) -> Colle
         out.add(out.queries, "copy", space.query(space.minimiser(now, ck.center)))
         out.add(out.queries, "oracle", space.query(space.minimiser(nxt, ck.center)))
         motion, focal = batch.get("camera_motion"), batch.get("focal")  # (B, T, 12), (B,) with data.camera_motion
+        reprojected = ck.reprojected_logits(frames, motion, focal) if motion is not None else None  # (B, T, K)
+        if reprojected is not None:
+            out.add(out.queries, "reprojection", space.query(space.minimiser(reprojected[:, :T - 1].flatten(0, 1),
+                                                                             ck.center)))
         if ck.student.joint:
-            pred = ck.predict(frames, batch["poses"], logits, motion, focal)[:, :T - 1]  # (B, T-1, K)
+            pred = ck.predict(frames, batch["poses"], logits, motion, focal, reprojected)[:, :T - 1]  # (B, T-1, K)
             out.add(out.queries, "egoagent", space.query(pred.flatten(0, 1)))
             other = move(other_clip_actions(dataset, batch["sample_id"].tolist()), ctx.device)
             pred = ck.predict(frames, other["poses"], logits, other.get("camera_motion"), focal)[:, :T - 1]
             out.add(out.queries, "shuffled_actions", space.query(pred.flatten(0, 1)))
-        if motion is not None:
-            base = ck.reprojection_baseline(frames, motion, focal)[:, :T - 1]
-            out.add(out.queries, "reprojection", space.query(base.flatten(0, 1)))
         if baseline is not None:
             b, bs = baseline.gallery_net.represent(flat).logits.unflatten(0, (B, T)), baseline.space
             out.add(out.galleries, "stage1", bs.gallery(b[:, 1:].flatten(0, 1), baseline.center))

@@ -96,14 +96,19 @@ def measure(ck, dataset, loader, ctx, total: int, loss_cfg) -> dict:
         take = lambda x, last=T - 1: x[:, :last].flatten(0, 1)  # noqa: E731  steps 0..T-2
         rows["copy"].append(copy_prediction(now, ck.center, tt, ts))
         rows["oracle"].append(copy_prediction(nxt, ck.center, tt, ts))
-        rows["egoagent"].append(take(ck.predict(frames, batch["poses"], teacher, motion, focal)))
+        # the reprojected frames' logits with the true and with the shuffled actions' camera motion: the residual
+        # bases of the two predictions (computed once, reused by predict)
+        reprojected = shuffled_reprojected = None
+        if ck.reprojection:
+            reprojected = ck.reprojected_logits(frames, motion, focal)
+            shuffled_reprojected = ck.reprojected_logits(frames, other["camera_motion"], focal)
+            rows.setdefault("reprojection", []).append(take(ck.space.minimiser(reprojected, ck.center)))
+            rows.setdefault("shuffled_reprojection", []).append(take(ck.space.minimiser(shuffled_reprojected,
+                                                                                        ck.center)))
+        rows["egoagent"].append(take(ck.predict(frames, batch["poses"], teacher, motion, focal, reprojected)))
         rows["shuffled_actions"].append(take(ck.predict(frames, other["poses"], teacher, other.get("camera_motion"),
-                                                        focal)))
+                                                        focal, shuffled_reprojected)))
         rows["student_copy"].append(take(ck.student.represent(frames.flatten(0, 1)).logits.unflatten(0, (B, T))))
-        if ck.reprojection:  # the residual bases of the true and of the shuffled actions
-            rows.setdefault("reprojection", []).append(take(ck.reprojection_baseline(frames, motion, focal)))
-            rows.setdefault("shuffled_reprojection", []).append(
-                take(ck.reprojection_baseline(frames, other["camera_motion"], focal)))
         rows["target_probs"].append(teacher_probs(nxt, ck.center, tt))
         rows["gallery_logits"].append(nxt)
         keys = step_keys(batch)

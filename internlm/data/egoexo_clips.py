@@ -155,7 +155,8 @@ class EgoExoClips(Dataset):
                 what = "data.camera_motion=True" if camera_motion else f"data.pose_frame={pose_frame!r}"
                 raise ValueError(f"{what} needs each pose frame's camera rotation, which "
                                  f"the pose fragments of {index.report.what} lack (written by an older "
-                                 "preprocess_egoexo_body_pose.py): rerun it, or use data.pose_frame='camera'")
+                                 "preprocess_egoexo_body_pose.py): rerun it"
+                                 + ("" if camera_motion else ", or use data.pose_frame='camera'"))
         self.index, self.frames_folder, self.pred_img_size = index, frames_folder, pred_img_size
         self.normalizer, self.multicrop, self.seed, self.train = Normalizer(normalize), multicrop, seed, train
         self.pose_frame, self.camera_motion = pose_frame, camera_motion

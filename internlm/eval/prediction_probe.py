@@ -33,10 +33,9 @@ from internlm.eval.retrieval import (
     step_keys,
 )
 from internlm.model.heads import DINOHead
+from internlm.model.reprojection import MOTION_DIM  # EgoExoClips.step_camera_motion: 9 rotation + 3 shift
 from internlm.train.losses import copy_prediction, teacher_probs
 from internlm.train.losses.dino_loss import cross_entropy
-
-MOTION_DIM = 12  # EgoExoClips.step_camera_motion: 9 rotation entries + 3 displacement
 
 
 @dataclass

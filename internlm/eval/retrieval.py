@@ -181,31 +181,38 @@ class Checkpoint:
     reprojection: bool = False  # model.prediction_reprojection: that base is frame t reprojected by the step's rotation
 
     def predict(self, frames: torch.Tensor, poses: torch.Tensor, gallery_logits: torch.Tensor,
-                camera_motion: Optional[torch.Tensor] = None, focal: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The student's state prediction of every step (B, T, K); gallery_logits (B, T, K) are reused as the
-        residual base when the gallery network is the teacher. camera_motion (B, T, 12) and focal (B,): the
-        clip's (data.camera_motion), needed with model.prediction_reprojection."""
+                camera_motion: Optional[torch.Tensor] = None, focal: Optional[torch.Tensor] = None,
+                reprojected_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The student's state prediction of every step (B, T, K). camera_motion (B, T, 12) and focal (B,): the
+        clip's (data.camera_motion), needed with model.prediction_reprojection. The gallery network's logits of the
+        frames (gallery_logits) and, when the caller has them, of the reprojected frames (reprojected_logits, same
+        camera motion) are reused as the residual base when the gallery network is the teacher."""
         copy_logits = None
         if self.copy_net is not None:
+            reuse = self.copy_net is self.gallery_net
             if self.reprojection:
                 if camera_motion is None or focal is None:
                     raise ValueError("model.prediction_reprojection: the residual base needs each step's camera motion "
                                      "and the focal length (data.camera_motion=True)")
-                base = self.copy_net.represent(reproject_steps(frames, camera_motion, focal).flatten(0, 1)).logits
-                base = base.unflatten(0, frames.shape[:2])
-            elif self.copy_net is self.gallery_net:
-                base = gallery_logits
+                if reuse and reprojected_logits is not None:
+                    base = reprojected_logits
+                else:
+                    base = self._represent(self.copy_net, reproject_steps(frames, camera_motion, focal))
             else:
-                base = self.copy_net.represent(frames.flatten(0, 1)).logits.unflatten(0, frames.shape[:2])
+                base = gallery_logits if reuse else self._represent(self.copy_net, frames)
             copy_logits = copy_prediction(base, self.center, self.space.teacher_temp, self.space.student_temp)
         return self.student.forward_joint(frames, poses, copy_logits=copy_logits).future_logits
 
-    def reprojection_baseline(self, frames: torch.Tensor, camera_motion: torch.Tensor,
-                              focal: torch.Tensor) -> torch.Tensor:
-        """(B, T, K) the L_pred minimiser towards the gallery network's view of frame t reprojected by the step's
-        camera rotation: a geometric forward model of the action with nothing learned (a baseline row)."""
-        logits = self.gallery_net.represent(reproject_steps(frames, camera_motion, focal).flatten(0, 1)).logits
-        return self.space.minimiser(logits.unflatten(0, frames.shape[:2]), self.center)
+    def reprojected_logits(self, frames: torch.Tensor, camera_motion: torch.Tensor,
+                           focal: torch.Tensor) -> torch.Tensor:
+        """(B, T, K) the gallery network's logits of every step's image reprojected by the step's camera rotation:
+        space.minimiser of them is the reprojection baseline (a geometric forward model of the action, nothing
+        learned), and with model.prediction_reprojection the residual base."""
+        return self._represent(self.gallery_net, reproject_steps(frames, camera_motion, focal))
+
+    @staticmethod
+    def _represent(net: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:  # (B, T, 3, P, P) -> (B, T, K)
+        return net.represent(frames.flatten(0, 1)).logits.unflatten(0, frames.shape[:2])
 
 
 def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Checkpoint:
