@@ -51,16 +51,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from internlm.checkpoint.layout import read_meta
+from internlm.checkpoint.layout import CALIBRATION_FILE, read_meta
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
 from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from internlm.eval.cli import (
@@ -317,11 +319,29 @@ def report(args, cfg, ck: Checkpoint, baseline, rows: dict, compare: dict, galle
         "similarity": "cosine of centred log-probabilities: centred(s) vs centred(l_T - c) (invariant to a "
                       "per-row constant and to the temperatures)",
         "ties": "counted against the query", "world_size": ctx.world_size, "png": os.path.abspath(png),
+        "prediction_calibration": prediction_calibration(ck, step),
         "seconds": round(seconds, 1),
     }
     write_json(os.path.join(out_dir, "retrieval.json"), result)
     logger.info("wrote %s", os.path.join(out_dir, "retrieval.json"))
     return result
+
+
+def prediction_calibration(ck, step) -> Optional[dict]:
+    """The checkpoint's scale of the learned prediction change (model.prediction_residual) and, when the run chose it
+    on held-out takes at this step (data.calibration_takes), that choice: {"scale", "calibrated", ...}."""
+    scale = getattr(ck.student, "prediction_change_scale", None)
+    if scale is None:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(ck.folder)), CALIBRATION_FILE)
+    chosen = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            chosen = json.load(f)
+    scale = round(float(scale), 6)  # a float32 buffer: 0.35 reads back as 0.3499999940
+    if chosen is None or chosen.get("step") != step:
+        return {"scale": scale, "calibrated": False}
+    return dict(chosen, scale=scale, calibrated=True)
 
 
 def main(argv=None) -> int:

@@ -126,6 +126,22 @@ def test_what_the_learned_prediction_adds_over_the_reprojection_follows_the_numb
     assert f"The learned state prediction {said} the reprojection of frame t" in text
     assert summary["prediction_over_reprojection"].startswith(f"The learned state prediction {said}")
     assert summary["effects"][1]["holds"]
+    assert "Its learned change enters at" not in text  # not calibrated: nothing said about a scale
     plain = fake_run(tmp_path / "plain")  # no reprojection row: no statement
     assert report.main(["--run", str(plain)])["prediction_over_reprojection"] == ""
     assert "The learned state prediction" not in (plain / "REPORT.md").read_text()
+
+
+def test_the_calibrated_scale_of_the_learned_change_is_stated(report, tmp_path):
+    """data.calibration_takes: the report says how much of the learned change the prediction keeps and why, from the
+    retrieval JSON's record of the run's calibration."""
+    run = fake_run(tmp_path, retrieval={**GOOD["retrieval"], "reprojection": (0.2, 1.0)})
+    path = run / "eval/retrieval/retrieval.json"
+    ret = json.loads(path.read_text())
+    ret["prediction_calibration"] = {"scale": 0.25, "calibrated": True, "scales": [0.0, 0.25, 1.0],
+                                     "l_pred": [3.65, 3.64, 3.66], "takes": ["a", "b"], "step": 600}
+    write(path, ret)
+    text = report.main(["--run", str(run)])["prediction_over_reprojection"]
+    assert ("Its learned change enters at 0.25 of its trained size: the scale with the lowest L_pred on 2 training "
+            "take(s) held out of stage 2 (data.calibration_takes; 3.6400 nats, vs 3.6600 with all of it and 3.6500 "
+            "with none).") in text

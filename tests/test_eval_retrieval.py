@@ -235,6 +235,7 @@ def test_untrained_residual_predictor_is_exactly_the_copy_baseline(tmp_path, pro
     assert lp["oracle"] < lp["copy"] and diag["gap_nats"] > 0 and abs(diag["recovered_nats"]["true"]) < 1e-5
     for scaled in diag["retrieval_scaled_change"].values():
         assert scaled["true"]["top1"] == scaled["shuffled"]["top1"] == diag["teacher_copy"]["top1"]
+        assert scaled["l_pred"] == pytest.approx(lp["copy"], abs=1e-6)
     # the camera-motion probe: trained on the training clips, scored there and on val, on the same gallery rule
     probe = diag["probe"]
     assert probe["steps"] == 30 and set(probe["splits"]) == {"train", "val"}
@@ -266,6 +267,7 @@ def test_untrained_reprojection_predictor_is_exactly_the_reprojection_baseline(t
         assert rows["egoagent"][key] == rows["reprojection"][key], key
     assert rows["egoagent"]["mAP"] != rows["copy"]["mAP"] and rows["egoagent"]["mAP"] != rows["shuffled_actions"]["mAP"]
     assert got["comparisons"]["egoagent_minus_reprojection"]["mAP_diff"] == 0.0
+    assert got["prediction_calibration"] == {"scale": 1.0, "calibrated": False}  # weights only: not calibrated
     assert rows["oracle"]["top1"] >= 99.0
     # the diagnosis tool measures the learned change from the same base: nothing learned, nothing changes
     run_script(["tools/diagnose_prediction.py", "--config", cfg, "--out", str(tmp_path / "diag.json")])
@@ -275,6 +277,7 @@ def test_untrained_reprojection_predictor_is_exactly_the_reprojection_baseline(t
     assert diag["l_pred"]["reprojection"] != pytest.approx(diag["l_pred"]["copy"], abs=1e-4)
     for scaled in diag["retrieval_scaled_change"].values():
         assert scaled["true"]["top1"] == rows["reprojection"]["top1"]
+        assert scaled["l_pred"] == pytest.approx(diag["l_pred"]["reprojection"], abs=1e-6)
 
 
 def _motion_world(n: int, seed: int):

@@ -69,7 +69,8 @@ def test_demo_stage2_learns_in_50_steps(processed_world, tmp_path):
     head starts at the copy prediction, within a few hundredths of a nat of L_pred's floor, so its L_pred moves with
     the teacher rather than with learning (its start and its learning are tested in test_model / test_training)."""
     fresh = {"model.prediction_residual": False, "teacher.prediction_residual": False,
-             "model.prediction_reprojection": False, "teacher.prediction_reprojection": False}
+             "model.prediction_reprojection": False, "teacher.prediction_reprojection": False,
+             "data.calibration_takes": 0}  # (held-out takes calibrate the residual change only)
     trainer = demo_stage2_trainer(processed_world, tmp_path / "run", steps=50, micro_num=8, **fresh)
     cfg = trainer.cfg
     held_out = trainer.loader_factory(cfg, trainer.ctx, consumed=10_000)  # a batch the 50 steps do not draw

@@ -32,6 +32,7 @@ def tiny_overrides(save_folder, steps: int = 6, micro_num: int = 4, accum: int =
         o["data.train_folder"] = [str(p) for p in data_root["walks"]]
     else:
         o["data.dataset_type"] = "Generated"
+        o["data.calibration_takes"] = 0  # generated samples have no takes to hold out
     o.update(extra)
     return list(o.items())
 

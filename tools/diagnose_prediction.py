@@ -7,13 +7,14 @@ representation of every true next frame, minus the checkpoint's L_pred centre):
   L_pred (nats), per query: the copy prediction of frame t, EgoAgent, EgoAgent with another clip's actions, and the
       oracle (the target's own entropy, L_pred's floor). copy - oracle is all that frame t+1 adds over frame t; how
       much of it EgoAgent recovers, with and without the true actions, is what L_pred has learned.
-  retrieval Top-1 / mAP (%) of queries base + a (prediction - base) for a in --scales, true and shuffled actions,
-      where base is the residual prediction's base: the copy, or with model.prediction_reprojection the teacher's
-      view of frame t reprojected by the step's camera rotation (its L_pred is then reported too): a = 0 is the
-      base, a = 1 EgoAgent. A change that improves L_pred but helps retrieval only when shrunk is a prediction that
-      hedges over the possible next frames (the loss's optimum under uncertainty), which a retrieval among
-      near-identical neighbouring frames penalises; one that raises the val L_pred over its base has fitted the
-      training takes.
+  retrieval Top-1 / mAP (%) and L_pred of queries base + a (prediction - base) for a in --scales, true and
+      shuffled actions (L_pred: true actions), where base is the residual prediction's base: the copy, or with
+      model.prediction_reprojection the teacher's view of frame t reprojected by the step's camera rotation (its
+      L_pred is then reported too): a = 0 is the base, a = 1 EgoAgent (whose change is already scaled by the
+      checkpoint's prediction_change_scale, data.calibration_takes). A change that improves L_pred but helps
+      retrieval only when shrunk is a prediction that hedges over the possible next frames (the loss's optimum under
+      uncertainty), which a retrieval among near-identical neighbouring frames penalises; one that raises the val
+      L_pred over its base has fitted the training takes.
   student copy: the student's own representation head on frame t, against the same teacher gallery: how far the
       student (which L_pred trains) is from the teacher (which makes the targets) on frame t itself.
   --probe_steps N: a probe (internlm/eval/prediction_probe.py) trained for N steps on the training clips: a
@@ -141,8 +142,10 @@ def diagnose(ck, got: dict, scales: list[float], loss_cfg) -> dict:
     other_base = got.get("shuffled_reprojection", got["copy"])  # ... with the shuffled actions
     scaled = {}
     for a in scales:
-        scaled[str(a)] = {"true": top1_map(base + a * (got["egoagent"] - base)),
-                          "shuffled": top1_map(other_base + a * (got["shuffled_actions"] - other_base))}
+        query = base + a * (got["egoagent"] - base)
+        scaled[str(a)] = {"true": top1_map(query),
+                          "shuffled": top1_map(other_base + a * (got["shuffled_actions"] - other_base)),
+                          "l_pred": float(cross_entropy(probs, query, ts).mean())}
     return {"l_pred": losses, "gap_nats": losses["copy"] - losses["oracle"],
             "recovered_nats": {"true": losses["copy"] - losses["egoagent"],
                                "shuffled": losses["copy"] - losses["shuffled_actions"]},
@@ -201,8 +204,8 @@ def main(argv=None) -> int:
     base = result["scaled_from"]
     print(format_table(f"retrieval of {base} + a (prediction - {base}), gallery {result['num_gallery']} frames "
                        "(Top-1 %)",
-                       ["a", "true actions", "shuffled actions"],
-                       [[a, r["true"]["top1"], r["shuffled"]["top1"]] for a, r in
+                       ["a", "true actions", "shuffled actions", "L_pred (true)"],
+                       [[a, r["true"]["top1"], r["shuffled"]["top1"], f"{r['l_pred']:.4f}"] for a, r in
                         result["retrieval_scaled_change"].items()]))
     print(f"student copy (the student's representation head on frame t): Top-1 {result['student_copy']['top1']:.2f}%"
           f" vs the teacher's copy {result['teacher_copy']['top1']:.2f}%")

@@ -148,10 +148,18 @@ def learned_prediction(ret: dict) -> str:
     rows = ret["rows"]
     d, se = c["top1_diff"], c["top1_diff_se"]
     adds = "adds to" if d > se else "**takes away** from" if d < -se else "does **not** add (beyond its SE) to"
-    return (f"The learned state prediction {adds} the reprojection of frame t by the true camera rotation "
+    text = (f"The learned state prediction {adds} the reprojection of frame t by the true camera rotation "
             f"(geometry, nothing learned): Top-1 {rows['egoagent']['top1']:.2f} vs {rows['reprojection']['top1']:.2f}% "
             f"(difference {margin(c['top1_diff'], c['top1_diff_se'])} points; mAP "
             f"{margin(c['mAP_diff'], c['mAP_diff_se'])}).")
+    cal = ret.get("prediction_calibration") or {}
+    if cal.get("calibrated"):
+        l_pred = dict(zip(cal["scales"], cal["l_pred"]))
+        text += (f" Its learned change enters at {cal['scale']:g} of its trained size: the scale with the lowest "
+                 f"L_pred on {len(cal['takes'])} training take(s) held out of stage 2 (data.calibration_takes; "
+                 f"{l_pred[cal['scale']]:.4f} nats, vs {l_pred[1.0]:.4f} with all of it and {l_pred[0.0]:.4f} with "
+                 "none).")
+    return text
 
 
 def action_claim(motion: dict) -> tuple[bool, str, str]:

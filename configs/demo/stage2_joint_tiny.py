@@ -74,6 +74,9 @@ data = dict(
     clip_frames=20,
     pose_frame="clip_first_camera",  # ego-motion shows in the poses (in each frame's own camera it does not)
     camera_motion=True,  # each step's camera motion and the frames' focal length (model.prediction_reprojection)
+    # the last 2 training takes are held out of training; after the last step the scale of the learned prediction
+    # change (0..1) is the one with the lowest L_pred on their clips (README, "Prediction")
+    calibration_takes=2,
     clip_steps=4,
     pred_img_size=IMAGE_SIZE,
     num_workers=1,  # one decoding process beside the step: no setting measured clearly faster (benchmarks/RESULTS.md)

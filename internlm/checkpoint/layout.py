@@ -9,6 +9,9 @@
                               so a run saved on N ranks resumes on M)
         rng/rank{r}.pt        RNG states of every rank
         COMPLETE              written last: a folder without it is an interrupted save and is never loaded
+    {save_ckpt_folder}/prediction_calibration.json
+                              data.calibration_takes: the scale of the learned prediction change chosen after the
+                              last step (the step it belongs to, the L_pred of every scale tried, the held-out takes)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
 TRAIN_STATE_DIR = "train_state"
 RNG_DIR = "rng"
+CALIBRATION_FILE = "prediction_calibration.json"
 
 
 def step_folder(save_folder: str, step: int) -> str:

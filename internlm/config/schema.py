@@ -172,6 +172,10 @@ class DataConfig:
     # Clips also carry each step's camera motion (T, 12) from the pose fragments' extrinsics and the frames'
     # pinhole focal length (from the undistortion marker): the input of model.prediction_reprojection.
     camera_motion: bool = False
+    # Stage 2 with model.prediction_residual: the last N training takes (in take-uid order) are held out of
+    # training; after the last step the scale of the learned prediction change (0..1, EgoAgent.prediction_change_scale)
+    # is the one that minimises L_pred on their clips, i.e. how much of the change holds on takes it was not fitted to.
+    calibration_takes: int = 0
     num_workers: int = 2
     seed: int = 0  # data order and augmentation; train.py --seed overrides
 
@@ -650,6 +654,15 @@ def _validate_data(cfg: TrainConfig) -> None:
     if model.prediction_reprojection and not data.camera_motion:
         raise ConfigError("model.prediction_reprojection=True reprojects frame t by each step's camera rotation: "
                           "set data.camera_motion=True so the clips carry it")
+    if data.calibration_takes < 0:
+        raise ConfigError(f"data.calibration_takes={data.calibration_takes} must be >= 0")
+    if data.calibration_takes and not (joint and model.prediction_residual):
+        raise ConfigError(f"data.calibration_takes={data.calibration_takes} holds training takes out to calibrate the "
+                          "learned change of the residual state prediction: it needs a stage-2 config with "
+                          "model.prediction_residual=True")
+    if data.calibration_takes and data.dataset_type != "EgoExoClips":
+        raise ConfigError(f"data.calibration_takes={data.calibration_takes} holds out Ego-Exo4D takes: it needs "
+                          f"data.dataset_type='EgoExoClips', not {data.dataset_type!r}")
 
 
 def _validate_optimisation(cfg: TrainConfig) -> None:

@@ -83,7 +83,9 @@ def build_stage1_frames(data_cfg: DataConfig, which: str = "train") -> FrameInde
 
 
 def build_clip_dataset(data_cfg: DataConfig, split: str, train: bool, cache_dir: Optional[str] = None,
-                       index_workers: Optional[int] = None) -> EgoExoClips:
+                       index_workers: Optional[int] = None, calibration: bool = False) -> EgoExoClips:
+    """The clips of ``split``. With data.calibration_takes = N, the training split's last N takes are held out:
+    calibration=False gives the other takes' clips, calibration=True those N takes' clips."""
     frames_folder, pose_dir = _egoexo_roots(data_cfg, split)
     poses = load_pose_index(pose_dir, cache_dir=cache_dir, workers=index_workers)
     index = build_clip_index(poses, frames_folder, data_cfg.clip_frames, data_cfg.clip_steps,
@@ -91,8 +93,17 @@ def build_clip_dataset(data_cfg: DataConfig, split: str, train: bool, cache_dir:
     _require_samples(len(index), "data.egoexo_frames_folder", f"{frames_folder} (with the poses of {pose_dir})",
                      index.report)
     index.report.log()
-    logger.info("Ego-Exo4D %s: %d clips from %d takes, %d pose frames", split, len(index),
-                len(poses.take_uids), len(poses.frames))
+    held_out = data_cfg.calibration_takes if split == data_cfg.egoexo_train_split else 0
+    if calibration and not held_out:
+        raise ValueError(f"calibration clips come from data.egoexo_train_split={data_cfg.egoexo_train_split!r} with "
+                         f"data.calibration_takes > 0 (split {split!r}, calibration_takes "
+                         f"{data_cfg.calibration_takes})")
+    what = split
+    if held_out:
+        index = index.split_takes(held_out)[1 if calibration else 0]
+        what = f"{split}, {'the' if calibration else 'without the'} {held_out} calibration take(s)"
+    logger.info("Ego-Exo4D %s: %d clips from %d takes, %d pose frames", what, len(index),
+                len(np.unique(index.clip_takes)), len(poses.frames))
     multicrop = MultiCropTransform(MultiCropConfig.from_data_config(data_cfg)) if train else None
     return EgoExoClips(index, data_cfg.egoexo_frames_folder, data_cfg.pred_img_size, data_cfg.norm_vid,
                        multicrop, data_cfg.seed, train, data_cfg.pose_frame, data_cfg.camera_motion)

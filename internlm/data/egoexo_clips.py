@@ -6,6 +6,7 @@ frames (the take's fragments merged), and has the image of each step (the step's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -92,6 +93,19 @@ class ClipIndex:
     @property
     def steps_per_clip(self) -> int:
         return self.clip_frames // self.clip_steps
+
+    def split_takes(self, n_last: int) -> tuple["ClipIndex", "ClipIndex"]:
+        """(the clips of every take but the last ``n_last``, the clips of those), takes in uid order among the takes
+        that have clips: data.calibration_takes."""
+        with_clips = np.unique(self.clip_takes)
+        if not 0 < n_last < len(with_clips):
+            raise ValueError(f"data.calibration_takes={n_last}: the split has {len(with_clips)} takes with clips; "
+                             "at least one must stay for training")
+        uids = np.asarray(self.poses.take_uids, dtype=object)
+        held = with_clips[np.argsort(uids[with_clips].astype(str), kind="stable")[-n_last:]]
+        mask = np.isin(self.clip_takes, held)
+        return (dataclasses.replace(self, clip_rows=self.clip_rows[~mask], clip_takes=self.clip_takes[~mask]),
+                dataclasses.replace(self, clip_rows=self.clip_rows[mask], clip_takes=self.clip_takes[mask]))
 
 
 def build_clip_index(poses: PoseIndex, frames_folder: str, clip_frames: int = 20, clip_steps: int = 4,

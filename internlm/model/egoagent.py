@@ -26,7 +26,8 @@ from .projectors import ActionProjector, ImageProjector
 
 # The joint-branch parts a stage-1 model does not have (they start from their initialisation in stage 2 and are
 # left out of the Hugging Face export of the image encoder).
-JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.")
+JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.",
+                       "prediction_change_scale")
 
 
 def check_backend_can_train(cfg: ModelConfig, joint: bool, device: torch.device, dtype: torch.dtype,
@@ -55,7 +56,10 @@ class AgentOutput:
 class JointOutput:
     actions: torch.Tensor  # (B, T, 4, 5, 17) predicted pose block of each step
     future_feature: torch.Tensor  # (B, T, d) final-normed future-state-query output
-    future_logits: Optional[torch.Tensor]  # (B, T, K) state-prediction head (None when not requested)
+    future_logits: Optional[torch.Tensor]  # (B, T, K) state prediction (None when not requested)
+    # (B, T, K) with model.prediction_residual: the head's change, future_logits = base + prediction_change_scale *
+    # change
+    future_change: Optional[torch.Tensor] = None
 
 
 class EgoAgent(nn.Module):
@@ -86,6 +90,10 @@ class EgoAgent(nn.Module):
                                       cfg.norm_last_layer, zero_gain=cfg.prediction_residual)
             self.action_head = ActionHead(d, cfg.pose_channels, cfg.pose_frames, cfg.num_joints,
                                           zero_init=cfg.action_residual)
+            if cfg.prediction_residual:
+                # how much of the learned change the prediction adds to its base: 1 in training, then chosen on
+                # held-out takes (data.calibration_takes, train/prediction_calibration.py); saved with the weights
+                self.register_buffer("prediction_change_scale", torch.ones(()))
         self.reset_backbone_and_queries()
 
     @torch.no_grad()
@@ -154,9 +162,18 @@ class EgoAgent(nn.Module):
             actions = self.add_residual_base(actions, poses)
         future = out[:, :, N + 2]  # (B, T, d)
         logits = self.pred_head(future) if with_logits else None
+        change = None
         if logits is not None and self.cfg.prediction_residual:
-            logits = copy_logits.to(logits.dtype) + logits
-        return JointOutput(actions, future, logits)
+            change = logits
+            logits = copy_logits.to(change.dtype) + self.prediction_change_scale.to(change.dtype) * change
+        return JointOutput(actions, future, logits, change)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the calibration (and stage-1 ones) have no scale: the change as it was trained
+        key = prefix + "prediction_change_scale"
+        if hasattr(self, "prediction_change_scale") and key not in state_dict:
+            state_dict[key] = torch.ones(())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def residual_base(self, poses: torch.Tensor) -> torch.Tensor:
         """poses (B, T, 4, F, J) -> (B, T, 3, 1, J): what the residual action head adds to its output at step t,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -158,18 +158,11 @@ class EgoAgentMetaArch(nn.Module):
         frames = chunk.get("frames") if self.joint else None
         poses = chunk.get("poses") if self.joint else None
 
-        reproject = self.joint and self.cfg.model.prediction_reprojection
         with torch.no_grad(), self._autocast(self.teacher_dtype, globals_.device):
-            teacher_views = [g_views] + ([frames.flatten(0, 1)] if self.joint else [])
-            if reproject:  # the residual base: frame t as the camera sees it after the step's rotation
-                teacher_views.append(reproject_steps(frames, chunk["camera_motion"], chunk["focal"]).flatten(0, 1))
-            t_out = self.teacher(views=teacher_views)
+            t_out = self.teacher(views=[g_views] + (self._teacher_frame_views(chunk) if self.joint else []))
         t_global = t_out.views[0].logits.float()  # (2B, K)
-        t_frames = t_out.views[1].logits.float().view(B, frames.shape[1], -1) if self.joint else None  # (B, T, K)
-        copy_logits = None
-        if self.joint and self.cfg.model.prediction_residual:
-            base = t_out.views[2].logits.float().view_as(t_frames) if reproject else t_frames
-            copy_logits = copy_prediction(base, self.pred_center, teacher_temp, lc.student_temp)
+        t_frames, copy_logits = self._frame_targets(t_out.views[1:], frames, teacher_temp) if self.joint else (None,
+                                                                                                              None)
         with self._autocast(self.student_dtype, globals_.device):
             s_out = self.student(views=student_views, frames=frames, poses=poses, copy_logits=copy_logits)
 
@@ -204,6 +197,57 @@ class EgoAgentMetaArch(nn.Module):
             stats = torch.stack([loss_rep.detach(), loss_pred.detach(), act_sum, entropy, kl, feat_std]).float()
             state.stats += stats * weights
         return self.weighted_total(terms)
+
+    def _teacher_frame_views(self, chunk: dict) -> list[torch.Tensor]:
+        """Stage 2's teacher inputs besides the global crops: the clip's frames (B*T, 3, P, P) and, with
+        model.prediction_reprojection, the same frames as the camera sees them after each step's rotation."""
+        frames = chunk["frames"]
+        views = [frames.flatten(0, 1)]
+        if self.cfg.model.prediction_reprojection:
+            views.append(reproject_steps(frames, chunk["camera_motion"], chunk["focal"]).flatten(0, 1))
+        return views
+
+    def _frame_targets(self, views, frames: torch.Tensor,
+                       teacher_temp: float) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The teacher's outputs on _teacher_frame_views -> its logits of every frame (B, T, K) and, with
+        model.prediction_residual, the base the state prediction adds its change to (B, T, K), else None."""
+        t_frames = views[0].logits.float().view(*frames.shape[:2], -1)
+        if not self.cfg.model.prediction_residual:
+            return t_frames, None
+        base = views[1].logits.float().view_as(t_frames) if self.cfg.model.prediction_reprojection else t_frames
+        return t_frames, copy_prediction(base, self.pred_center, teacher_temp, self.cfg.loss.student_temp)
+
+    @torch.no_grad()
+    def calibrate_prediction_change(self, batches: Iterable[dict], teacher_temp: float,
+                                    scales: Sequence[float]) -> dict:
+        """L_pred of base + a * change for every a in ``scales`` on ``batches`` (clips of takes the run did not train
+        on, already on the device); sets the student's and the teacher's prediction_change_scale to the a with the
+        lowest one (the smallest a within 1e-5 nats of it). Collective: every rank passes as many batches.
+        Returns {"scales", "l_pred", "scale", "num_queries"}."""
+        lc = self.cfg.loss
+        sums, count = None, 0
+        for chunk in batches:
+            frames = chunk["frames"]
+            with self._autocast(self.teacher_dtype, frames.device):
+                t_out = self.teacher(views=self._teacher_frame_views(chunk))
+            t_frames, base = self._frame_targets(t_out.views, frames, teacher_temp)
+            with self._autocast(self.student_dtype, frames.device):
+                change = self.student(frames=frames, poses=chunk["poses"], copy_logits=base).joint.future_change
+            n = frames.shape[0] * (frames.shape[1] - 1)  # queries: steps 0..T-2
+            losses = torch.stack([prediction_loss(base + a * change.float(), t_frames, self.pred_center, teacher_temp,
+                                                  lc.student_temp).double() * n for a in scales])
+            sums, count = _add(sums, losses), count + n
+        if sums is None:
+            raise ValueError("no calibration batch")
+        totals = _all_reduce_(torch.cat([sums, sums.new_tensor([float(count)])]))
+        l_pred = (totals[:-1] / totals[-1]).tolist()
+        # the smallest scale within float32 noise of the lowest L_pred: a change that does not measurably help stays out
+        lowest = min(l_pred)
+        best = next(i for i in sorted(range(len(scales)), key=lambda i: scales[i]) if l_pred[i] <= lowest + 1e-5)
+        for model in (self.student, self.teacher):
+            getattr(model, "module", model).prediction_change_scale.fill_(float(scales[best]))
+        return {"scales": [float(a) for a in scales], "l_pred": l_pred, "scale": float(scales[best]),
+                "num_queries": int(totals[-1])}
 
     def cancel_last_layer_gradients(self, step: int) -> None:
         """DINO's freeze_last_layer: the heads' prototype layers are not updated for the first

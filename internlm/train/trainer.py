@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from internlm.checkpoint.atomic import atomic_write_json, atomic_write_text
 from internlm.checkpoint.layout import (
+    CALIBRATION_FILE,
     CONFIG_FILE,
     MARKER,
     complete_steps,
@@ -64,6 +65,10 @@ class Progress:
 
 class RunawayTrainingError(RuntimeError):
     """Training cannot make progress any more (every update skipped); the message says why and what to change."""
+
+
+# data.calibration_takes: the scales of the learned prediction change tried on the held-out takes
+CALIBRATION_SCALES = tuple(i / 20 for i in range(21))
 
 
 def seed_everything(seed: int) -> None:
@@ -230,6 +235,28 @@ class Trainer:
                         " ".join(f"{k} {v:.4f}" for k, v in values.items()))
         return values
 
+    def calibrate_prediction(self) -> dict:
+        """data.calibration_takes: after the last step, the scale of the learned prediction change is chosen on the
+        clips of the held-out training takes (EgoAgentMetaArch.calibrate_prediction_change), saved with the weights
+        and written to {save_ckpt_folder}/prediction_calibration.json."""
+        from internlm.data.build import build_clip_dataset, build_valid_loader
+
+        data = self.cfg.data
+        dataset = build_clip_dataset(data, data.egoexo_train_split, train=False, calibration=True)
+        loader = build_valid_loader(data, self.ctx.rank, self.world, True, dataset)
+        temp = self.schedules.at(self.progress.step).teacher_temp
+        result = self.meta.calibrate_prediction_change((self._to_device(b) for b in loader), temp,
+                                                       CALIBRATION_SCALES)
+        result.update(step=self.progress.step, takes=sorted({dataset.clip_meta(i)[0] for i in range(len(dataset))}))
+        if self.ctx.is_main:
+            l_pred = dict(zip(result["scales"], result["l_pred"]))
+            logger.info("prediction calibration on %d queries of %d held-out take(s): L_pred of base + a change "
+                        "(a: nats) %s; a = %g kept", result["num_queries"], len(result["takes"]),
+                        " ".join(f"{a:g}: {v:.5f}" for a, v in l_pred.items() if round(a * 10) == a * 10),
+                        result["scale"])
+            atomic_write_json(os.path.join(self.cfg.ckpt.save_ckpt_folder, CALIBRATION_FILE), result)
+        return result
+
     def train_step(self, batch: dict) -> dict:
         """One optimizer step on this rank's batch of micro_num samples; returns the logged scalars."""
         cfg = self.cfg
@@ -343,6 +370,9 @@ class Trainer:
                 if valid_every and scalars["update_applied"] and (step % valid_every == 0 or step == total):
                     scalars.update(self.validate())
                     timer.resume()  # the validation is not a training step's time
+                if step == total and scalars["update_applied"] and cfg.data.calibration_takes:
+                    scalars["prediction_change_scale"] = self.calibrate_prediction()["scale"]
+                    timer.resume()
                 self._account(scalars, dt)
                 self._stop_if_runaway()
                 if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
