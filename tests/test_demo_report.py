@@ -134,14 +134,22 @@ def test_what_the_learned_prediction_adds_over_the_reprojection_follows_the_numb
 
 def test_the_calibrated_scale_of_the_learned_change_is_stated(report, tmp_path):
     """data.calibration_takes: the report says how much of the learned change the prediction keeps and why, from the
-    retrieval JSON's record of the run's calibration."""
-    run = fake_run(tmp_path, retrieval={**GOOD["retrieval"], "reprojection": (0.2, 1.0)})
-    path = run / "eval/retrieval/retrieval.json"
-    ret = json.loads(path.read_text())
-    ret["prediction_calibration"] = {"scale": 0.25, "calibrated": True, "scales": [0.0, 0.25, 1.0],
-                                     "l_pred": [3.65, 3.64, 3.66], "takes": ["a", "b"], "step": 600}
-    write(path, ret)
-    text = report.main(["--run", str(run)])["prediction_over_reprojection"]
-    assert ("Its learned change enters at 0.25 of its trained size: the scale with the lowest L_pred on 2 training "
-            "take(s) held out of stage 2 (data.calibration_takes; 3.6400 nats, vs 3.6600 with all of it and 3.6500 "
-            "with none).") in text
+    retrieval JSON's record of the run's calibration; with none kept, that the prediction is the reprojection."""
+    def said(scale, diff):
+        run = fake_run(tmp_path / str(scale), retrieval={**GOOD["retrieval"], "reprojection": (diff, 1.0)})
+        path = run / "eval/retrieval/retrieval.json"
+        ret = json.loads(path.read_text())
+        ret["prediction_calibration"] = {"scale": scale, "calibrated": True, "scales": [0.0, 0.25, 1.0],
+                                         "l_pred": [3.65, 3.64, 3.66], "takes": ["a", "b"], "step": 600}
+        write(path, ret)
+        return report.main(["--run", str(run)])["prediction_over_reprojection"]
+
+    text = said(0.25, -3.0)
+    assert text.startswith("The learned state prediction **takes away** from the reprojection of frame t")
+    assert text.endswith("Its learned change enters at 0.25 of its trained size, the share with the lowest L_pred on "
+                         "2 training take(s) held out of stage 2 (data.calibration_takes; L_pred 3.6500 nats with "
+                         "none of the change, 3.6600 with all of it, 3.6400 with this share).")
+    text = said(0.0, 0.0)
+    assert text.startswith("The learned change is left out: every share of it raises L_pred on 2 training take(s) "
+                           "held out of stage 2")
+    assert "so EgoAgent's state prediction is the reprojection of frame t by the true camera rotation" in text

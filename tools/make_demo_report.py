@@ -141,25 +141,29 @@ def prediction_claim(ret: dict) -> tuple[bool, str]:
 
 def learned_prediction(ret: dict) -> str:
     """What the learned state prediction adds over the geometric reprojection of frame t (when the run has that
-    row): a plain statement beside the prediction verdict, like the pose-only baseline's beside the action's."""
+    row): a plain statement beside the prediction verdict, like the pose-only baseline's beside the action's; with
+    data.calibration_takes, how much of the learned change the prediction keeps and why."""
     c = ret["comparisons"].get("egoagent_minus_reprojection")
     if c is None:
         return ""
     rows = ret["rows"]
-    d, se = c["top1_diff"], c["top1_diff_se"]
-    adds = "adds to" if d > se else "**takes away** from" if d < -se else "does **not** add (beyond its SE) to"
-    text = (f"The learned state prediction {adds} the reprojection of frame t by the true camera rotation "
-            f"(geometry, nothing learned): Top-1 {rows['egoagent']['top1']:.2f} vs {rows['reprojection']['top1']:.2f}% "
-            f"(difference {margin(c['top1_diff'], c['top1_diff_se'])} points; mAP "
-            f"{margin(c['mAP_diff'], c['mAP_diff_se'])}).")
+    scores = (f"Top-1 {rows['egoagent']['top1']:.2f} vs {rows['reprojection']['top1']:.2f}% (difference "
+              f"{margin(c['top1_diff'], c['top1_diff_se'])} points; mAP {margin(c['mAP_diff'], c['mAP_diff_se'])})")
+    geometry = "the reprojection of frame t by the true camera rotation (geometry, nothing learned)"
     cal = ret.get("prediction_calibration") or {}
+    held_out = ""
     if cal.get("calibrated"):
         l_pred = dict(zip(cal["scales"], cal["l_pred"]))
-        text += (f" Its learned change enters at {cal['scale']:g} of its trained size: the scale with the lowest "
-                 f"L_pred on {len(cal['takes'])} training take(s) held out of stage 2 (data.calibration_takes; "
-                 f"{l_pred[cal['scale']]:.4f} nats, vs {l_pred[1.0]:.4f} with all of it and {l_pred[0.0]:.4f} with "
-                 "none).")
-    return text
+        held_out = (f"{len(cal['takes'])} training take(s) held out of stage 2 (data.calibration_takes; L_pred "
+                    f"{l_pred[0.0]:.4f} nats with none of the change, {l_pred[1.0]:.4f} with all of it")
+        if cal["scale"] == 0.0:
+            return (f"The learned change is left out: every share of it raises L_pred on {held_out}), so EgoAgent's "
+                    f"state prediction is {geometry}: {scores}.")
+        held_out = (f" Its learned change enters at {cal['scale']:g} of its trained size, the share with the lowest "
+                    f"L_pred on {held_out}, {l_pred[cal['scale']]:.4f} with this share).")
+    d, se = c["top1_diff"], c["top1_diff_se"]
+    adds = "adds to" if d > se else "**takes away** from" if d < -se else "does **not** add (beyond its SE) to"
+    return f"The learned state prediction {adds} {geometry}: {scores}.{held_out}"
 
 
 def action_claim(motion: dict) -> tuple[bool, str, str]:
