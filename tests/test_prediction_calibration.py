@@ -132,3 +132,29 @@ def test_a_run_calibrates_after_its_last_step_and_saves_the_scale(tmp_path, proc
     ck = load_checkpoint(str(tmp_path / "run"), "teacher", "cpu", "sdpa")
     assert eval_feature_retrieval.prediction_calibration(ck, 3) == dict(result, scale=result["scale"], calibrated=True)
     assert eval_feature_retrieval.prediction_calibration(ck, 2) == {"scale": result["scale"], "calibrated": False}
+
+
+@pytest.mark.slow
+def test_two_ranks_calibrate_like_one(tmp_path, processed_world):
+    """train.py on 2 gloo ranks (DDP, the global batch split between them) chooses from the same held-out L_pred as
+    one process: each rank scores its share of the held-out clips and the sums are all-reduced."""
+    from eval_helpers import run_script, torchrun
+
+    n = len(build_clip_dataset(_cfg(tmp_path, processed_world, **{"data.calibration_takes": 1}).data, "train",
+                               train=False, calibration=True))
+    got = {}
+    for world in (1, 2):
+        folder = tmp_path / f"world{world}"
+        opts = dict(tiny_overrides(folder, steps=2, micro_num=4 // world, accum=1, data_root={
+            "frames": processed_world.frames_root, "poses": processed_world.pose_root, "walks": []}))
+        # 2 clips per batch on one rank, 1 per rank on two: both score the first n // 2 * 2 held-out clips
+        opts.update({"data.calibration_takes": 1, "data.valid_micro_num": 2 // world})
+        args = ["train.py", "--config", DEMO[2], "--device", "cpu"]
+        for k, v in opts.items():
+            args += ["--opt", f"{k}={v!r}"]
+        (torchrun(args, nproc=2) if world == 2 else run_script(args))
+        got[world] = json.loads((folder / "prediction_calibration.json").read_text())
+    assert got[1]["num_queries"] == got[2]["num_queries"] == 3 * (n // 2 * 2)
+    assert got[1]["scale"] == got[2]["scale"] and got[1]["takes"] == got[2]["takes"]
+    for a, b in zip(got[1]["l_pred"], got[2]["l_pred"]):
+        assert a == pytest.approx(b, rel=1e-5)
