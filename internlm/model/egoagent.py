@@ -92,7 +92,8 @@ class EgoAgent(nn.Module):
                                           zero_init=cfg.action_residual)
             if cfg.prediction_residual:
                 # how much of the learned change the prediction adds to its base: 1 in training, then chosen on
-                # held-out takes (data.calibration_takes, train/prediction_calibration.py); saved with the weights
+                # held-out takes (data.calibration_takes, EgoAgentMetaArch.calibrate_prediction_change); saved with
+                # the weights
                 self.register_buffer("prediction_change_scale", torch.ones(()))
         self.reset_backbone_and_queries()
 

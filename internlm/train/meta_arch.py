@@ -161,8 +161,9 @@ class EgoAgentMetaArch(nn.Module):
         with torch.no_grad(), self._autocast(self.teacher_dtype, globals_.device):
             t_out = self.teacher(views=[g_views] + (self._teacher_frame_views(chunk) if self.joint else []))
         t_global = t_out.views[0].logits.float()  # (2B, K)
-        t_frames, copy_logits = self._frame_targets(t_out.views[1:], frames, teacher_temp) if self.joint else (None,
-                                                                                                              None)
+        t_frames = copy_logits = None
+        if self.joint:  # (B, T, K) each
+            t_frames, copy_logits = self._frame_targets(t_out.views[1:], frames, teacher_temp)
         with self._autocast(self.student_dtype, globals_.device):
             s_out = self.student(views=student_views, frames=frames, poses=poses, copy_logits=copy_logits)
 
