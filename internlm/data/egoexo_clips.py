@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config.schema import POSE_FRAMES
+from ..model.reprojection import STILL_STEP
 from .bad_samples import IndexReport, KnownBadFiles
 from .egoexo_format import (
     DONE_MARKER,
@@ -228,8 +229,7 @@ class EgoExoClips(Dataset):
     def clip_camera_motion(self, i: int) -> np.ndarray:
         """(T, 12) float32: step_camera_motion for steps 0..T-2, and no motion (identity, zero) for the last step,
         whose next image is outside the clip (nothing is predicted from it)."""
-        still = np.concatenate([np.eye(3).ravel(), np.zeros(3)]).astype(np.float32)
-        return np.concatenate([self.step_camera_motion(i), still[None]], axis=0)
+        return np.concatenate([self.step_camera_motion(i), np.array([STILL_STEP], np.float32)], axis=0)
 
     def focal_length(self, take_uid: str) -> float:
         """The pinhole focal length (px) of the take's undistorted frames at pred_img_size, from the completion

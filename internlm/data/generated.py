@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from internlm.config.schema import DataConfig
+from internlm.model.reprojection import STILL_STEP
 
 
 class GeneratedSamples(torch.utils.data.Dataset):
@@ -42,7 +43,8 @@ class GeneratedSamples(torch.utils.data.Dataset):
                 skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
                 rotation = torch.linalg.matrix_exp(skew - skew.transpose(1, 2))  # (T, 3, 3)
                 shift = torch.randn(T, 3, generator=g) * 0.05
-                rotation[-1], shift[-1] = torch.eye(3), 0.0
-                sample["camera_motion"] = torch.cat([rotation.flatten(1), shift], dim=1)  # (T, 12)
+                motion = torch.cat([rotation.flatten(1), shift], dim=1)  # (T, 12)
+                motion[-1] = torch.tensor(STILL_STEP)
+                sample["camera_motion"] = motion
                 sample["focal"] = torch.tensor(0.43 * c.pred_img_size)  # a ~100 degree field of view
         return sample

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 MOTION_DIM = 12  # camera motion of one step: 9 entries of the rotation (row-major) + 3 of the displacement
+STILL_STEP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)  # no motion: identity rotation, no shift
 
 
 def rotate_view(frames: torch.Tensor, rotation: torch.Tensor, focal: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from internlm.config.schema import TrainConfig
 from internlm.model import EgoAgent
 from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 from internlm.model.reprojection import reproject_steps
+from internlm.parallel.data_parallel import unwrap
 
 from .losses import action_loss, copy_prediction, dino_multicrop_loss, prediction_loss, teacher_probs, visible_elements
 
@@ -245,8 +246,8 @@ class EgoAgentMetaArch(nn.Module):
         # the smallest scale within float32 noise of the lowest L_pred: a change that does not measurably help stays out
         lowest = min(l_pred)
         best = next(i for i in sorted(range(len(scales)), key=lambda i: scales[i]) if l_pred[i] <= lowest + 1e-5)
-        for model in (self.student, self.teacher):
-            getattr(model, "module", model).prediction_change_scale.fill_(float(scales[best]))
+        for model in self.unwrapped_models():
+            model.prediction_change_scale.fill_(float(scales[best]))
         return {"scales": [float(a) for a in scales], "l_pred": l_pred, "scale": float(scales[best]),
                 "num_queries": int(totals[-1])}
 
@@ -314,12 +315,16 @@ class EgoAgentMetaArch(nn.Module):
 
             self.set_pose_statistics(*pose_statistics(self.cfg.data))
 
+    def unwrapped_models(self) -> tuple[EgoAgent, EgoAgent]:
+        """Student and teacher without their data-parallel wrapper: where buffers set outside training live."""
+        return unwrap(self.student), unwrap(self.teacher)
+
     @torch.no_grad()
     def set_pose_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """The action projector's input statistics (model.pose_normalization), for student and teacher alike
         (buffers are not part of the EMA)."""
-        for model in (self.student, self.teacher):
-            getattr(model, "module", model).action_projector.set_pose_statistics(mean, std)
+        for model in self.unwrapped_models():
+            model.action_projector.set_pose_statistics(mean, std)
 
     # ---------------------------------------------------------------------------------- teacher and centers
 

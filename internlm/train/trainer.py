@@ -247,7 +247,8 @@ class Trainer:
         temp = self.schedules.at(self.progress.step).teacher_temp
         result = self.meta.calibrate_prediction_change((self._to_device(b) for b in loader), temp,
                                                        CALIBRATION_SCALES)
-        result.update(step=self.progress.step, takes=sorted({dataset.clip_meta(i)[0] for i in range(len(dataset))}))
+        uids = dataset.index.poses.take_uids
+        result.update(step=self.progress.step, takes=sorted(str(uids[k]) for k in np.unique(dataset.index.clip_takes)))
         if self.ctx.is_main:
             l_pred = dict(zip(result["scales"], result["l_pred"]))
             logger.info("prediction calibration on %d queries of %d held-out take(s): L_pred of base + a change "
