@@ -54,3 +54,17 @@ def flat_state(trainer) -> torch.Tensor:
     parts += [p.detach().flatten() for p in meta.teacher.parameters()]
     parts += [meta.rep_center.flatten(), meta.pred_center.flatten()]
     return torch.cat(parts)
+
+
+def saved_optimizer_chunks(step_folder) -> dict[str, list[tuple[tuple, tuple]]]:
+    """The optimizer tensors of a checkpoint as torch.distributed.checkpoint stored them:
+    {"optim.{param}.{exp_avg|exp_avg_sq}": [(offsets, sizes) of each stored chunk]} (sharded state: several chunks;
+    replicated state: one)."""
+    import os
+
+    import torch.distributed.checkpoint as dcp
+
+    metadata = dcp.FileSystemReader(os.path.join(str(step_folder), "train_state")).read_metadata()
+    return {fqn: [(tuple(c.offsets), tuple(c.sizes)) for c in meta.chunks]
+            for fqn, meta in metadata.state_dict_metadata.items()
+            if fqn.startswith("optim.") and fqn.endswith(("exp_avg", "exp_avg_sq"))}
