@@ -15,15 +15,16 @@ from train_helpers import saved_optimizer_chunks
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def probe(tmp_path, mode: str) -> list[dict]:
-    """Run tests/sharding_probe.py on 2 ranks in ``mode``; -> each rank's report."""
+def probe(tmp_path, mode: str, *extra: str) -> list[dict]:
+    """Run tests/sharding_probe.py on 2 ranks in ``mode`` (``extra``: more of its options); -> each rank's report."""
     port, procs, outs = free_port(), [], []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
         outs.append(tmp_path / f"rank{rank}.json")
         procs.append(subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "sharding_probe.py"), "--folder",
-                                       str(tmp_path / "run"), "--zero1", repr(MODES[mode]), "--out", str(outs[-1])],
+                                       str(tmp_path / "run"), "--zero1", repr(MODES[mode]), "--out", str(outs[-1]),
+                                       *extra],
                                       env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
@@ -74,3 +75,18 @@ def test_fsdp_shards_parameters_optimizer_state_and_the_checkpoint(tmp_path):
     sharded = [fqn for fqn, c in chunks.items() if len(c) == 2]
     assert len(sharded) > len(chunks) // 2, (len(sharded), len(chunks))
 
+
+
+def test_ddp_buckets_follow_reduce_bucket_size(tmp_path):
+    """hybrid_zero_optimizer.reduce_bucket_size is the size of DDP's gradient all-reduce buckets: a 2 MB model
+    reduces its gradients in one bucket of 512 MiB, in several of 1 MiB."""
+    width = ("--opt", "model.hidden_size=128", "--opt", "teacher.hidden_size=128")
+    buckets = {}
+    for size in (2**20, 512 * 2**20):
+        reports = probe(tmp_path / str(size), "ddp", "--steps", "3", *width, "--opt",
+                        f"hybrid_zero_optimizer.reduce_bucket_size={size}")
+        buckets[size] = reports[0]["ddp_buckets"]
+        assert reports[1]["ddp_buckets"] == buckets[size]
+    model_bytes = 4 * sum(p["global_numel"] for p in reports[0]["params"].values() if p["trained"])
+    assert model_bytes > 2 * 2**20 and buckets[512 * 2**20] == [sum(buckets[2**20])]
+    assert len(buckets[2**20]) >= 2 and max(buckets[2**20]) < 2 * 2**20, buckets
