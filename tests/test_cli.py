@@ -31,7 +31,7 @@ def test_undistort_shows_defaults_and_takes_both_spellings(capsys, tmp_path, mon
     for spelling in (["--take-uids", "a", "--no-progress"], ["--take_uids", "a", "--no_progress"]):
         assert undistort.main(["--root", str(tmp_path), "--workers", "1"] + spelling) == 1  # no take there
         outputs.append(capsys.readouterr())
-    assert outputs[0] == outputs[1] and "no take could be undistorted" in outputs[0].err
+    assert outputs[0] == outputs[1] and "takes.json missing" in outputs[0].err and "--parts metadata" in outputs[0].err
 
 
 def test_script_parser_maps_hyphens_to_underscores_in_option_names_only():
