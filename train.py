@@ -16,13 +16,13 @@ import os
 
 from internlm.config import ConfigError, load_config, parse_override
 from internlm.config.follow import follow_device
-from internlm.initialize.arguments import add_launch_args
+from internlm.initialize.arguments import ScriptArgumentParser, add_launch_args
 from internlm.initialize.launch import destroy_distributed, init_distributed
 from internlm.monitor.logging_setup import setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="python config file")
     add_launch_args(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides data.seed (weights init, data order)")
