@@ -130,6 +130,13 @@ def _suffixed_folder(new: View, file: View) -> Any:
     return None if new("ckpt.save_ckpt_folder") is None else new("ckpt.save_ckpt_folder") + teacher[len(folder):]
 
 
+def _step_replaced_by_fps(new: View, file: View) -> Any:
+    """A stage-1 file's WalkingTours step gives way to a sampling rate given on the command line."""
+    if new("data.sample_fps") is None or new("loss.name") == "joint" or file("data.step_between_clips") is None:
+        return MISSING
+    return None
+
+
 @dataclass(frozen=True)
 class Rule:
     copy: str
@@ -165,6 +172,7 @@ RULES = (
     Rule("lr_scheduler.warmup_ratio", ("lr_scheduler.warmup_steps",), _warmup_ratio),
     Rule("lr_scheduler.warmup_steps", ("lr_scheduler.warmup_ratio", "lr_scheduler.total_steps"), _warmup_steps),
     Rule("ckpt.save_teacher_ckpt_folder", ("ckpt.save_ckpt_folder",), _suffixed_folder),
+    Rule("data.step_between_clips", ("data.sample_fps",), _step_replaced_by_fps),
 )
 
 

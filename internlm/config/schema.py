@@ -159,6 +159,9 @@ class DataConfig:
     # frames between two samples: WalkingTours frames (stage 1, default 30); clip starts (stage 2, a multiple of
     # the 5 frames between undistorted images, default 5)
     step_between_clips: Optional[int] = None
+    # added: stage 1 samples each WalkingTours video at this many frames per second of video instead (the paper: 6;
+    # a video's step is round(its fps / sample_fps)); on the command line it replaces the file's step_between_clips
+    sample_fps: Optional[float] = None
     global_crops_scale: tuple[float, float] = (0.4, 1.0)
     use_local_crop: bool = True
     use_egoexo: Optional[bool] = None  # stage 1: add the Ego-Exo4D frames (default no); stage 2 is Ego-Exo4D
@@ -616,12 +619,20 @@ def _validate_data(cfg: TrainConfig) -> None:
                               f"every {FRAME_STEP} frames; use a multiple of {FRAME_STEP}")
         if data.use_egoexo is False:
             raise ConfigError("data.use_egoexo=False: stage 2 trains on Ego-Exo4D clips (data.egoexo_*)")
+        if data.sample_fps is not None:
+            raise ConfigError(f"data.sample_fps={data.sample_fps} samples the WalkingTours videos of stage 1; stage-2 "
+                              "clips start every data.step_between_clips frames (unset data.sample_fps)")
         for key in ("train_folder", "valid_folder"):
             if getattr(data, key):
                 raise ConfigError(f"data.{key}={getattr(data, key)!r}: stage 2 reads Ego-Exo4D clips from "
                                   "data.egoexo_frames_folder / egoexo_pose_folder (splits data.egoexo_train_split, "
                                   f"egoexo_valid_split); unset data.{key}")
     else:
+        if data.sample_fps is not None and data.sample_fps <= 0:
+            raise ConfigError(f"data.sample_fps={data.sample_fps}: expected frames per second > 0")
+        if data.sample_fps is not None and data.step_between_clips is not None:
+            raise ConfigError(f"data.sample_fps={data.sample_fps} and data.step_between_clips="
+                              f"{data.step_between_clips} both say how often WalkingTours is sampled; set one")
         if data.frames_per_clip is not None:
             _only("data.frames_per_clip", data.frames_per_clip, 1, "stage-1 samples are single frames")
         if data.frame_stride(False) < 1:
