@@ -181,3 +181,81 @@ def test_nothing_to_do_names_the_part_to_download(download, tmp_path, capsys):
     shutil.rmtree(os.path.join(tree, "annotations"))
     assert body_pose.main(["--root", tree, "--out", str(tmp_path / "p"), "--no_progress"]) == 1
     assert "no body-pose labels" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_readme_on_the_download_layout_end_to_end(synthetic_world, tmp_path):
+    """The README's data section, followed literally (default paths, in a working directory holding data/), on a tree
+    in the downloader's layout: takes.json at the root beside the other metadata files, take folders by name, an
+    aria02 take, one take with downscaled and full-resolution videos, one with the full-resolution video only, a
+    SLAM video beside the RGB one, a bouldering take; WalkingTours with frames extracted beside the video. Then the
+    laptop command of both 300M paper configs (stage 2 from stage 1 through save_ckpt/, as the files chain them),
+    the HF export and the three evaluations.
+
+    Calibration: projectaria-tools cannot write an Aria VRS, and the VRS package's writer (pip vrs) writes only its
+    sample stream, which the Aria data provider refuses; so every take's calibration comes from the synthetic
+    world's {aria}_device_calibration.json (the factory-calibration JSON a VRS carries). The VRS flavours' names and
+    order are test_calibration_sources_in_order's."""
+    from eval_helpers import run_script
+
+    w = synthetic_world
+    work = tmp_path / "work"
+    root = work / "data" / "egoexo4d_v2"
+    shutil.copytree(w.egoexo_root, root, ignore=shutil.ignore_patterns("processed_data"))
+    (root / "captures.json").write_text("[]")  # part metadata writes more than takes.json
+    specs = kept_specs(w)
+    both, full_only, slam = specs[0], specs[2], specs[3]
+    for spec in (both, full_only):
+        write_full_resolution(w, str(root), spec)
+    os.remove(fmt.aria_video_path(str(root / full_only.root_dir), full_only.aria, "downscaled"))
+    slam_video = fmt.aria_video_path(str(root / slam.root_dir), slam.aria).replace("_214-1.mp4", "_1201-1.mp4")
+    write_mp4(slam_video, [np.full((16, 16, 3), 255, np.uint8)] * 30, fmt.FPS, 16, 16)  # must not be read
+    shutil.copytree(os.path.dirname(w.wtour_videos[0]), work / "data" / "WTour")
+    shutil.copytree(w.imagefolder, work / "data" / "imagefolder")
+    env = {"EGOAGENT_CACHE_DIR": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    repo = env["PYTHONPATH"]
+
+    def run(script: str, *args: str, timeout: float = 600):
+        return run_script([os.path.join(repo, script), *args], cwd=str(work), timeout=timeout, env_extra=env)
+
+    walks = sorted(str(p.relative_to(work)) for p in (work / "data" / "WTour").glob("*.mp4"))
+    run("dataset_preprocess/extract_frames.py", *walks)
+    run("dataset_preprocess/undistort_egovideos.py", "--workers", "2")
+    run("dataset_preprocess/preprocess_egoexo_body_pose.py")
+    # processed frames (448 px, the default) and poses for every usable take; the bouldering take left out
+    frames_root = str(root / "processed_data")
+    assert sorted(os.listdir(frames_root)) == sorted(s.take_uid for s in specs)
+    for spec in specs:
+        marker = _marker(frames_root, spec.take_uid)
+        assert marker["size"] == 448 and marker["frames"] == -(-w.size.frames_per_take // 5)
+        assert marker["video_kind"] == ("full" if spec is full_only else "downscaled")
+        assert marker["video"].endswith(f"{spec.aria}_214-1.mp4")
+    poses = work / "data" / "egoexo4d_body_pose"
+    assert {p.name.rsplit("_", 1)[0] for p in poses.glob("*/*.json")} == {s.take_uid for s in specs}
+
+    tiny = ["--opt", "model.flavor=tiny", "--opt", "data.total_steps=1", "--opt", "data.micro_num=4"]
+    run("train.py", "--config", os.path.join(repo, "configs/dino_pretrain/lr5e-4_tmp004_300m.py"), *tiny,
+        "--opt", "data.train_folder=['data/WTour']")
+    stage2 = os.path.join(repo, "configs/joint_train/lr6e-04_tmp004_300m.py")
+    proc = run("train.py", "--config", stage2, *tiny)
+    log = proc.stdout + proc.stderr
+    assert "initialised model from save_ckpt/dino_lr5e-4_tmp004_300M/1" in log
+    run_folder = "save_ckpt/joint_lr6e-04_tmp004_300M"
+    assert os.path.exists(work / run_folder / "1" / "COMPLETE")
+
+    run("tools/convert2hf_dino_conv_stem_cls.py", "--src_folder", run_folder, "--tgt_folder", "hf_models/tiny",
+        "--remove_vq_embed")
+    run("eval_knn_conv_stem_cls.py", "--pretrained_weights", "hf_models/tiny", "--data_path", "data/imagefolder",
+        "--imgnet", "100", "--num_workers", "0", "--output", "knn.json")
+    knn = json.loads((work / "knn.json").read_text())
+    assert knn["num_val"] == len(list((work / "data" / "imagefolder" / "val").glob("*/*.jpg"))) > 0
+    run("eval_feature_retrieval.py", "--config", stage2, "--eval_iters", "2", "--batch_size", "4", "--num_workers",
+        "0", "--output_dir", "retrieval")
+    retrieval = json.loads((work / "retrieval" / "retrieval.json").read_text())
+    assert retrieval["rows"]["oracle"]["top1"] >= 99.0 and retrieval["num_queries"] > 0
+    run("eval_3dposes.py", "--config", stage2, "--eval_iters", "2", "--batch_size", "4", "--num_workers", "0",
+        "--output_dir", "motion")
+    motion = json.loads((work / "motion" / "motion.json").read_text())
+    assert motion["num_clips"] > 0 and 0 < motion["model"]["mpjpe_30fps"] < 1000
