@@ -54,6 +54,7 @@ from internlm.eval.motion import (
 )
 from internlm.eval.plots import RolloutExample, plot_skeleton_rollouts
 from internlm.eval.rollout import autoregressive_rollout
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.initialize.launch import destroy_distributed
 from internlm.model.pose_mlp import PoseMLP
 
@@ -62,7 +63,7 @@ BASELINES = ("zero_velocity", "constant_velocity")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     add_config_args(p)
     add_launch_args(p)
     p.add_argument("--eval_iters", type=int, default=None, help="at most this many batches per rank (default: all)")

@@ -92,6 +92,7 @@ from internlm.eval.retrieval import (
     step_keys,
     top_retrieved,
 )
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.initialize.launch import destroy_distributed
 
 logger = logging.getLogger("eval_feature_retrieval")
@@ -108,7 +109,7 @@ ROWS = {  # name -> what the query is (the JSON and the table say it)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     add_config_args(p)
     add_launch_args(p)
     p.add_argument("--eval_iters", type=int, default=None, help="at most this many batches per rank (default: all)")

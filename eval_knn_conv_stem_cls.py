@@ -35,13 +35,14 @@ from internlm.data.build import build_eval_loader, build_image_folder
 from internlm.eval.cli import add_launch_args, format_table, progress, start, write_json
 from internlm.eval.distributed import gather_rows
 from internlm.eval.knn import knn_classify
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.initialize.launch import destroy_distributed
 
 logger = logging.getLogger("eval_knn")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--pretrained_weights", required=True,
                    help="a Hugging Face folder written by tools/convert2hf_dino_conv_stem_cls.py")
     p.add_argument("--data_path", required=True, help="ImageFolder root with train/CLASS/* and val/CLASS/*")
@@ -65,13 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_encoder(folder: str, ctx):
+def load_encoder(folder: str, ctx, option: str = "--pretrained_weights"):
     import torch.distributed as dist
     import transformers
 
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise SystemExit(f"--pretrained_weights {folder}: no config.json; convert a training checkpoint first with "
-                         "tools/convert2hf_dino_conv_stem_cls.py --src_folder save_ckpt/RUN")
+    check_hf_export(folder, option)
     # Rank 0 first: transformers copies the folder's code into its module cache, which ranks must not race on.
     if ctx.is_distributed and not ctx.is_main:
         dist.barrier()
@@ -79,6 +78,25 @@ def load_encoder(folder: str, ctx):
     if ctx.is_distributed and ctx.is_main:
         dist.barrier()
     return model.to(ctx.device).eval()
+
+
+def check_hf_export(folder: str, option: str) -> None:
+    """Stop with what to do when ``folder`` is not a Hugging Face export: a training run or step folder (it has a
+    config.json too, the resolved training config, which transformers would misread), or nothing loadable."""
+    from internlm.checkpoint.layout import STUDENT_FILE, TEACHER_FILE, latest_checkpoint
+
+    convert = ("convert it first: python tools/convert2hf_dino_conv_stem_cls.py --src_folder {} --tgt_folder "
+               "hf_models/NAME --remove_vq_embed, then pass hf_models/NAME")
+    if any(os.path.isfile(os.path.join(folder, f)) for f in (STUDENT_FILE, TEACHER_FILE)):
+        raise SystemExit(f"{option} {folder}: a training checkpoint step folder, not a Hugging Face export; "
+                         + convert.format(folder))
+    if os.path.isdir(folder) and latest_checkpoint(folder) is not None:
+        raise SystemExit(f"{option} {folder}: a training run folder (newest step "
+                         f"{os.path.basename(latest_checkpoint(folder))}), not a Hugging Face export; "
+                         + convert.format(folder))
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise SystemExit(f"{option} {folder}: no config.json (not a Hugging Face export); a training checkpoint: "
+                         + convert.format("save_ckpt/RUN"))
 
 
 @torch.no_grad()
@@ -136,8 +154,11 @@ def main(argv=None) -> int:
     for split, path in splits.items():
         if not os.path.isdir(path):
             raise SystemExit(f"--data_path {args.data_path}: missing {split}/ (expected {path}/CLASS/IMAGE)")
-    train = build_image_folder(splits["train"], args.resize, args.crop)
-    val = build_image_folder(splits["val"], args.resize, args.crop)
+    try:
+        train = build_image_folder(splits["train"], args.resize, args.crop)
+        val = build_image_folder(splits["val"], args.resize, args.crop)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"--data_path {args.data_path}: {err}") from None
     check = class_count_check(train.classes, args.imgnet, splits["train"], ctx)
     val_to_train = val_labels_in_train_order(train, val)
     logger.info("kNN: %d train / %d val images, %d classes; %s", len(train), len(val), len(train.classes),
@@ -145,7 +166,7 @@ def main(argv=None) -> int:
     model = load_encoder(args.pretrained_weights, ctx)
     encoders = {"model": model}
     if args.untrained_weights:
-        encoders["untrained"] = load_encoder(args.untrained_weights, ctx)
+        encoders["untrained"] = load_encoder(args.untrained_weights, ctx, "--untrained_weights")
         check_same_architecture(model.config, encoders["untrained"].config, args.untrained_weights)
     if args.raw_pixels:
         encoders["raw_pixels"] = None

@@ -15,13 +15,14 @@ import logging
 import os
 
 from internlm.config import ConfigError, load_config, parse_override
-from internlm.initialize.arguments import add_launch_args
+from internlm.config.follow import follow_device
+from internlm.initialize.arguments import ScriptArgumentParser, add_launch_args
 from internlm.initialize.launch import destroy_distributed, init_distributed
 from internlm.monitor.logging_setup import setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="python config file")
     add_launch_args(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides data.seed (weights init, data order)")
@@ -34,17 +35,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    notices: list[str] = []  # what followed the command line's overrides and the device (config/follow.py)
     try:
         overrides = [parse_override(o) for o in args.opt]
         if args.seed is not None:
             overrides.append(("data.seed", args.seed))
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, notices)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
     ctx = init_distributed(args.launcher, args.port, timeout_s=cfg.parallel.timeout_s, device=args.device)
+    cfg = follow_device(cfg, ctx.device, dict(overrides), notices)
     setup_logging(ctx.rank, os.path.join(cfg.ckpt.save_ckpt_folder, "logs", f"rank{ctx.rank}.log"))
-    logging.getLogger(__name__).info("config %s: stage %d, %d process(es) on %s", args.config, cfg.stage,
-                                     ctx.world_size, ctx.device)
+    log = logging.getLogger(__name__)
+    log.info("config %s: stage %d, %d process(es) on %s", args.config, cfg.stage, ctx.world_size, ctx.device)
+    for notice in notices:
+        log.info("config: %s", notice)
     from internlm.model.attention import AttentionBackendError
     from internlm.train.trainer import RunawayTrainingError, Trainer
 

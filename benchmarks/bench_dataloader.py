@@ -18,7 +18,6 @@ ever slows one down). Prints a table (ratio = ours / reference) and writes JSON 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -40,12 +39,13 @@ from internlm.data.build import build_train_dataset
 from internlm.data.egoexo_format import processed_frame_path
 from internlm.data.sampler import StepBatchSampler
 from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from internlm.initialize.arguments import ScriptArgumentParser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--data", default=None, help="a synthetic-world folder (make_synthetic_egoworld.py --out); "
                                                 "default: generate a small one in a temporary folder")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
@@ -54,8 +54,8 @@ def parse_args(argv=None):
                    help="measurements per pipeline, alternating ours and the reference; the best counts "
                         "(a shared machine's background load only ever slows a measurement down)")
     p.add_argument("--batch", type=int, default=16, help="samples per loader batch")
-    p.add_argument("--frame-size", type=int, default=448, help="undistorted Ego-Exo4D frame side (px)")
-    p.add_argument("--wt-size", default="1920x1080", help="WalkingTours frame size WxH (px)")
+    p.add_argument("--frame_size", type=int, default=448, help="undistorted Ego-Exo4D frame side (px)")
+    p.add_argument("--wt_size", default="1920x1080", help="WalkingTours frame size WxH (px)")
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "dataloader.json"))
     return p.parse_args(argv)
 

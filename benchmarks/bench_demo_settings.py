@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from internlm.initialize.arguments import ScriptArgumentParser
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {1: "configs/demo/stage1_dino_tiny.py", 2: "configs/demo/stage2_joint_tiny.py"}
 # (label, threads, loader workers, compile); the first is the baseline of the ratios
@@ -33,7 +35,7 @@ SETTINGS = (("2 threads, 1 worker", 2, 1, False), ("2 threads, 0 workers", 2, 0,
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--data", default="data/synthetic", help="a synthetic world (make_synthetic_egoworld.py)")
     p.add_argument("--stage", type=int, choices=(1, 2), default=2)
     p.add_argument("--steps", type=int, default=60)

@@ -17,7 +17,6 @@ command).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,6 +28,7 @@ import time
 import torch
 
 from internlm.config import load_config, parse_override
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.initialize.launch import init_distributed
 from internlm.model.attention import BACKENDS
 from internlm.model.flops import detect_peak_tflops, sample_cost
@@ -37,7 +37,7 @@ DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.floa
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--config", required=True)
     p.add_argument("--attn", choices=BACKENDS, default=None, help="default: the config's backend")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: the config's dtype")
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help="samples per step (data.micro_num)")
     p.add_argument("--accum", type=int, default=None, help="gradient-accumulation chunks")
     p.add_argument("--checkpoint", type=float, default=None, help="fraction of blocks recomputed")
-    p.add_argument("--peak-tflops", type=float, default=None, help="for MFU; default detected from the GPU name")
+    p.add_argument("--peak_tflops", type=float, default=None, help="for MFU; default detected from the GPU name")
     p.add_argument("--device", default=None)
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--compile", action="store_true", help="also time the compiled blocks (ratio to eager)")

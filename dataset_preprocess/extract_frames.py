@@ -3,11 +3,13 @@
   python dataset_preprocess/extract_frames.py data/WTour/Walking_Tour_Venice.mp4 [more.mp4 ...]
          [--out FOLDER] [--every N] [--quality 95] [--workers N]
 
-Writes {out}/{video stem}/frame_%07d.jpg (default out: the video's own folder), numbered from 1 like
-``ffmpeg -i video.mp4 frame_%07d.jpg``: video frame k (0-based) is frame_{k+1:07d}.jpg. With --every N only
-frames k = 0, N, 2N, ... are kept, under the same names, so the numbers still count video frames.
-Resumable: a folder whose completion marker (.done, written last) matches --every is skipped. An unreadable or
-truncated video is reported with its file name and skipped; exit status 1 only when no video could be extracted.
+Writes {out}/{video stem}/frame_%07d.jpg (default out: the video's own folder, the authors' layout
+data/WTour/Walking_Tour_X/frame_%07d.jpg), numbered from 1 like ``ffmpeg -i video.mp4 frame_%07d.jpg``: video frame
+k (0-based) is frame_{k+1:07d}.jpg. With --every N only frames k = 0, N, 2N, ... are kept, under the same names, so
+the numbers still count video frames. Stage 1 then reads a listed video's frames from its folder (the same frames,
+without decoding the video). Resumable: a folder whose completion marker (.done, written last; it records the
+video's fps, which data.sample_fps needs) matches --every is skipped. An unreadable or truncated video is reported
+with its file name and skipped; exit status 1 only when no video could be extracted.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def extract_video(task: tuple[str, str, int, int]) -> tuple[str, str, int]:
         shutil.rmtree(folder)  # half-written or made with another --every: start again
     os.makedirs(folder)
     expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    fps = float(capture.get(cv2.CAP_PROP_FPS))
     index, written = 0, 0
     try:
         while capture.grab():
@@ -67,7 +70,7 @@ def extract_video(task: tuple[str, str, int, int]) -> tuple[str, str, int]:
         shutil.rmtree(folder)
         return "failed", f"{video}: decoded {index} of {expected} frames (corrupt or truncated): skipped", 0
     with open(marker, "w") as f:
-        json.dump({"frames": written, "video_frames": index, "every": every}, f)
+        json.dump({"frames": written, "video_frames": index, "every": every, "fps": fps}, f)
     return "done", "", written
 
 

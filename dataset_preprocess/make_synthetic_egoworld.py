@@ -15,16 +15,18 @@ import os
 import sys
 
 from internlm.data.synthetic import PRESETS, generate_world, resolve_size, summary_lines
+from internlm.initialize.arguments import ScriptArgumentParser
 
-EPILOG = """layout written under --out:
-  egoexo4d_v2/metadata/takes.json, annotations/ego_pose/{train,val}/body/{annotation,automatic}/{uid}.json,
-  annotations/ego_pose/{train,val}/camera_pose/{uid}.json,
-  takes/{uid}/frame_aligned_videos/downscaled/448/aria01_214-1.mp4 (fisheye; the folder is named 448 as in the
-  real data whatever --video-size is),
-  takes/{uid}/aria01_device_calibration.json: the take's calibration, used in place of the real
-  aria01_noimagestreams.vrs: an Aria device-calibration JSON in projectaria-tools' factory-calibration schema
+EPILOG = """layout written under --out (the Ego-Exo4D part as the downloader writes it):
+  egoexo4d_v2/takes.json (part metadata; root_dir takes/{take_name}),
+  annotations/ego_pose/{train,val}/body/{annotation,automatic}/{uid}.json, annotations/ego_pose/{train,val}/
+  camera_pose/{uid}.json (part annotations),
+  takes/{take_name}/frame_aligned_videos/downscaled/448/{aria}_214-1.mp4 (part downscaled_takes/448; fisheye; the
+  folder is named 448 as in the real data whatever --video_size is; {aria} is aria01, aria02 for one take),
+  takes/{take_name}/{aria}_device_calibration.json: the take's calibration, used in place of the real
+  {aria}_noimagestreams.vrs: an Aria device-calibration JSON in projectaria-tools' factory-calibration schema
   (load it with projectaria_tools.core.calibration.device_calibration_from_json_string; camera "camera-rgb",
-  FISHEYE624) at --calibration-scale times the video resolution, as real calibrations are larger than the
+  FISHEYE624) at --calibration_scale times the video resolution, as real calibrations are larger than the
   448 px videos;
   WTour/Walking_Tour_<Name>.mp4; imagefolder/{train,val}/{class}/*.jpg; synthetic_world.json (manifest).
 A bouldering take is always added to train (the preprocessing must drop it).
@@ -34,28 +36,28 @@ presets (--size):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG)
     p.add_argument("--out", default="data", help="output folder (default: data, the README's paths)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the world is a function of (seed, size)")
     p.add_argument("--size", default="default", choices=["tiny", "small", "default"],
                    help="preset; the options below override single values of it")
-    p.add_argument("--train-takes", type=int)
-    p.add_argument("--val-takes", type=int)
-    p.add_argument("--frames-per-take", type=int)
-    p.add_argument("--video-size", type=int, help="square fisheye video side, px (even)")
-    p.add_argument("--calibration-scale", type=int, help="calibration resolution / video resolution")
-    p.add_argument("--walks", type=int)
-    p.add_argument("--walk-frames", type=int)
-    p.add_argument("--walk-width", type=int)
-    p.add_argument("--walk-height", type=int)
-    p.add_argument("--classes", type=int)
-    p.add_argument("--images-per-class", type=int, help="train images per class")
-    p.add_argument("--val-images-per-class", type=int)
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--train_takes", type=int, help="default: the --size preset's")
+    p.add_argument("--val_takes", type=int, help="default: the --size preset's")
+    p.add_argument("--frames_per_take", type=int, help="default: the --size preset's")
+    p.add_argument("--video_size", type=int, help="square fisheye video side, px (even) (default: the --size preset's)")
+    p.add_argument("--calibration_scale", type=int,
+                   help="calibration resolution / video resolution (default: the --size preset's)")
+    p.add_argument("--walks", type=int, help="default: the --size preset's")
+    p.add_argument("--walk_frames", type=int, help="default: the --size preset's")
+    p.add_argument("--walk_width", type=int, help="default: the --size preset's")
+    p.add_argument("--walk_height", type=int, help="default: the --size preset's")
+    p.add_argument("--classes", type=int, help="default: the --size preset's")
+    p.add_argument("--images_per_class", type=int, help="train images per class (default: the --size preset's)")
+    p.add_argument("--val_images_per_class", type=int, help="default: the --size preset's")
+    p.add_argument("--image_size", type=int, help="default: the --size preset's")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace a synthetic world already in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 

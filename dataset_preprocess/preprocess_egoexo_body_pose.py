@@ -3,6 +3,8 @@
   python dataset_preprocess/preprocess_egoexo_body_pose.py [--root data/egoexo4d_v2]
          [--out data/egoexo4d_body_pose] [--splits train val] [--workers N]
 
+Reads what Ego-Exo4D's downloader writes with egoexo -o ROOT --parts metadata annotations: ROOT/takes.json (or
+ROOT/metadata/takes.json) and ROOT/annotations/ego_pose/{split}/{body/annotation,body/automatic,camera_pose}/.
 For every take of a split (the takes with a manual or automatic body file), every frame that has a body label:
   - the label: the manual one when the frame has one, else the automatic one (frame by frame, as in the paper);
   - the frame's Aria world->camera extrinsic [R | t] (camera_pose/{take_uid}.json, first key containing "aria");
@@ -15,12 +17,11 @@ Written as {out}/{split}/{take_uid}_{first}-{last}.json, fragments of 100 frames
 the previous fragment's last 5. Takes named "bouldering" are dropped. Frames without a camera pose are dropped.
 Bad input (an unreadable file, a frame with missing keys or NaN, a missing camera-pose file) is reported with the
 file name, counted in the summary, and skipped; a bad manual frame falls back to the automatic label.
-Exit status 1 only when nothing could be processed.
+Exit status 1 when nothing could be processed; the message names the Ego-Exo4D part to download.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections import Counter
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from internlm.data import egoexo_format as fmt
 from internlm.data.process_pool import map_in_processes
+from internlm.initialize.arguments import ScriptArgumentParser
 
 COORD_DECIMALS = 6  # micrometres: far below the labels' accuracy, keeps the files small and deterministic
 ROTATION_DECIMALS = 7  # 1e-7 per entry: a 1e-7 m error at a metre, still a rotation to 1e-6
@@ -232,14 +234,17 @@ class Summary:
 
 def run(root: str, out: str, splits=fmt.SPLITS, workers: int = 1, progress: bool = True,
         echo: bool = True) -> Summary:
+    """Writes the pose fragments of ``splits``; FileNotFoundError (naming the part to download) without takes.json."""
     summary = Summary(problems=fmt.ProblemLog(echo=echo))
-    try:
-        names = {t["take_uid"]: str(t.get("take_name", "")) for t in fmt.read_takes(root)}
-    except ValueError as err:
-        summary.problems.add("unreadable takes.json", f"{err}: cannot tell the bouldering takes apart; nothing done")
-        return summary
+    names = {t["take_uid"]: str(t.get("take_name", "")) for t in fmt.read_takes(root)}
     tasks = []
     for split in splits:
+        body = os.path.join(fmt.ego_pose_dir(root, split), "body")
+        if os.path.isdir(os.path.join(body, "annotation")) and not os.path.isdir(os.path.join(body, "automatic")):
+            summary.problems.add("splits without automatic labels",
+                                 f"{os.path.join(body, 'automatic')} missing: only the manual labels of {split} are "
+                                 "used (the official body-pose baseline downloads the automatic ones with part "
+                                 "ego_pose_pseudo_gt)")
         for uid in list_split_takes(root, split):
             if uid not in names:
                 summary.problems.add("takes not in takes.json", f"{fmt.takes_json_path(root)}: take {uid} ({split}) "
@@ -261,19 +266,32 @@ def run(root: str, out: str, splits=fmt.SPLITS, workers: int = 1, progress: bool
     return summary
 
 
+def nothing_done_message(root: str, splits) -> str:
+    """Why no fragment was written, and the Ego-Exo4D part that would give some."""
+    body = [os.path.join(fmt.ego_pose_dir(root, split), "body") for split in splits]
+    if not any(os.path.isdir(os.path.join(b, kind)) for b in body for kind in ("annotation", "automatic")):
+        return (f"no body-pose labels: none of {', '.join(body)} holds annotation/ or automatic/; download part "
+                f"annotations ({fmt.download_command(root, 'metadata', 'annotations')}; the official body-pose "
+                "baseline adds part ego_pose_pseudo_gt for the automatic labels)")
+    return f"no pose fragment written from {root} (see the problems above)"
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default="data/egoexo4d_v2", help="Ego-Exo4D root (metadata/, annotations/)")
+    p = ScriptArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("--root", default="data/egoexo4d_v2", help="Ego-Exo4D download root (takes.json, annotations/)")
     p.add_argument("--out", default="data/egoexo4d_body_pose", help="output folder ({out}/{split}/...)")
-    p.add_argument("--splits", nargs="+", default=list(fmt.SPLITS))
+    p.add_argument("--splits", nargs="+", default=list(fmt.SPLITS), help="the ego_pose splits to process")
     p.add_argument("--workers", type=int, default=1, help="processes over takes")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    summary = run(args.root, args.out, args.splits, args.workers, progress=not args.no_progress)
+    try:
+        summary = run(args.root, args.out, args.splits, args.workers, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1
     print("\n".join(summary.lines()))
     if not sum(summary.fragments.values()):
-        print(f"ERROR: no pose fragment written from {args.root}", file=sys.stderr)
+        print(f"ERROR: {nothing_done_message(args.root, args.splits)}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,22 +1,26 @@
 """Undistort the Ego-Exo4D Aria videos: fisheye -> pinhole, every 5th frame as JPEG (docs/data_formats.md).
 
   python dataset_preprocess/undistort_egovideos.py [--root data/egoexo4d_v2] [--size 448] [--workers N]
-         [--every 5] [--out ROOT/processed_data] [--take_uids UID ...]
+         [--every 5] [--video downscaled|full] [--out ROOT/processed_data] [--take_uids UID ...]
 
-For each take of metadata/takes.json (takes named "bouldering" are left out; without takes.json, every folder
-of {root}/takes): reads takes/{take}/frame_aligned_videos/downscaled/448/aria01_214-1.mp4 and the take's
-calibration, the "camera-rgb" camera of aria01_noimagestreams.vrs when present, else of
-aria01_device_calibration.json (an Aria device-calibration JSON in projectaria-tools' factory-calibration
-schema, as the synthetic world writes it). A calibration at another resolution than the video (real data:
-1408 or 2880 px vs 448 px) is rescaled when the aspect ratio matches (one line names the take and both sizes);
-otherwise the take is an error. Every 5th frame i (0, 5, 10, ...) is mapped with projectaria-tools
-distort_by_calibration onto get_linear_camera_calibration(size, size, f * size / video_width), f being the
-fisheye focal at the video resolution (the pixel map is computed once per take with distort_by_calibration
-and applied with cv2.remap), and saved as {out}/{take_uid}/aria01_214-1/frame_{i}.jpg.
-Parallel over takes; resumable: a take whose completion marker (.done, written last) matches --size/--every
-is skipped, any other take folder is redone from scratch. Bad input (unreadable or truncated video, missing
-or mismatched calibration) is reported with the file name and counted; the other takes go on.
-Exit status 1 only when no take could be processed.
+Reads the tree Ego-Exo4D's downloader writes (egoexo -o ROOT --parts metadata downscaled_takes/448
+take_vrs_noimagestream; the full-resolution part takes and the part take_vrs work too). For each take of
+ROOT/takes.json (or ROOT/metadata/takes.json) whose folder ROOT/{root_dir} (takes/{take_name}) was downloaded, takes
+named "bouldering" left out: the take's Aria device {aria} (aria01, aria02, ...) from takes.json, its RGB video
+frame_aligned_videos/downscaled/448/{aria}_214-1.mp4 or the full-resolution frame_aligned_videos/{aria}_214-1.mp4
+(--video says which to read when both are there), and its calibration, the "camera-rgb" camera of
+{aria}_noimagestreams.vrs or {aria}.vrs (else of {aria}_device_calibration.json, an Aria device-calibration JSON in
+projectaria-tools' factory-calibration schema, as the synthetic world writes it). A calibration at another
+resolution than the video (real data: 2880 or 1408 px vs 1408 or 448 px) is rescaled when the aspect ratio
+matches (one line names the take and both sizes); otherwise the take is an error. Every 5th frame i (0, 5, 10,
+...) is mapped with projectaria-tools distort_by_calibration onto get_linear_camera_calibration(size, size,
+f * size / video_width), f being the fisheye focal at the video resolution (the pixel map is computed once per
+take with distort_by_calibration and applied with cv2.remap), and saved as
+{out}/{take_uid}/aria01_214-1/frame_{i}.jpg (keyed by take_uid, the folder named aria01_214-1 for any device).
+Parallel over takes; resumable: a take whose completion marker (.done, written last) matches --size/--every is
+skipped, any other take folder is redone from scratch. Bad input (unreadable or truncated video, missing or
+mismatched calibration) is reported with the file name and counted; the other takes go on.
+Exit status 1 when no take could be processed; the message names the Ego-Exo4D part to download.
 """
 
 from __future__ import annotations
@@ -86,31 +90,42 @@ def pixel_maps(target, source, width: int, height: int) -> tuple[np.ndarray, np.
     return map_x, map_y
 
 
-def undistort_take(task: tuple) -> TakeResult:
-    """(root, take_uid, root_dir, out_root, size, every) -> frames written (or the problem, naming the file).
+@dataclass(frozen=True)
+class TakeTask:
+    root: str
+    take_uid: str
+    take_name: str
+    folder: str  # the downloaded take folder
+    aria: str  # the Aria device, aria01, aria02, ...
+    out_root: str
+    size: int
+    every: int
+    prefer: str  # the video kind read when both are there: downscaled | full
 
-    Never raises: a failure of one take must not stop the others (it is reported with its take and error)."""
+
+def undistort_take(task: TakeTask) -> TakeResult:
+    """One take's frames written (or the problem, naming the file). Never raises: a failure of one take must not
+    stop the others (it is reported with its take and error)."""
     try:
-        return _undistort_take(*task)
+        return _undistort_take(task)
     except Exception as err:  # noqa: BLE001 - reported with the take's name, the other takes go on
-        out_dir = fmt.processed_frames_dir(task[3], task[1])
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return TakeResult(task[1], "failed", kind="unexpected error",
-                          message=f"take {task[1]} ({fmt.take_dir(task[0], task[1], task[2])}): "
-                                  f"{type(err).__name__}: {err}")
+        shutil.rmtree(fmt.processed_frames_dir(task.out_root, task.take_uid), ignore_errors=True)
+        return TakeResult(task.take_uid, "failed", kind="unexpected error",
+                          message=f"take {task.take_name} ({task.folder}): {type(err).__name__}: {err}")
 
 
-def _undistort_take(root: str, take_uid: str, root_dir: Optional[str], out_root: str, size: int,
-                    every: int) -> TakeResult:
+def _undistort_take(task: TakeTask) -> TakeResult:
     cv2.setNumThreads(1)
-    out_dir = fmt.processed_frames_dir(out_root, take_uid)
+    take_uid, size, every = task.take_uid, task.size, task.every
+    out_dir = fmt.processed_frames_dir(task.out_root, take_uid)
     marker = os.path.join(out_dir, fmt.DONE_MARKER)
     if os.path.exists(marker) and _marker_matches(marker, size, every):
         return TakeResult(take_uid, "already done")
-    folder = fmt.take_dir(root, take_uid, root_dir)
-    video = fmt.aria_video_path(folder)
-    if not os.path.exists(video):
-        return TakeResult(take_uid, "failed", kind="missing video", message=f"{video}: video missing")
+    found = fmt.find_aria_video(task.folder, task.aria, task.prefer)
+    if found is None:
+        why = fmt.missing_video_message(task.root, task.folder, task.aria)
+        return TakeResult(take_uid, "failed", kind="missing video", message=f"take {task.take_name}: {why}")
+    video, video_kind = found
     capture = cv2.VideoCapture(video)
     try:
         ok, first = capture.read() if capture.isOpened() else (False, None)
@@ -119,12 +134,14 @@ def _undistort_take(root: str, take_uid: str, root_dir: Optional[str], out_root:
                               message=f"{video}: cannot open or decode the video (corrupt or truncated)")
         height, width = first.shape[:2]
         try:
-            source, note = fmt.fit_calibration_to_video(fmt.load_aria_calibration(folder), width, height)
+            camera, calibration_file = fmt.load_aria_calibration(task.folder, task.aria)
+            source, note = fmt.fit_calibration_to_video(camera, width, height)
         except FileNotFoundError as err:
-            return TakeResult(take_uid, "failed", kind="missing calibration", message=str(err))
+            return TakeResult(take_uid, "failed", kind="missing calibration",
+                              message=f"take {task.take_name}: {err}")
         except ValueError as err:
             kind = "calibration size mismatch" if "aspect" in str(err) else "unreadable calibration"
-            return TakeResult(take_uid, "failed", kind=kind, message=f"take {take_uid} ({folder}): {err}")
+            return TakeResult(take_uid, "failed", kind=kind, message=f"take {task.take_name} ({task.folder}): {err}")
         target = pinhole_calibration(source, width, size)
         focal = float(target.get_focal_lengths()[0])
         map_x, map_y = pixel_maps(target, source, width, height)
@@ -140,7 +157,7 @@ def _undistort_take(root: str, take_uid: str, root_dir: Optional[str], out_root:
                     if not ok:
                         break
                 pinhole = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-                path = fmt.processed_frame_path(out_root, take_uid, index)
+                path = fmt.processed_frame_path(task.out_root, take_uid, index)
                 if not cv2.imwrite(path, pinhole, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
                     raise OSError(f"{path}: could not write the JPEG")
                 written += 1
@@ -155,24 +172,33 @@ def _undistort_take(root: str, take_uid: str, root_dir: Optional[str], out_root:
         capture.release()
     with open(marker + ".partial", "w") as f:
         json.dump({"frames": written, "video_frames": index, "size": size, "every": every,
-                   "video_size": [width, height], "focal": focal, "calibration": note or "same size"}, f)
+                   "video_size": [width, height], "focal": focal, "calibration": note or "same size",
+                   "take_name": task.take_name, "video": os.path.relpath(video, task.root), "video_kind": video_kind,
+                   "calibration_file": os.path.relpath(calibration_file, task.root)}, f)
     os.replace(marker + ".partial", marker)
-    return TakeResult(take_uid, "done", frames=written, message=f"take {take_uid}: {note}" if note else "")
+    return TakeResult(take_uid, "done", frames=written, message=f"take {task.take_name}: {note}" if note else "")
 
 
-def list_takes(root: str, take_uids: Optional[list[str]], problems: fmt.ProblemLog) -> tuple[list, list]:
-    """-> ([(take_uid, root_dir)], [dropped bouldering take uids])."""
-    if os.path.exists(fmt.takes_json_path(root)):
-        takes = [(t["take_uid"], t.get("root_dir"), str(t.get("take_name", ""))) for t in fmt.read_takes(root)]
-    else:
-        problems.add("no takes.json", f"{fmt.takes_json_path(root)} missing: undistorting every folder of "
-                                      f"{os.path.join(root, 'takes')} (bouldering takes cannot be told apart)")
-        folder = os.path.join(root, "takes")
-        takes = [(name, None, "") for name in sorted(os.listdir(folder))] if os.path.isdir(folder) else []
+@dataclass
+class TakeList:
+    kept: list[dict]  # takes.json entries whose folder was downloaded
+    dropped: list[str]  # bouldering take uids
+    not_downloaded: int  # takes of takes.json without a folder
+
+
+def list_takes(root: str, take_uids: Optional[list[str]]) -> TakeList:
+    """The takes.json entries to undistort; FileNotFoundError (naming the part) without takes.json."""
+    takes = fmt.read_takes(root)
     if take_uids:
-        takes = [t for t in takes if t[0] in set(take_uids)]
-    kept = [(uid, root_dir) for uid, root_dir, name in takes if not fmt.is_dropped_take(name)]
-    return kept, [uid for uid, _, name in takes if fmt.is_dropped_take(name)]
+        wanted = set(take_uids)
+        unknown = sorted(wanted - {t["take_uid"] for t in takes})
+        if unknown:
+            raise ValueError(f"--take_uids: {unknown[:5]} not in {fmt.takes_json_path(root)}")
+        takes = [t for t in takes if t["take_uid"] in wanted]
+    dropped = [t["take_uid"] for t in takes if fmt.is_dropped_take(str(t.get("take_name", "")))]
+    kept = [t for t in takes if not fmt.is_dropped_take(str(t.get("take_name", "")))]
+    present = [t for t in kept if os.path.isdir(fmt.take_dir(root, t))]
+    return TakeList(present, dropped, len(kept) - len(present))
 
 
 @dataclass
@@ -180,22 +206,33 @@ class Summary:
     counts: Counter = field(default_factory=Counter)  # done / already done / failed
     frames: int = 0
     dropped: list[str] = field(default_factory=list)
+    not_downloaded: int = 0
     problems: fmt.ProblemLog = field(default_factory=fmt.ProblemLog)
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         return [f"takes: {self.counts['done']} undistorted ({self.frames} frames), {self.counts['already done']} "
-                f"already done, {self.counts['failed']} failed, {len(self.dropped)} bouldering left out",
+                f"already done, {self.counts['failed']} failed, {len(self.dropped)} bouldering left out, "
+                f"{self.not_downloaded} in takes.json without a downloaded folder",
                 f"calibrations rescaled to the video size: {len(self.notes)}",
                 f"problems: {self.problems.summary()}"]
 
 
 def run(root: str, out: Optional[str] = None, size: int = 448, every: int = fmt.FRAME_STEP, workers: int = 1,
-        take_uids: Optional[list[str]] = None, progress: bool = True, echo: bool = True) -> Summary:
+        take_uids: Optional[list[str]] = None, progress: bool = True, echo: bool = True,
+        prefer: str = "downscaled") -> Summary:
+    """Undistorts the takes of ``root``; FileNotFoundError (naming the part to download) without takes.json."""
+    if prefer not in fmt.VIDEO_KINDS:
+        raise ValueError(f"video kind {prefer!r}: expected one of {', '.join(fmt.VIDEO_KINDS)}")
     out = out or os.path.join(root, "processed_data")
     summary = Summary(problems=fmt.ProblemLog(echo=echo))
-    takes, summary.dropped = list_takes(root, take_uids, summary.problems)
-    tasks = [(root, uid, root_dir, out, size, every) for uid, root_dir in takes]
+    listed = list_takes(root, take_uids)
+    summary.dropped, summary.not_downloaded = listed.dropped, listed.not_downloaded
+    tasks = []
+    for take in listed.kept:
+        folder = fmt.take_dir(root, take)
+        tasks.append(TakeTask(root, take["take_uid"], str(take.get("take_name", take["take_uid"])), folder,
+                              fmt.aria_device(take, folder), out, size, every, prefer))
     results = map_in_processes(undistort_take, tasks, workers)
     for result in tqdm(results, total=len(tasks), desc="undistort", unit="take", disable=not progress):
         summary.counts[result.status] += 1
@@ -209,21 +246,43 @@ def run(root: str, out: Optional[str] = None, size: int = 448, every: int = fmt.
     return summary
 
 
+def nothing_done_message(root: str, summary: Summary) -> str:
+    """Why no take was undistorted, and the Ego-Exo4D part that would give one."""
+    kinds = summary.problems.counts
+    if not summary.counts["failed"]:
+        return (f"no take folder of {fmt.takes_json_path(root)} under {root}: download the Aria videos, part "
+                f"downscaled_takes/448 ({fmt.download_command(root, 'downscaled_takes/448')}) or part takes")
+    if kinds["missing video"] == summary.counts["failed"]:
+        return ("no take has an Aria video: download part downscaled_takes/448 "
+                f"({fmt.download_command(root, 'downscaled_takes/448')}) or part takes")
+    if kinds["missing calibration"] == summary.counts["failed"]:
+        return ("no take has a calibration: download part take_vrs_noimagestream "
+                f"({fmt.download_command(root, 'take_vrs_noimagestream')}) or part take_vrs")
+    return f"no take could be undistorted under {root} (problems: {summary.problems.summary()})"
+
+
 def main(argv=None) -> int:
     p = ScriptArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("--root", default="data/egoexo4d_v2", help="Ego-Exo4D root (metadata/, takes/)")
+    p.add_argument("--root", default="data/egoexo4d_v2", help="Ego-Exo4D download root (takes.json, takes/)")
     p.add_argument("--out", default=None, help="output folder (default: ROOT/processed_data)")
     p.add_argument("--size", type=int, default=448, help="output width = height, px")
     p.add_argument("--every", type=int, default=fmt.FRAME_STEP, help="keep every N-th frame")
+    p.add_argument("--video", default="downscaled", choices=list(fmt.VIDEO_KINDS),
+                   help="the Aria video read when a take has both: downscaled (448 px, part downscaled_takes/448) "
+                        "or full (1408 px, part takes)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes over takes")
     p.add_argument("--take_uids", nargs="*", help="only these takes (default: all)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    summary = run(args.root, args.out, args.size, args.every, args.workers, args.take_uids,
-                  progress=not args.no_progress)
+    try:
+        summary = run(args.root, args.out, args.size, args.every, args.workers, args.take_uids,
+                      progress=not args.no_progress, prefer=args.video)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1
     print("\n".join(summary.lines()))
     if not summary.counts["done"] + summary.counts["already done"]:
-        print(f"ERROR: no take could be undistorted under {args.root}", file=sys.stderr)
+        print(f"ERROR: {nothing_done_message(args.root, summary)}", file=sys.stderr)
         return 1
     return 0
 

@@ -87,18 +87,24 @@ def test_constants_local_prefix_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(PAPER))
-def test_total_steps_override_moves_the_schedule_or_names_the_opt_to_add(path):
+def test_total_steps_override_moves_the_schedule_and_warmup(path):
     shipped = load_config(path)
     if shipped.lr_scheduler.warmup_steps is None:  # stage 1: the schedule follows, warm-up ratio and all
         cfg = load_config(path, [("data.total_steps", 100)])
         assert (cfg.data.total_steps, cfg.lr_scheduler.total_steps) == (100, 100)
         assert cfg.lr_scheduler.resolved_warmup_steps() == 10
-    else:  # stage 2 also fixes 1,800 warm-up steps: the error says which --opt to add, and it then follows
-        with pytest.raises(ConfigError) as err:
-            load_config(path, [("data.total_steps", 100)])
-        assert "--opt lr_scheduler.warmup_steps=2 [--opt data.total_steps=100]" in str(err.value)
-        cfg = load_config(path, [("data.total_steps", 100), ("lr_scheduler.warmup_steps", 2)])
+    else:  # stage 2 also gives 1,800 warm-up steps (2.5%): they keep the ratio, with a notice
+        notices = []
+        cfg = load_config(path, [("data.total_steps", 100)], notices)
         assert (cfg.lr_scheduler.total_steps, cfg.lr_scheduler.resolved_warmup_steps()) == (100, 2)
+        assert "lr_scheduler.warmup_steps follows lr_scheduler.warmup_ratio / lr_scheduler.total_steps: 1800 -> 2, " \
+               "after --opt data.total_steps" in notices
+        cfg = load_config(path, [("data.total_steps", 100), ("lr_scheduler.warmup_steps", 5)])  # set explicitly
+        assert (cfg.lr_scheduler.total_steps, cfg.lr_scheduler.resolved_warmup_steps()) == (100, 5)
+        with pytest.raises(ConfigError) as err:  # an explicit contradiction still stops, naming both
+            load_config(path, [("data.total_steps", 100), ("lr_scheduler.warmup_steps", 5),
+                               ("lr_scheduler.warmup_ratio", 0.5)])
+        assert "warmup_ratio=0.5" in str(err.value) and "--opt lr_scheduler.warmup_steps=5" in str(err.value)
     with pytest.raises(ConfigError) as err:  # the schedule alone cannot move: the run length is data.total_steps
         load_config(path, [("lr_scheduler.total_steps", 100)])
     assert str(err.value).endswith("add --opt data.total_steps=100 [--opt lr_scheduler.total_steps=100]")

@@ -121,6 +121,7 @@ def architecture(cfg) -> dict:
         out[name] = (
             {n: (tuple(p.shape), p.requires_grad) for n, p in model.named_parameters()},
             model.backbone.kernel.backend, model.backbone.num_checkpointed, model.backbone.norm.eps,
+            [block.mixer.num_heads for block in model.backbone.blocks],
             model.backbone.rotary.base if hasattr(model.backbone.rotary, "base") else None,
             model.representation_layout(4), model.joint_layout(2, 4) if model.joint else None,
         )

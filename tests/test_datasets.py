@@ -119,6 +119,68 @@ def test_walking_tours_frame_folders(synthetic_world, tmp_path):
     assert int(np.argmin(errors)) == 2 and errors[2] < 6, errors  # frames 18..22: frame 20 is the one
 
 
+def test_walking_tours_as_the_authors_prepare_them(synthetic_world, tmp_path):
+    """data/WTour/*.mp4 with frames extracted beside them (ffmpeg -i X.mp4 X/frame_%07d.jpg, or extract_frames.py):
+    a listed video whose frames are there is read from them, the same video frames; a folder stands for each walk
+    once; the paper's 6 fps sampling follows each video's frame rate."""
+    from internlm.data.synthetic.writers import write_mp4
+    from internlm.data.walking_tours import Sampling
+
+    extract = load_script("extract_frames")
+    wtour = tmp_path / "WTour"
+    wtour.mkdir()
+    a, b = str(wtour / "Walking_Tour_A.mp4"), str(wtour / "Walking_Tour_B.mp4")
+    shutil.copy(synthetic_world.wtour_videos[0], a)  # 30 fps, 90 frames
+    capture = cv2.VideoCapture(a)
+    frames = [capture.read()[1] for _ in range(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))]
+    write_mp4(b, (f[:, :, ::-1] for f in frames), 60, frames[0].shape[1], frames[0].shape[0])  # 60 fps, 1.5 s
+    assert extract.main([a, "--no_progress"]) == 0  # -> WTour/Walking_Tour_A/frame_%07d.jpg
+    by_folder = index_walking_tours([str(wtour)], 30)
+    by_files = index_walking_tours([a, b], 30)  # the paper configs list the mp4 files
+    names = [by_folder.name(i) for i in range(len(by_folder))]
+    assert names == [by_files.name(i) for i in range(len(by_files))]
+    assert names == [str(wtour / "Walking_Tour_A" / f"frame_{n:07d}.jpg") for n in (1, 31, 61)] + [
+        f"{b} frame {n}" for n in (0, 30, 60)]
+    os.makedirs(tmp_path / "alone")
+    from_video = index_walking_tours([shutil.copy(a, tmp_path / "alone")], 30)  # the same video, no frames beside
+    for i in range(3):  # frames read from the folder are the video's frames (through JPEG), not their neighbours
+        image = by_folder.load(i).rgb.astype(int)
+        errors = [np.abs(image - from_video._video.read(from_video.sources[0].path, f).rgb.astype(int)).mean()
+                  for f in (30 * i + 1, 30 * i)]
+        assert errors[1] < 6 and errors[1] < errors[0], errors
+    # 6 fps: every 5th frame of the 30 fps walk, every 10th of the 60 fps one
+    six = index_walking_tours([str(wtour)], Sampling(fps=6.0))
+    counts = np.bincount(six.source_ids)
+    assert counts.tolist() == [18, 9] and six.frames[18:20].tolist() == [0, 10]
+    assert six.name(1).endswith("frame_0000006.jpg")  # the frame folder knows its fps (extract_frames' marker)
+    # a folder extracted every 5th frame samples the same video frames; a folder without its video or marker (plain
+    # ffmpeg) cannot be sampled by frame rate: reported, not guessed
+    extract.main([a, "--out", str(tmp_path / "every5"), "--every", "5", "--no_progress"])
+    every5 = str(tmp_path / "every5" / "Walking_Tour_A")
+    assert [os.path.basename(index_walking_tours([every5], 30).name(i)) for i in range(3)] == [
+        "frame_0000001.jpg", "frame_0000031.jpg", "frame_0000061.jpg"]
+    os.remove(os.path.join(every5, ".done"))
+    report = index_walking_tours([every5], Sampling(fps=6.0)).report
+    assert report.counts == {"frame rate unknown (data.sample_fps needs it: keep the video beside its frame "
+                             "folder, or extract with extract_frames.py)": 1}
+    odd = index_walking_tours([every5], 12)
+    assert "frames 5 apart cannot be sampled every 12: every 2-th file taken" in odd.report.summary()
+
+
+def test_sample_fps_replaces_the_files_step_on_the_command_line():
+    from internlm.config import ConfigError, load_config
+
+    notices = []
+    cfg = load_config("configs/dino_pretrain/lr5e-4_tmp004_300m.py", [("data.sample_fps", 6)], notices)
+    assert (cfg.data.sample_fps, cfg.data.step_between_clips) == (6.0, None)
+    assert "data.step_between_clips follows data.sample_fps: 30 -> None" in notices
+    with pytest.raises(ConfigError, match="both say how often WalkingTours is sampled"):
+        load_config("configs/dino_pretrain/lr5e-4_tmp004_300m.py", [("data.sample_fps", 6),
+                                                                     ("data.step_between_clips", 30)])
+    with pytest.raises(ConfigError, match="stage-2 clips start every data.step_between_clips"):
+        load_config("configs/joint_train/lr6e-04_tmp004_300m.py", [("data.sample_fps", 6)])
+
+
 def test_a_folder_of_videos_stands_for_its_videos(synthetic_world):
     videos = sorted(map(str, synthetic_world.wtour_videos))
     folders = {os.path.dirname(v) for v in videos}

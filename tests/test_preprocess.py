@@ -33,6 +33,15 @@ def copy_raw_world(world, dst) -> str:
     return root
 
 
+def take_folder(root, spec) -> str:
+    """The take's folder as the downloader names it (takes/{take_name})."""
+    return os.path.join(str(root), spec.root_dir)
+
+
+def calibration_file(root, spec) -> str:
+    return os.path.join(take_folder(root, spec), f"{spec.aria}_device_calibration.json")
+
+
 def kept_specs(world):
     return [s for s in plan_takes(world.seed, world.size) if not fmt.is_dropped_take(s.take_name)]
 
@@ -89,7 +98,7 @@ def _raw_labels(world, spec):
     manual = fmt.read_json(fmt.manual_pose_path(root, spec.split, spec.take_uid))
     automatic = fmt.read_json(fmt.automatic_pose_path(root, spec.split, spec.take_uid))
     poses = fmt.read_json(fmt.camera_pose_path(root, spec.split, spec.take_uid))
-    return manual, automatic, {int(k): np.array(v) for k, v in poses["aria01"]["camera_extrinsics"].items()}
+    return manual, automatic, {int(k): np.array(v) for k, v in poses[spec.aria]["camera_extrinsics"].items()}
 
 
 def test_pose_is_the_world_joint_in_that_frames_camera(processed_world):
@@ -165,7 +174,7 @@ def test_undistorted_straight_edge_is_straight(synthetic_world):
     straight (line-fit residual < 1 px) after the undistortion's pixel maps."""
     w = synthetic_world
     spec = kept_specs(w)[0]
-    sensor_camera = fmt.load_aria_calibration(fmt.take_dir(str(w.egoexo_root), spec.take_uid))
+    sensor_camera, _ = fmt.load_aria_calibration(take_folder(w.egoexo_root, spec), spec.aria)
     sensor = int(sensor_camera.get_image_size()[0])
     side = sensor // 2
     rays, valid = calibration_rays(sensor_camera)
@@ -190,11 +199,11 @@ def test_pixel_maps_match_distort_by_calibration(synthetic_world):
     """The per-take pixel map + cv2.remap gives distort_by_calibration's image (within interpolation rounding)."""
     w = synthetic_world
     spec = kept_specs(w)[0]
-    folder = fmt.take_dir(str(w.egoexo_root), spec.take_uid)
-    ok, frame = cv2.VideoCapture(fmt.aria_video_path(folder)).read()
+    folder = take_folder(w.egoexo_root, spec)
+    ok, frame = cv2.VideoCapture(fmt.aria_video_path(folder, spec.aria)).read()
     assert ok
     side = frame.shape[1]
-    source, _ = fmt.fit_calibration_to_video(fmt.load_aria_calibration(folder), side, side)
+    source, _ = fmt.fit_calibration_to_video(fmt.load_aria_calibration(folder, spec.aria)[0], side, side)
     target = undistort.pinhole_calibration(source, side, 2 * side)
     reference = calibration.distort_by_calibration(frame, target, source).astype(int)
     mapped = cv2.remap(frame, *undistort.pixel_maps(target, source, side, side), cv2.INTER_LINEAR).astype(int)
@@ -233,16 +242,14 @@ def test_bad_inputs_are_reported_and_skipped(synthetic_world, tmp_path):
     w = synthetic_world
     root = copy_raw_world(w, tmp_path)
     a, b, c, d, e = kept_specs(w)
-    take = {s.take_uid: fmt.take_dir(root, s.take_uid) for s in (a, b, c, d, e)}
     # videos and calibrations: a truncated video, a calibration of another aspect, a missing calibration
-    video_a = fmt.aria_video_path(take[a.take_uid])
+    video_a = fmt.aria_video_path(take_folder(root, a), a.aria)
     data = open(video_a, "rb").read()
     open(video_a, "wb").write(data[: len(data) * 6 // 10])
     from internlm.data.synthetic.camera import device_calibration_json
 
-    open(os.path.join(take[b.take_uid], fmt.CALIBRATION_JSON_NAME), "w").write(
-        device_calibration_json(_fisheye(256, 192, 111.0)))
-    os.remove(os.path.join(take[c.take_uid], fmt.CALIBRATION_JSON_NAME))
+    open(calibration_file(root, b), "w").write(device_calibration_json(_fisheye(256, 192, 111.0)))
+    os.remove(calibration_file(root, c))
     # poses: NaN, a missing key and a missing coordinate in a's manual labels; b's camera poses missing;
     # c's automatic file truncated; a NaN extrinsic in e
     manual_path = fmt.manual_pose_path(root, a.split, a.take_uid)
@@ -257,7 +264,7 @@ def test_bad_inputs_are_reported_and_skipped(synthetic_world, tmp_path):
     open(auto_c, "w").write(open(auto_c).read()[:1000])
     poses_e_path = fmt.camera_pose_path(root, e.split, e.take_uid)
     poses_e = fmt.read_json(poses_e_path)
-    poses_e["aria01"]["camera_extrinsics"]["10"][0][0] = float("nan")
+    poses_e[e.aria]["camera_extrinsics"]["10"][0][0] = float("nan")
     _write_json(poses_e_path, poses_e)
 
     frames_out, poses_out = str(tmp_path / "frames"), str(tmp_path / "poses")
@@ -267,8 +274,8 @@ def test_bad_inputs_are_reported_and_skipped(synthetic_world, tmp_path):
     assert report.problems.counts == {"unreadable video": 1, "calibration size mismatch": 1,
                                       "missing calibration": 1}
     assert video_a in messages
-    assert f"take {b.take_uid}" in messages and "256x192 px but the video is 64x64 px" in messages
-    assert os.path.join(take[c.take_uid], fmt.CALIBRATION_JSON_NAME) in messages
+    assert f"take {b.take_name}" in messages and "256x192 px but the video is 64x64 px" in messages
+    assert calibration_file(root, c) in messages and "take_vrs_noimagestream" in messages
     for spec in (a, b, c):
         assert not os.path.exists(fmt.processed_frames_dir(frames_out, spec.take_uid))
     for spec in (d, e):
@@ -288,7 +295,7 @@ def test_bad_inputs_are_reported_and_skipped(synthetic_world, tmp_path):
     # a's bad manual frames fall back to the automatic label (not zeros, not dropped)
     merged_a = fmt.load_take_poses(fmt.list_pose_fragments(os.path.join(poses_out, a.split))[a.take_uid])
     automatic_a = fmt.read_json(fmt.automatic_pose_path(root, a.split, a.take_uid))
-    poses_a = fmt.read_json(fmt.camera_pose_path(root, a.split, a.take_uid))["aria01"]["camera_extrinsics"]
+    poses_a = fmt.read_json(fmt.camera_pose_path(root, a.split, a.take_uid))[a.aria]["camera_extrinsics"]
     for bad_frame in (nan_frame, no_key_frame, no_z_frame):
         row = merged_a.frames.tolist().index(int(bad_frame))
         labels = automatic_a[bad_frame][0]["annotation3D"]
@@ -311,7 +318,7 @@ def test_exit_status_when_nothing_can_be_processed(synthetic_world, tmp_path, ca
     w = synthetic_world
     root = copy_raw_world(w, tmp_path)
     for spec in kept_specs(w):
-        open(fmt.aria_video_path(fmt.take_dir(root, spec.take_uid)), "wb").write(b"not a video")
+        open(fmt.aria_video_path(take_folder(root, spec), spec.aria), "wb").write(b"not a video")
         os.remove(fmt.camera_pose_path(root, spec.split, spec.take_uid))
     assert undistort.main(["--root", root, "--size", "32", "--no-progress", "--workers", "1"]) == 1
     assert body_pose.main(["--root", root, "--out", str(tmp_path / "poses"), "--no-progress"]) == 1

@@ -38,6 +38,10 @@ def extrinsic(world, spec, frame: int) -> np.ndarray:
     return np.array(poses[fmt.aria_key(poses)]["camera_extrinsics"][str(frame)])
 
 
+def take_folder(world, spec) -> str:
+    return str(world.egoexo_root / spec.root_dir)
+
+
 def test_raw_layout(synthetic_world):
     w, size = synthetic_world, synthetic_world.size
     takes = fmt.read_takes(str(w.egoexo_root))
@@ -45,12 +49,22 @@ def test_raw_layout(synthetic_world):
     assert sum(fmt.is_dropped_take(t["take_name"]) for t in takes) == 1
     specs = plan_takes(w.seed, size)
     assert {s.split for s in specs} == {"train", "val"}
+    # the downloader's layout: takes.json at the root, take folders by name (root_dir), the Aria device named
+    # in the capture's cameras (one take recorded with aria02)
+    assert os.path.exists(w.egoexo_root / "takes.json") and not os.path.exists(w.egoexo_root / "metadata")
+    by_uid = {t["take_uid"]: t for t in takes}
+    assert sorted(s.aria for s in specs).count("aria02") == 1
     for spec in specs:
-        folder = fmt.take_dir(str(w.egoexo_root), spec.take_uid)
-        frames = read_video(fmt.aria_video_path(folder))
+        take = by_uid[spec.take_uid]
+        folder = fmt.take_dir(str(w.egoexo_root), take)
+        assert take["root_dir"] == f"takes/{spec.take_name}" and folder == str(w.egoexo_root / "takes" / spec.take_name)
+        assert fmt.aria_device(take) == spec.aria == fmt.aria_device({}, folder)
+        video = os.path.join(folder, "frame_aligned_videos", "downscaled", "448", f"{spec.aria}_214-1.mp4")
+        assert fmt.find_aria_video(folder, spec.aria) == (video, "downscaled")
+        frames = read_video(video)
         assert len(frames) == size.frames_per_take and frames[0].shape == (size.video_size, size.video_size, 3)
-        assert cv2.VideoCapture(fmt.aria_video_path(folder)).get(cv2.CAP_PROP_FPS) == pytest.approx(30)
-        with open(os.path.join(folder, fmt.CALIBRATION_JSON_NAME)) as f:
+        assert cv2.VideoCapture(video).get(cv2.CAP_PROP_FPS) == pytest.approx(30)
+        with open(os.path.join(folder, f"{spec.aria}_device_calibration.json")) as f:
             device = calibration.device_calibration_from_json_string(f.read())
         camera = device.get_camera_calib("camera-rgb")
         assert camera.get_model_name() == calibration.CameraModelType.FISHEYE624
@@ -63,8 +77,8 @@ def test_raw_layout(synthetic_world):
         assert min(joints_per_frame) < fmt.NUM_JOINTS and max(joints_per_frame) == fmt.NUM_JOINTS
         assert set(manual["%s" % next(iter(manual))][0]["annotation3D"]) <= set(fmt.JOINT_NAMES)
         poses = fmt.read_json(fmt.camera_pose_path(str(w.egoexo_root), spec.split, spec.take_uid))
-        assert fmt.aria_key(poses) == "aria01" and {"cam01", "cam02", "cam03", "cam04"} <= set(poses)
-        e = np.array(next(iter(poses["aria01"]["camera_extrinsics"].values())))
+        assert fmt.aria_key(poses) == spec.aria and {"cam01", "cam02", "cam03", "cam04"} <= set(poses)
+        e = np.array(next(iter(poses[spec.aria]["camera_extrinsics"].values())))
         assert e.shape == (3, 4) and fmt.is_rotation(e[:, :3])
     assert len(w.wtour_videos) == size.walks
     walk = read_video(w.wtour_videos[0])
@@ -78,7 +92,7 @@ def test_marker_lands_where_the_calibration_projects_it(synthetic_world, resolut
     w = synthetic_world
     spec = plan_takes(w.seed, w.size)[0]
     take = build_take(w.seed, spec, w.size)
-    camera = fmt.load_aria_calibration(fmt.take_dir(str(w.egoexo_root), spec.take_uid))
+    camera = fmt.load_aria_calibration(take_folder(w, spec), spec.aria)[0]
     if resolution == "video":
         camera, note = fmt.fit_calibration_to_video(camera, w.size.video_size, w.size.video_size)
         assert "rescaled" in note
@@ -110,7 +124,7 @@ def test_video_shows_the_rendered_frames(synthetic_world):
     w = synthetic_world
     spec = plan_takes(w.seed, w.size)[1]
     take = build_take(w.seed, spec, w.size)
-    video = read_video(fmt.aria_video_path(fmt.take_dir(str(w.egoexo_root), spec.take_uid)))
+    video = read_video(fmt.aria_video_path(take_folder(w, spec), spec.aria))
     def luma(rgb):
         return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(float)
 
@@ -186,7 +200,7 @@ def test_frames_of_different_takes_look_different(synthetic_world):
     w = synthetic_world
     thumbs, labels, times = [], [], []
     for spec in plan_takes(w.seed, w.size):
-        video = read_video(fmt.aria_video_path(fmt.take_dir(str(w.egoexo_root), spec.take_uid)))
+        video = read_video(fmt.aria_video_path(take_folder(w, spec), spec.aria))
         for frame in range(0, len(video), 5):
             thumbs.append(cv2.resize(video[frame], (8, 8), interpolation=cv2.INTER_AREA).astype(float).ravel())
             labels.append(spec.index)
@@ -245,8 +259,8 @@ def test_same_seed_same_world(tmp_path):
             assert all(np.array_equal(x, y) for x, y in zip(frames_a, frames_b)), name
         else:
             assert filecmp.cmp(a / name, b / name, shallow=False), name
-    takes_a = json.loads((a / "egoexo4d_v2/metadata/takes.json").read_text())
-    takes_c = json.loads((c / "egoexo4d_v2/metadata/takes.json").read_text())
+    takes_a = json.loads((a / "egoexo4d_v2/takes.json").read_text())
+    takes_c = json.loads((c / "egoexo4d_v2/takes.json").read_text())
     assert takes_a[0]["take_uid"] != takes_c[0]["take_uid"]
     walk_a, walk_c = (read_video(next((root / "WTour").glob("*.mp4"))) for root in (a, c))
     assert np.abs(walk_a[0].astype(int) - walk_c[0]).mean() > 10

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from internlm.checkpoint import load_model, load_state_dict
 from internlm.checkpoint.weights import WEIGHT_FILES
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 
 logger = logging.getLogger("convert2hf")
@@ -154,7 +155,7 @@ def convert(src_folder: str, tgt_folder: str | None, which: str = "teacher", rem
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--src_folder", required=True,
                    help="a checkpoint step folder, or a run folder (-> its newest complete step)")
     p.add_argument("--tgt_folder", default=None, help="output folder (default: hf_models/{run name} in the repo)")

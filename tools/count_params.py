@@ -1,21 +1,22 @@
 """Print the parameter counts of a config: backbone + projectors (the paper's model size) and the heads.
 
-    python tools/count_params.py --config configs/joint_train/lr6e-04_tmp004_300m.py
+    python tools/count_params.py --config configs/joint_train/lr6e-04_tmp004_300m.py [--opt model.flavor=1B]
 
 Nothing is allocated: the model is built on the meta device.
 """
 
-import argparse
-
-from internlm.config import load_config
+from internlm.initialize.arguments import ScriptArgumentParser, add_config_args, config_from_args
 from internlm.model.param_count import count_parameters, human
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a python config file")
+    parser = ScriptArgumentParser(description=__doc__)
+    add_config_args(parser)
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
+    notices: list[str] = []
+    cfg = config_from_args(args, notices=notices)
+    for notice in notices:
+        print(f"config: {notice}")
     c = count_parameters(cfg)
     print(f"config:                  {args.config} (stage {cfg.stage})")
     print(f"backbone + projectors:   {human(c.model)}  ({c.model:,})")

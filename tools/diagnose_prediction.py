@@ -54,6 +54,7 @@ from internlm.eval.retrieval import (
     retrieval_ranks,
     step_keys,
 )
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.initialize.launch import init_distributed
 from internlm.monitor.logging_setup import setup_logging
 from internlm.train.losses import copy_prediction, teacher_probs
@@ -63,7 +64,7 @@ logger = logging.getLogger("diagnose_prediction")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     add_config_args(p)
     p.add_argument("--ckpt_folder", default=None, help="a stage-2 step folder or run folder (default: the config's)")
     p.add_argument("--split", default=None, help="pose split (default: the config's data.egoexo_valid_split)")

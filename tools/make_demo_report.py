@@ -17,7 +17,6 @@ larger than its standard error:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -29,6 +28,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from internlm.initialize.arguments import ScriptArgumentParser
 
 PREDICTOR_LABELS = {"model": "EgoAgent", "pose_mlp": "pose-only MLP (siMLPe style)",
                     "constant_velocity": "constant velocity", "zero_velocity": "zero velocity"}
@@ -272,7 +273,7 @@ def motion_table(motion: dict) -> list[str]:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--run", required=True, help="the demo run folder")
     args = p.parse_args(argv)
     run = args.run

@@ -25,6 +25,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from internlm.initialize.arguments import ScriptArgumentParser
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 VARIANTS = {  # name -> (label, the override that removes a loss)
@@ -49,7 +51,7 @@ def load_demo_pipeline():
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="world folder (default: the demo's for this seed)")
     p.add_argument("--demo_out", default=None, help="the demo run (default runs/demo, runs/demo_seed{S})")

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from internlm.initialize.arguments import ScriptArgumentParser
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE1_CONFIG = "configs/demo/stage1_dino_tiny.py"
 STAGE2_CONFIG = "configs/demo/stage2_joint_tiny.py"
@@ -38,12 +40,12 @@ CACHED_STEPS = ("world", "undistort", "poses", "stage1", "stage2", "convert")  #
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--seed", type=int, default=0, help="world, weights and data order")
     p.add_argument("--data", default=None, help="world folder (default data/synthetic, data/synthetic_seed{S})")
     p.add_argument("--out", default=None, help="run folder (default runs/demo, runs/demo_seed{S})")
     p.add_argument("--size", default="default", help="world size preset of make_synthetic_egoworld.py")
-    p.add_argument("--frame-size", type=int, default=96, help="undistorted frame side in pixels")
+    p.add_argument("--frame_size", type=int, default=96, help="undistorted frame side in pixels")
     p.add_argument("--only", nargs="+", choices=STEPS, default=None, help="run only these steps")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both training stages and the evaluations (repeatable), "
@@ -154,7 +156,7 @@ class Pipeline:
                  [convert, "--src_folder", self.ckpt(2), "--tgt_folder", self.hf("egoagent"), "--remove_vq_embed"],
                  [convert, "--src_folder", self.ckpt(1), "--tgt_folder", self.hf("stage1"), "--remove_vq_embed"],
                  ["tools/make_untrained_checkpoint.py", "--config", STAGE2_CONFIG, "--seed", str(a.seed),
-                  "--out", os.path.join(self.out, "save_ckpt", "untrained")],
+                  "--out", os.path.join(self.out, "save_ckpt", "untrained"), *self.data_opts(), *self.user_opts()],
                  [convert, "--src_folder", os.path.join(self.out, "save_ckpt", "untrained"),
                   "--tgt_folder", self.hf("untrained"), "--remove_vq_embed"],
                  done=os.path.isdir(os.path.join(REPO, self.hf("untrained"))) and self.finished(self.ckpt(2)))

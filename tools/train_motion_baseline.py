@@ -21,6 +21,7 @@ from internlm.checkpoint.atomic import atomic_torch_save
 from internlm.config import ConfigError, load_config, parse_override
 from internlm.data.build import build_clip_dataset
 from internlm.eval.cli import default_output_dir
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.monitor.logging_setup import setup_logging
 from internlm.train.motion_baseline import train_pose_mlp
 
@@ -28,7 +29,7 @@ INPUT_FRAMES = 5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--config", required=True, help="a stage-2 config (data.egoexo_* keys, data.pose_frame)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--out", default=None, help="default: outputs/motion_baseline/{JOB_NAME}/pose_mlp.pt")

@@ -18,6 +18,7 @@ import re
 import runpy
 from typing import Any, Iterable, Optional
 
+from .follow import MISSING, Follower, get, put
 from .schema import TrainConfig, validate
 from .typed import ConfigError, build
 
@@ -95,68 +96,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: '{'.'.join(parts[:i + 1])}' is not a section")
-        # a copy: config files share dicts between sections (teacher = dict(MODEL, ...) shares MODEL's lvm_config),
-        # and an override of one section must not change the other
-        node[part] = child = dict(child)
-        node = child
-    node[parts[-1]] = value
-
-
 def _lookup(tree: dict, key: str) -> tuple[bool, Any]:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
+    value = get(tree, key)
+    return value is not MISSING, (None if value is MISSING else value)
 
 
 def drop_accepted_no_effect(tree: dict[str, Any]) -> list[str]:
-    """Remove the ``ACCEPTED_NO_EFFECT`` keys from a config tree in place; returns those found."""
+    """Remove the ``ACCEPTED_NO_EFFECT`` keys from a config tree; returns those found. The sections on the way are
+    copied first: a file's sections share dicts (teacher = dict(MODEL)) with each other and its constants."""
     found = []
     for key in ACCEPTED_NO_EFFECT:
         parent, _, leaf = key.rpartition(".")
         present, node = _lookup(tree, parent) if parent else (True, tree)
         if present and isinstance(node, dict) and leaf in node:
-            del node[leaf]
+            if parent:
+                put(tree, parent, {k: v for k, v in node.items() if k != leaf})
+            else:
+                del tree[leaf]
             found.append(key)
     return found
-
-
-def _followers(namespace: dict, overridden: dict[str, Any]) -> dict[str, str]:
-    """Keys that follow an override: ``--opt data.total_steps=N`` on a file whose lr_scheduler.total_steps equals
-    its data.total_steps (the authors' files set both from one constant) moves the schedule too.
-    Returns {following key: override key}; call before the overrides are applied."""
-    if "data.total_steps" not in overridden or "lr_scheduler.total_steps" in overridden:
-        return {}
-    has_lr, lr_total = _lookup(namespace, "lr_scheduler.total_steps")
-    _, data_total = _lookup(namespace, "data.total_steps")
-    return {"lr_scheduler.total_steps": "data.total_steps"} if has_lr and lr_total == data_total else {}
-
-
-def _follow_warmup(namespace: dict, overridden: dict[str, Any]) -> dict[str, str]:
-    """A file that gives the warm-up both as warmup_steps and warmup_ratio (they must agree): overriding one moves
-    the other. Call after the overrides are applied; returns {following key: override key}."""
-    lr = namespace.get("lr_scheduler")
-    if not isinstance(lr, dict) or lr.get("warmup_steps") is None or "warmup_ratio" not in lr:
-        return {}
-    total = lr.get("total_steps", 0)
-    if "lr_scheduler.warmup_steps" in overridden and "lr_scheduler.warmup_ratio" not in overridden and total:
-        lr["warmup_ratio"] = lr["warmup_steps"] / total
-        return {"lr_scheduler.warmup_ratio": "lr_scheduler.warmup_steps"}
-    if "lr_scheduler.warmup_ratio" in overridden and "lr_scheduler.warmup_steps" not in overridden:
-        lr["warmup_steps"] = round(lr["warmup_ratio"] * total)
-        return {"lr_scheduler.warmup_steps": "lr_scheduler.warmup_ratio"}
-    return {}
 
 
 def _names(message: str, key: str) -> bool:
@@ -176,28 +134,28 @@ def _source_of(message: str, overrides: dict[str, Any], followed: dict[str, str]
     return where
 
 
-def load_config(path: str, overrides: Optional[Iterable[tuple[str, Any]]] = None) -> TrainConfig:
-    """Load, override (dotted keys), type-check and validate a config file."""
+def load_config(path: str, overrides: Optional[Iterable[tuple[str, Any]]] = None,
+                notices: Optional[list[str]] = None) -> TrainConfig:
+    """Load, override (dotted keys), type-check and validate a config file. What follows an override (the
+    teacher, restated copies, the schedule; config/follow.py) is appended to ``notices``, one line each."""
     namespace = read_config_namespace(path)
-    return config_from_namespace(namespace, overrides, source_file=os.path.abspath(path))
+    return config_from_namespace(namespace, overrides, source_file=os.path.abspath(path), notices=notices)
 
 
 def config_from_namespace(namespace: dict[str, Any], overrides: Optional[Iterable[tuple[str, Any]]] = None,
-                          source_file: Optional[str] = None) -> TrainConfig:
+                          source_file: Optional[str] = None, notices: Optional[list[str]] = None) -> TrainConfig:
     """A config's module-level names, overridden, type-checked and validated. An error names the --opt that caused
     it, else the file."""
-    namespace = copy.deepcopy(namespace)
     overridden = dict(overrides or ())
     where = source_file or "<config>"
-    followed = _followers(namespace, overridden)
+    follower = Follower(namespace, overridden)
     try:
-        for key, value in overridden.items():
-            _apply_override(namespace, key, value)
-        for key, by in followed.items():
-            _apply_override(namespace, key, overridden[by])
-        followed.update(_follow_warmup(namespace, overridden))
+        namespace = follower.run()
     except ConfigError as exc:
-        raise ConfigError(f"{exc} [{where}]") from None
+        raise ConfigError(f"{exc} [{_source_of(str(exc), overridden, follower.followed, where)}]") from None
+    followed = follower.followed
+    if notices is not None:
+        notices.extend(follower.notices)
     drop_accepted_no_effect(namespace)
     section_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"constants", "source_file"}
     constants, sections = {}, {}

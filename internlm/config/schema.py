@@ -35,6 +35,13 @@ class LVMConfig:
 
 
 DTYPES = ("torch.float32", "torch.tf32", "torch.float16", "torch.half", "torch.bfloat16")
+# model.flavor: one name for width, depth and heads (as torchtitan's flavors). 300M and 1B are the paper's
+# EgoAgent-300M / -1B (284M / 1.13B parameters with the paper configs' heads); tiny trains on a laptop CPU.
+MODEL_FLAVORS = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_attention_heads=2),
+    "300M": dict(hidden_size=1024, num_layers=22, num_attention_heads=8),
+    "1B": dict(hidden_size=2048, num_layers=22, num_attention_heads=16),
+}
 
 
 @dataclass
@@ -63,6 +70,10 @@ class ModelConfig:
     num_chunks: int = 1  # interleaved pipeline chunks: only 1
     lvm_config: LVMConfig = field(default_factory=LVMConfig)
     # added
+    # MODEL_FLAVORS: sets hidden_size, num_layers and num_attention_heads. In a file, sizes given beside it must
+    # agree with it; on the command line (--opt model.flavor=tiny) it replaces the file's sizes, and the teacher
+    # follows (config/loader.py).
+    flavor: Optional[str] = None
     attn_backend: Optional[str] = None  # sdpa | flex | flash; None: flash if use_flash_attn else sdpa
     head_hidden_dim: int = 2048  # DINO head MLP width (Table 8)
     head_bottleneck_dim: int = 256
@@ -148,6 +159,9 @@ class DataConfig:
     # frames between two samples: WalkingTours frames (stage 1, default 30); clip starts (stage 2, a multiple of
     # the 5 frames between undistorted images, default 5)
     step_between_clips: Optional[int] = None
+    # added: stage 1 samples each WalkingTours video at this many frames per second of video instead (the paper: 6;
+    # a video's step is round(its fps / sample_fps)); on the command line it replaces the file's step_between_clips
+    sample_fps: Optional[float] = None
     global_crops_scale: tuple[float, float] = (0.4, 1.0)
     use_local_crop: bool = True
     use_egoexo: Optional[bool] = None  # stage 1: add the Ego-Exo4D frames (default no); stage 2 is Ego-Exo4D
@@ -486,6 +500,13 @@ def _validate_model(m: ModelConfig, section: str) -> None:
           "InternLM scales the gradient of its token embedding; the conv stem here is no token embedding")
     if m.dtype not in DTYPES:
         raise ConfigError(f"{section}.dtype={m.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if m.flavor is not None:
+        if m.flavor not in MODEL_FLAVORS:
+            raise ConfigError(f"{section}.flavor={m.flavor!r}: expected one of {', '.join(MODEL_FLAVORS)}")
+        for key, value in MODEL_FLAVORS[m.flavor].items():
+            if getattr(m, key) != value:
+                raise ConfigError(f"{section}.{key}={getattr(m, key)} contradicts {section}.flavor={m.flavor!r}, "
+                                  f"which gives {key}={value}; set one of them")
     from internlm.model.attention import BACKENDS  # the kernels' own list (imported here: model imports config)
 
     if m.attn_backend is not None and m.attn_backend not in BACKENDS:
@@ -501,6 +522,10 @@ def _validate_model(m: ModelConfig, section: str) -> None:
         raise ConfigError(f"{section}: head_dim={m.head_dim} must be even for rotary embeddings")
     if not 0.0 <= m.checkpoint_fraction <= 1.0:
         raise ConfigError(f"{section}.checkpoint={m.checkpoint}: expected True/False or a fraction in [0, 1]")
+    if not m.causal and m.perframe_atten:
+        raise ConfigError(f"{section}.causal=False changes nothing while {section}.perframe_atten=True (a frame's "
+                          "tokens and its state query attend to each other fully either way, and the joint branch is "
+                          "block-causal); set perframe_atten=False for plain full attention, or leave causal=True")
     if m.prediction_init not in ("fresh", "representation"):
         raise ConfigError(f"{section}.prediction_init={m.prediction_init!r}: expected 'fresh' or 'representation'")
     if m.prediction_reprojection and not m.prediction_residual:
@@ -594,12 +619,20 @@ def _validate_data(cfg: TrainConfig) -> None:
                               f"every {FRAME_STEP} frames; use a multiple of {FRAME_STEP}")
         if data.use_egoexo is False:
             raise ConfigError("data.use_egoexo=False: stage 2 trains on Ego-Exo4D clips (data.egoexo_*)")
+        if data.sample_fps is not None:
+            raise ConfigError(f"data.sample_fps={data.sample_fps} samples the WalkingTours videos of stage 1; stage-2 "
+                              "clips start every data.step_between_clips frames (unset data.sample_fps)")
         for key in ("train_folder", "valid_folder"):
             if getattr(data, key):
                 raise ConfigError(f"data.{key}={getattr(data, key)!r}: stage 2 reads Ego-Exo4D clips from "
                                   "data.egoexo_frames_folder / egoexo_pose_folder (splits data.egoexo_train_split, "
                                   f"egoexo_valid_split); unset data.{key}")
     else:
+        if data.sample_fps is not None and data.sample_fps <= 0:
+            raise ConfigError(f"data.sample_fps={data.sample_fps}: expected frames per second > 0")
+        if data.sample_fps is not None and data.step_between_clips is not None:
+            raise ConfigError(f"data.sample_fps={data.sample_fps} and data.step_between_clips="
+                              f"{data.step_between_clips} both say how often WalkingTours is sampled; set one")
         if data.frames_per_clip is not None:
             _only("data.frames_per_clip", data.frames_per_clip, 1, "stage-1 samples are single frames")
         if data.frame_stride(False) < 1:
@@ -716,6 +749,9 @@ def validate(cfg: TrainConfig) -> None:
     loss = cfg.loss
     if loss.name not in LOSS_NAMES:
         raise ConfigError(f"loss.name={loss.name!r}: expected one of {', '.join(LOSS_NAMES)}")
+    if loss.is_joint and not cfg.model.causal:
+        raise ConfigError("model.causal=False would let the action query of step t see later frames and poses; the "
+                          "joint model (loss.name='joint') needs causal=True")
     _only("loss.incld_cls_token", loss.incld_cls_token, True, "the DINO loss is on the state query token")
     if loss.use_tracking:
         raise _not_built("DoRA's tracking loss", "loss.use_tracking=True")

@@ -26,7 +26,7 @@ from .pose_index import load_pose_index
 from .sampler import EvalShardSampler, StepBatchSampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig, MultiCropTransform
 from .video import VIDEO_EXTENSIONS
-from .walking_tours import FrameIndex, MultiCropFrames, index_walking_tours
+from .walking_tours import FrameIndex, MultiCropFrames, Sampling, index_walking_tours
 
 logger = logging.getLogger("internlm.data")
 
@@ -64,7 +64,8 @@ def build_stage1_frames(data_cfg: DataConfig, which: str = "train") -> FrameInde
         raise ValueError(f"data.dataset_type='WT1Video' needs exactly one data.{which}_folder entry, got {folders}")
     parts = []
     for folder in map(os.fspath, folders):
-        part = index_walking_tours([_existing(f"data.{which}_folder", folder)], data_cfg.frame_stride(joint=False))
+        part = index_walking_tours([_existing(f"data.{which}_folder", folder)],
+                                   Sampling(data_cfg.frame_stride(joint=False), data_cfg.sample_fps))
         if not (os.path.isfile(folder) and folder.lower().endswith(VIDEO_EXTENSIONS)):
             _require_samples(len(part), f"data.{which}_folder", folder, part.report)
         parts.append(part)

@@ -1,8 +1,11 @@
 """The on-disk layouts of Ego-Exo4D (also in docs/data_formats.md): constants, path templates and small readers.
 
-RAW layout (what the Ego-Exo4D download gives, and what ``make_synthetic_egoworld.py`` writes), under ``root``
+RAW layout: what Ego-Exo4D's downloader writes (``egoexo -o ROOT --parts ...``; docs/data_formats.md lists the
+parts and the documentation this follows), and what ``make_synthetic_egoworld.py`` writes. Under ``root``
 (default ``data/egoexo4d_v2``):
-  metadata/takes.json                                                list of {take_uid, take_name, root_dir, ...}
+  takes.json                                                   part metadata: [{take_uid, take_name, root_dir,
+                                                               capture: {cameras: [{cam_id, is_ego}]}, ...}]
+                                                               (metadata/takes.json, of older trees, is accepted)
   annotations/ego_pose/{split}/body/annotation/{take_uid}.json       manual 3D body labels (sparse)
   annotations/ego_pose/{split}/body/automatic/{take_uid}.json        automatic 3D body labels (dense)
       {frame_number: [{"annotation3D": {joint: {"x","y","z","num_views_for_3d"}}, "annotation2D": {...}}]}
@@ -10,19 +13,25 @@ RAW layout (what the Ego-Exo4D download gives, and what ``make_synthetic_egoworl
   annotations/ego_pose/{split}/camera_pose/{take_uid}.json
       {"metadata": {...}, "aria01": {"camera_intrinsics": 3x3, "camera_extrinsics": {frame: 3x4 world->camera}},
        "cam01": {...}, ...}; the Aria entry is the first key containing "aria".
-  takes/{take_uid}/frame_aligned_videos/downscaled/448/aria01_214-1.mp4    fisheye RGB, 30 fps
-  takes/{take_uid}/aria01_noimagestreams.vrs                                 calibration (real data)
-  takes/{take_uid}/aria01_device_calibration.json                            calibration (synthetic data, below)
-  (real Ego-Exo4D names take folders by take_name: ``take_dir`` falls back to takes.json's ``root_dir``.)
+  {root_dir} = takes/{take_name}/                              one folder per take (takes.json's root_dir)
+      frame_aligned_videos/downscaled/448/{aria}_214-1.mp4     part downscaled_takes/448: fisheye RGB, 448 px, 30 fps
+      frame_aligned_videos/{aria}_214-1.mp4                    part takes: the same at full resolution (1408 px)
+      {aria}_noimagestreams.vrs                                part take_vrs_noimagestream: calibration, no images
+      {aria}.vrs                                               part take_vrs: calibration and the raw streams
+      {aria}_device_calibration.json                           the synthetic world's calibration (below)
+  {aria} is the take's Aria device, aria01, aria02, ...: the ego camera of takes.json's capture, else the one
+  the take folder's files name. Take folders named by take_uid (as the authors' scripts assumed) are found too.
 
-Calibration JSON (``aria01_device_calibration.json``): an Aria device calibration in the factory-calibration
-schema, exactly what ``projectaria_tools.core.calibration.device_calibration_to_json_string`` writes and
-``device_calibration_from_json_string`` reads; its "camera-rgb" entry is a FISHEYE624 camera
-("FisheyeRadTanThinPrism", params fx, cx, cy, k0..k5, p0, p1, s0..s3). Its image size may be larger than the
-video's (as with real data: calibration 1408 or 2880 px, video 448 px): ``fit_calibration_to_video`` rescales.
+Calibration JSON (``{aria}_device_calibration.json``, synthetic data only): an Aria device calibration in the
+factory-calibration schema, exactly what ``projectaria_tools.core.calibration.device_calibration_to_json_string``
+writes and ``device_calibration_from_json_string`` reads (the "calib_json" a VRS file carries); its "camera-rgb"
+entry is a FISHEYE624 camera ("FisheyeRadTanThinPrism", params fx, cx, cy, k0..k5, p0, p1, s0..s3). Its image size
+may be larger than the video's (as with real data: calibration 2880 or 1408 px, video 1408 or 448 px):
+``fit_calibration_to_video`` rescales.
 
-PROCESSED layout (what the preprocessing scripts write and the loaders read):
+PROCESSED layout (what the preprocessing scripts write and the loaders read), keyed by take_uid:
   {root}/processed_data/{take_uid}/aria01_214-1/frame_{i}.jpg    undistorted pinhole frames, i = 0, 5, 10, ...
+      (the folder is named aria01_214-1 whatever the take's device, as in the authors' processed data)
   egoexo4d_body_pose/{split}/{take_uid}_{first}-{last}.json    ~100-frame fragments, overlapping by 5 frames:
       {frame: {"pose": 17x3 joints in the Aria camera frame of that frame (metres; missing joint -> [-1,-1,-1]),
                "confidence": 17 flags (1 annotated, 0 missing),
@@ -36,13 +45,14 @@ Camera frames follow projectaria-tools: x right, y down (in the image), z forwar
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -63,17 +73,34 @@ FRAGMENT_LENGTH = 100  # frames per processed pose fragment
 FRAGMENT_OVERLAP = 5  # a fragment's first frames repeat the previous fragment's last frames
 DROPPED_TAKE_KEYWORD = "bouldering"  # takes whose name contains this are left out
 
-ARIA_STREAM = "aria01_214-1"
 ARIA_RGB_LABEL = "camera-rgb"
-VIDEO_FOLDER = os.path.join("frame_aligned_videos", "downscaled", "448")  # name kept even when frames are smaller
-VRS_NAME = "aria01_noimagestreams.vrs"
-CALIBRATION_JSON_NAME = "aria01_device_calibration.json"
+ARIA_RGB_STREAM = "214-1"  # the Aria RGB camera's VRS stream id, in the video names
+DEFAULT_ARIA = "aria01"
+ARIA_STREAM = f"{DEFAULT_ARIA}_{ARIA_RGB_STREAM}"  # the processed frames' folder name (any device)
+TAKES_JSON = "takes.json"
+LEGACY_TAKES_JSON = os.path.join("metadata", "takes.json")
+# the Aria RGB video of a take: (kind, folder in the take folder, Ego-Exo4D part that holds it)
+VIDEO_KINDS = {
+    "downscaled": (os.path.join("frame_aligned_videos", "downscaled", "448"), "downscaled_takes/448"),
+    "full": ("frame_aligned_videos", "takes"),
+}
+# the take's calibration source, in the order they are read: (file name suffix after {aria}, part)
+CALIBRATION_SOURCES = (("_noimagestreams.vrs", "take_vrs_noimagestream"), (".vrs", "take_vrs"),
+                       ("_device_calibration.json", None))
 DONE_MARKER = ".done"  # written last into a finished processed_data take folder
+
+
+def download_command(root: str, *parts: str) -> str:
+    """The downloader command that fetches ``parts`` into ``root``."""
+    return f"egoexo -o {root} --parts {' '.join(parts)}"
 
 
 # ---------------------------------------------------------------- raw paths
 def takes_json_path(root: str) -> str:
-    return os.path.join(root, "metadata", "takes.json")
+    """ROOT/takes.json (part metadata), else ROOT/metadata/takes.json (older trees) when only that exists."""
+    path = os.path.join(root, TAKES_JSON)
+    legacy = os.path.join(root, LEGACY_TAKES_JSON)
+    return legacy if not os.path.exists(path) and os.path.exists(legacy) else path
 
 
 def ego_pose_dir(root: str, split: str) -> str:
@@ -92,18 +119,65 @@ def camera_pose_path(root: str, split: str, take_uid: str) -> str:
     return os.path.join(ego_pose_dir(root, split), "camera_pose", f"{take_uid}.json")
 
 
-def take_dir(root: str, take_uid: str, root_dir: Optional[str] = None) -> str:
-    """``{root}/takes/{take_uid}``; if that does not exist, ``{root}/{root_dir}`` (real data: takes/{take_name})."""
-    by_uid = os.path.join(root, "takes", take_uid)
-    if root_dir and not os.path.isdir(by_uid):
-        return os.path.join(root, root_dir)
-    return by_uid
+def take_dir(root: str, take: Mapping) -> str:
+    """The folder of a takes.json entry: ROOT/{root_dir} (the downloader's takes/{take_name}), else
+    ROOT/takes/{take_name}, else ROOT/takes/{take_uid} (trees arranged by uid); the first of them that exists,
+    else ROOT/{root_dir} (or ROOT/takes/{take_name})."""
+    candidates = [os.path.join(root, take[key]) for key in ("root_dir",) if take.get(key)]
+    candidates += [os.path.join(root, "takes", str(take[key])) for key in ("take_name", "take_uid") if take.get(key)]
+    return next((c for c in candidates if os.path.isdir(c)), candidates[0])
 
 
-def aria_video_path(take_folder: str) -> str:
-    return os.path.join(take_folder, VIDEO_FOLDER, f"{ARIA_STREAM}.mp4")
+def aria_video_path(take_folder: str, aria: str = DEFAULT_ARIA, kind: str = "downscaled") -> str:
+    """{take}/frame_aligned_videos[/downscaled/448]/{aria}_214-1.mp4 (``kind`` downscaled or full)."""
+    return os.path.join(take_folder, VIDEO_KINDS[kind][0], f"{aria}_{ARIA_RGB_STREAM}.mp4")
 
 
+def aria_device(take: Mapping, take_folder: Optional[str] = None) -> str:
+    """The take's Aria device name (aria01, aria02, ...): the ego camera named "aria*" in takes.json's capture
+    (as Ego-Exo4D's egopose tools find it), else the device the take folder's video or VRS files name, else aria01."""
+    cameras = (take.get("capture") or {}).get("cameras") or []
+    named = [str(c.get("cam_id")) for c in cameras if isinstance(c, Mapping) and str(c.get("cam_id", "")).lower()
+             .startswith("aria") and str(c.get("is_ego", True)).lower() == "true"]
+    videos = take.get("frame_aligned_videos")
+    if len(named) > 1 and isinstance(videos, Mapping):
+        named = [n for n in named if n in videos] or named
+    if named:
+        return sorted(named)[0]
+    if take_folder and os.path.isdir(take_folder):
+        patterns = [os.path.join(take_folder, folder, f"aria*_{ARIA_RGB_STREAM}.mp4") for folder, _ in
+                    VIDEO_KINDS.values()] + [os.path.join(take_folder, f"aria*{suffix}") for suffix, _ in
+                                             CALIBRATION_SOURCES]
+        for pattern in patterns:
+            found = sorted(glob.glob(pattern))
+            if found:
+                return os.path.basename(found[0]).split("_")[0].split(".")[0]
+    return DEFAULT_ARIA
+
+
+def find_aria_video(take_folder: str, aria: str, prefer: str = "downscaled") -> Optional[tuple[str, str]]:
+    """(path, kind) of the take's Aria RGB video: the ``prefer`` kind (downscaled or full) when present, else the
+    other; None when neither exists."""
+    order = [prefer] + [kind for kind in VIDEO_KINDS if kind != prefer]
+    for kind in order:
+        path = aria_video_path(take_folder, aria, kind)
+        if os.path.exists(path):
+            return path, kind
+    return None
+
+
+def missing_video_message(root: str, take_folder: str, aria: str) -> str:
+    paths = " nor ".join(aria_video_path(take_folder, aria, kind) for kind in VIDEO_KINDS)
+    return (f"no Aria video: neither {paths} exists; download part {VIDEO_KINDS['downscaled'][1]} "
+            f"({download_command(root, VIDEO_KINDS['downscaled'][1])}) or part {VIDEO_KINDS['full'][1]}")
+
+
+def calibration_sources(take_folder: str, aria: str) -> list[str]:
+    """The files a take's calibration may come from, in the order they are read."""
+    return [os.path.join(take_folder, f"{aria}{suffix}") for suffix, _ in CALIBRATION_SOURCES]
+
+
+# ---------------------------------------------------------------- processed paths
 # ---------------------------------------------------------------- processed paths
 def processed_frames_dir(processed_root: str, take_uid: str) -> str:
     return os.path.join(processed_root, take_uid, ARIA_STREAM)
@@ -149,8 +223,13 @@ def read_json(path: str):
 
 
 def read_takes(root: str) -> list[dict]:
-    """metadata/takes.json as a list of take dicts (each has at least take_uid and take_name)."""
+    """takes.json as a list of take dicts (each has at least take_uid and take_name).
+
+    FileNotFoundError naming the part to download when there is none; ValueError when it cannot be used."""
     path = takes_json_path(root)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} missing (nor {os.path.join(root, LEGACY_TAKES_JSON)}): download part "
+                                f"metadata ({download_command(root, 'metadata')})")
     takes = read_json(path)
     if not isinstance(takes, list) or not all(isinstance(t, dict) and "take_uid" in t for t in takes):
         raise ValueError(f"{path}: expected a list of {{take_uid, take_name, ...}} objects")
@@ -166,27 +245,31 @@ def aria_key(camera_pose: dict) -> Optional[str]:
     return next((k for k in camera_pose if "aria" in k.lower()), None)
 
 
-def load_aria_calibration(take_folder: str):
-    """The take's Aria RGB fisheye ``CameraCalibration``: from the VRS when present, else the calibration JSON.
+def load_aria_calibration(take_folder: str, aria: str = DEFAULT_ARIA):
+    """(the take's Aria RGB fisheye ``CameraCalibration``, the file it came from): the first of
+    {aria}_noimagestreams.vrs, {aria}.vrs (read by projectaria-tools' VRS data provider) and the synthetic world's
+    {aria}_device_calibration.json that exists.
 
-    Raises FileNotFoundError naming both files when neither exists, ValueError when one cannot be read.
+    Raises FileNotFoundError naming the files and the parts to download when none exists, ValueError when the
+    one found cannot be read.
     """
     from projectaria_tools.core import calibration
 
-    vrs = os.path.join(take_folder, VRS_NAME)
-    if os.path.exists(vrs):
+    sources = calibration_sources(take_folder, aria)
+    source = next((path for path in sources if os.path.exists(path)), None)
+    if source is None:
+        vrs_parts = [part for _, part in CALIBRATION_SOURCES if part]
+        raise FileNotFoundError(f"no calibration: none of {', '.join(sources)} exists; download part {vrs_parts[0]} "
+                                f"(or {vrs_parts[1]})")
+    if source.endswith(".vrs"):
         from projectaria_tools.core import data_provider
 
-        source = vrs
         try:
-            provider = data_provider.create_vrs_data_provider(vrs)
+            provider = data_provider.create_vrs_data_provider(source)
             device = provider.get_device_calibration() if provider is not None else None
         except (OSError, RuntimeError, ValueError) as err:
-            raise ValueError(f"{vrs}: cannot read the VRS calibration ({err})") from err
+            raise ValueError(f"{source}: cannot read the VRS calibration ({err})") from err
     else:
-        source = os.path.join(take_folder, CALIBRATION_JSON_NAME)
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"no calibration: neither {vrs} nor {source} exists")
         try:
             with open(source) as f:
                 device = calibration.device_calibration_from_json_string(f.read())
@@ -195,7 +278,7 @@ def load_aria_calibration(take_folder: str):
     camera = device.get_camera_calib(ARIA_RGB_LABEL) if device is not None else None
     if camera is None:
         raise ValueError(f"{source}: no '{ARIA_RGB_LABEL}' camera calibration could be read")
-    return camera
+    return camera, source
 
 
 def fit_calibration_to_video(camera, width: int, height: int):

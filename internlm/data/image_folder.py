@@ -27,7 +27,11 @@ class ImageFolderIndex:
         self.root = root
         self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
         if not self.classes:
-            raise ValueError(f"image folder {root} has no class sub-folders")
+            loose = sum(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) for e in os.scandir(root))
+            hint = (f" but {loose} images directly in it: sort them into one sub-folder per class first (ImageNet's "
+                    "val/ comes flat, e.g. ILSVRC2012_val_00000001.JPEG: move each image into the folder of its "
+                    "class, as the valprep.sh of PyTorch's ImageNet example does)") if loose else ""
+            raise ValueError(f"image folder {root} has no class sub-folders (expected {root}/CLASS/IMAGE){hint}")
         paths, targets = [], []
         for label, name in enumerate(self.classes):
             for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):

@@ -14,7 +14,8 @@ from tqdm import tqdm
 from internlm.checkpoint.atomic import atomic_write_json as write_json  # noqa: F401  (the eval scripts' writer)
 from internlm.checkpoint.layout import resolve_checkpoint
 from internlm.checkpoint.weights import load_model
-from internlm.config import ConfigError, TrainConfig, load_config, parse_override
+from internlm.config import TrainConfig
+from internlm.initialize import arguments
 from internlm.initialize.arguments import add_launch_args  # noqa: F401  (the eval scripts' launch options)
 from internlm.initialize.launch import DistContext, init_distributed
 from internlm.model.attention import BACKENDS
@@ -24,16 +25,15 @@ logger = logging.getLogger("internlm.eval")
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="the run's config (data.egoexo_* keys, ckpt.save_ckpt_folder)")
-    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --opt data.egoexo_pose_folder=elsewhere (repeatable)")
+    arguments.add_config_args(p, "the run's config (data.egoexo_* keys, ckpt.save_ckpt_folder)")
 
 
 def load_eval_config(args: argparse.Namespace) -> TrainConfig:
-    try:
-        return load_config(args.config, [parse_override(o) for o in args.opt])
-    except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}") from None
+    notices: list[str] = []
+    cfg = arguments.config_from_args(args, notices=notices)
+    for notice in notices:
+        logger.info("config: %s", notice)
+    return cfg
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, default_which: str = "model") -> None:

@@ -21,11 +21,31 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
 
 
+def add_config_args(p: argparse.ArgumentParser, config_help: str = "a python config file") -> None:
+    """--config and the repeatable --opt KEY=VALUE of train.py, for the scripts that read a training config."""
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --opt model.flavor=tiny (repeatable; what follows it is logged, "
+                        "docs/configs.md; default: none)")
+
+
+def config_from_args(args: argparse.Namespace, extra: Sequence[tuple] = (), notices: Optional[list] = None):
+    """The config of --config with --opt (and ``extra`` overrides); a config error ends the script with its message.
+    What followed the overrides is appended to ``notices``."""
+    from internlm.config import ConfigError, load_config, parse_override
+
+    try:
+        return load_config(args.config, [parse_override(o) for o in args.opt] + list(extra), notices)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and each option's default (unless its help already says it)."""
+    """The module docstring as written, and each option's default (unless its help already says it, or the option
+    is required)."""
 
     def _get_help_string(self, action):
-        if "default" in (action.help or ""):
+        if "default" in (action.help or "") or action.required:
             return action.help
         return super()._get_help_string(action)
 

@@ -91,13 +91,13 @@ def body_annotations(joints: np.ndarray, rng: np.random.Generator, cams: dict) -
 
 
 def camera_pose_json(take_uid: str, take_name: str, aria_intrinsics: np.ndarray, cam_to_world: np.ndarray,
-                     cams: dict, missing_frames: set[int]) -> dict:
-    """The camera_pose/{take_uid}.json content. cam_to_world: (T, 4, 4) Aria camera poses."""
+                     cams: dict, missing_frames: set[int], aria: str = "aria01") -> dict:
+    """The camera_pose/{take_uid}.json content. cam_to_world: (T, 4, 4) Aria camera poses; ``aria``: the device."""
     extrinsics = {str(f): np.round(world_to_camera(pose), 8).tolist()
                   for f, pose in enumerate(cam_to_world) if f not in missing_frames}
     content = {"metadata": {"take_uid": take_uid, "take_name": take_name, "synthetic": True,
-                            "note": "aria01 intrinsics: fisheye focal/centre at the calibration resolution"},
-               "aria01": {"camera_intrinsics": np.round(aria_intrinsics, 6).tolist(), "camera_extrinsics": extrinsics}}
+                            "note": f"{aria} intrinsics: fisheye focal/centre at the calibration resolution"},
+               aria: {"camera_intrinsics": np.round(aria_intrinsics, 6).tolist(), "camera_extrinsics": extrinsics}}
     for name, (intrinsics, extrinsic) in cams.items():
         content[name] = {"camera_intrinsics": intrinsics.tolist(), "camera_extrinsics": np.round(extrinsic, 8).tolist(),
                          "distortion_coeffs": [0.0, 0.0, 0.0, 0.0]}

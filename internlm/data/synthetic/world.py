@@ -30,7 +30,7 @@ from .scene import Scene, Solid, random_scene
 from .sizes import WorldSize
 from .writers import write_json, write_mp4
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: the downloader's layout (takes.json at the root, folders by take name)
 MANIFEST_NAME = "synthetic_world.json"
 TAKE, WALK = 1, 2  # random-stream codes (3 is the ImageFolder's)
 WALK_NAMES = ("SynthAmber", "SynthBirch", "SynthCobalt", "SynthDune", "SynthEmber", "SynthFjord", "SynthGrove",
@@ -38,6 +38,7 @@ WALK_NAMES = ("SynthAmber", "SynthBirch", "SynthCobalt", "SynthDune", "SynthEmbe
 WALK_FOV_DEG = 70.0
 MISSING_POSE_TAKE = 1  # this take's camera poses lack a short run of frames, as real takes sometimes do
 MISSING_POSE_RUN = 3
+SECOND_DEVICE_TAKE = 2  # this take was recorded with "aria02", as some real takes are (the others with "aria01")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class TakeSpec:
     take_uid: str
     take_name: str
     task_id: int
+    aria: str = fmt.DEFAULT_ARIA  # the Aria device's name in the take's files
+
+    @property
+    def root_dir(self) -> str:
+        """The take's folder relative to the Ego-Exo4D root, as takes.json's root_dir: takes/{take_name}."""
+        return f"takes/{self.take_name}"
 
 
 def _uid(seed: int, kind: str, index: int) -> str:
@@ -61,7 +68,8 @@ def plan_takes(seed: int, size: WorldSize) -> list[TakeSpec]:
         split = "train" if i < size.train_takes or i == size.train_takes + size.val_takes else "val"
         bouldering = i == size.train_takes + size.val_takes
         name = f"egoworld_s{seed}_{'bouldering' if bouldering else 'walk'}_{i:03d}"
-        specs.append(TakeSpec(i, split, _uid(seed, "take", i), name, 9000 if bouldering else 1000 + i % 4))
+        specs.append(TakeSpec(i, split, _uid(seed, "take", i), name, 9000 if bouldering else 1000 + i % 4,
+                              "aria02" if i == SECOND_DEVICE_TAKE else fmt.DEFAULT_ARIA))
     return specs
 
 
@@ -106,12 +114,13 @@ def build_take(seed: int, spec: TakeSpec, size: WorldSize) -> TakeWorld:
 def write_take(egoexo_root: str, seed: int, spec: TakeSpec, size: WorldSize) -> dict:
     """Writes one take's video, calibration, body annotations and camera poses; returns its manifest entry."""
     world = build_take(seed, spec, size)
-    folder = fmt.take_dir(egoexo_root, spec.take_uid)
+    folder = os.path.join(egoexo_root, spec.root_dir)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, fmt.CALIBRATION_JSON_NAME), "w") as f:
+    with open(fmt.calibration_sources(folder, spec.aria)[-1], "w") as f:  # {aria}_device_calibration.json
         f.write(device_calibration_json(world.calibration))
-    frames = write_mp4(fmt.aria_video_path(folder), (world.render_frame(i) for i in range(size.frames_per_take)),
-                       fmt.FPS, size.video_size, size.video_size)
+    frames = write_mp4(fmt.aria_video_path(folder, spec.aria, "downscaled"),
+                       (world.render_frame(i) for i in range(size.frames_per_take)), fmt.FPS, size.video_size,
+                       size.video_size)
     annotation_rng = np.random.default_rng([seed, TAKE, spec.index, 7])
     cams = exo_cameras(world.scene)
     manual, automatic = body_annotations(world.motion.joints, annotation_rng, cams)
@@ -121,9 +130,9 @@ def write_take(egoexo_root: str, seed: int, spec: TakeSpec, size: WorldSize) -> 
     intrinsics = np.array([[f_x, 0, c_x], [0, f_x, c_y], [0, 0, 1]])
     write_json(fmt.camera_pose_path(egoexo_root, spec.split, spec.take_uid),
                camera_pose_json(spec.take_uid, spec.take_name, intrinsics, world.motion.cam_to_world, cams,
-                                set(world.missing_camera_frames)))
+                                set(world.missing_camera_frames), spec.aria))
     return {"take_uid": spec.take_uid, "take_name": spec.take_name, "split": spec.split, "index": spec.index,
-            "frames": frames, "manual_frames": len(manual),
+            "aria": spec.aria, "frames": frames, "manual_frames": len(manual),
             "missing_camera_frames": sorted(world.missing_camera_frames)}
 
 
@@ -194,10 +203,14 @@ def generate_world(out_dir: str, seed: int, size: WorldSize, workers: int = 1, o
                             unit="task", disable=not progress):
         results[kind].append(entry)
     by_uid = {entry["take_uid"]: entry for entry in results["take"]}
-    takes_json = [{"take_uid": s.take_uid, "take_name": s.take_name, "task_id": s.task_id,
-                   "root_dir": f"takes/{s.take_uid}", "duration_sec": round(size.frames_per_take / fmt.FPS, 3),
+    # takes.json at the root, as the downloader's part "metadata" writes it (the fields the code reads, and the
+    # capture's cameras Ego-Exo4D's tools find the Aria device in)
+    takes_json = [{"take_uid": s.take_uid, "take_name": s.take_name, "task_id": s.task_id, "root_dir": s.root_dir,
+                   "duration_sec": round(size.frames_per_take / fmt.FPS, 3),
+                   "capture": {"cameras": [{"cam_id": s.aria, "is_ego": True}] +
+                               [{"cam_id": f"cam0{i}", "is_ego": False} for i in range(1, 5)]},
                    "is_synthetic": True} for s in specs]
-    write_json(fmt.takes_json_path(egoexo_root), takes_json, indent=2)
+    write_json(os.path.join(egoexo_root, fmt.TAKES_JSON), takes_json, indent=2)
     manifest = {
         "generator": "internlm.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
         "size": dataclasses.asdict(size),
