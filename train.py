@@ -16,7 +16,7 @@ import os
 
 from internlm.config import ConfigError, load_config, parse_override
 from internlm.initialize.arguments import add_launch_args
-from internlm.initialize.launch import destroy_distributed, init_distributed
+from internlm.initialize.launch import LaunchError, RendezvousError, destroy_distributed, init_distributed
 from internlm.monitor.logging_setup import setup_logging
 
 
@@ -41,7 +41,11 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
-    ctx = init_distributed(args.launcher, args.port, timeout_s=cfg.parallel.timeout_s, device=args.device)
+    try:
+        ctx = init_distributed(args.launcher, args.port, timeout_s=cfg.parallel.timeout_s, device=args.device,
+                               rendezvous_timeout_s=args.rendezvous_timeout)
+    except (LaunchError, RendezvousError) as exc:
+        raise SystemExit(f"launch error: {exc}") from None
     setup_logging(ctx.rank, os.path.join(cfg.ckpt.save_ckpt_folder, "logs", f"rank{ctx.rank}.log"))
     logging.getLogger(__name__).info("config %s: stage %d, %d process(es) on %s", args.config, cfg.stage,
                                      ctx.world_size, ctx.device)
