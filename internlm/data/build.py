@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config.schema import DataConfig
-from ..initialize.signals import ignore_preemption_signals
+from ..initialize.signals import ignore_stop_signals
 from .bad_samples import IndexReport
 from .egoexo_clips import EgoExoClips, build_clip_index, index_egoexo_frames
 from .generated import GeneratedSamples
@@ -197,7 +197,7 @@ def build_train_loader(data_cfg: DataConfig, rank: int, world_size: int, consume
                        joint: Optional[bool] = None) -> DataLoader:
     """Batches of this rank's ``data.micro_num`` samples per optimizer step, continuing the global stream at
     ``consumed`` (global samples consumed so far). Endless unless ``data.train_one_epoch``. The workers ignore the
-    pre-emption signals (start them under ``initialize.signals.preemption_signals_blocked``)."""
+    stop signals: iterate it inside ``data.workers.running_loader``."""
     dataset = dataset if dataset is not None else build_train_dataset(data_cfg, cache_dir, joint=joint)
     sampler = StepBatchSampler(len(dataset), data_cfg.micro_num, rank, world_size, data_cfg.seed, start=consumed,
                                shuffle=True, one_epoch=data_cfg.train_one_epoch)
@@ -206,7 +206,7 @@ def build_train_loader(data_cfg: DataConfig, rank: int, world_size: int, consume
         _single_threaded_opencv()
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-        worker_init_fn=ignore_preemption_signals if workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         prefetch_factor=prefetch_factor if workers > 0 else None,
     )

@@ -34,9 +34,9 @@ from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.train_state import CheckpointManager, CorruptCheckpointError
 from internlm.config import TrainConfig, to_dict
 from internlm.data.bad_samples import parse_bad_files
+from internlm.data.workers import running_loader
 from internlm.initialize.launch import DistContext
-from internlm.initialize.preemption import PreemptionFlag, requeue_slurm_job
-from internlm.initialize.signals import preemption_signals_blocked
+from internlm.initialize.preemption import PreemptionFlag, StopRequest, requeue_slurm_job
 from internlm.model.egoagent import check_backend_can_train
 from internlm.model.flops import detect_peak_tflops, sample_cost
 from internlm.monitor.progress import StepTimer
@@ -126,6 +126,7 @@ class Trainer:
         self.progress = Progress()
         self.consecutive_skips = 0  # skipped steps since the last applied update
         self.bad_files: dict[str, str] = {}  # path -> reason of each unreadable input file met, the same on all ranks
+        self.stop_reason: Optional[StopRequest] = None  # why fit stopped early (a signal), None otherwise
         if resume_candidates:
             resume_folder, meta = self._load_newest_readable(resume_candidates)
             self.progress = Progress(**{k: meta[k] for k in Progress().as_dict()})
@@ -341,10 +342,12 @@ class Trainer:
 
     def fit(self, max_iterations: Optional[int] = None) -> list[dict]:
         """Train until data.total_steps updates (or ``max_iterations`` batches, for tests). SIGTERM/SIGUSR1
-        (slurm pre-emption) make every rank save a checkpoint at the next step boundary; under slurm the job is
-        then requeued."""
+        (slurm pre-emption) and a first SIGINT (Ctrl-C) make every rank save a checkpoint at the next step boundary
+        and stop (``stop_reason`` says which); after a pre-emption under slurm the job is requeued. Loader workers
+        are shut down on the way out (killed at once when an exception leaves)."""
         cfg = self.cfg
         total = cfg.data.total_steps
+        self.manager.check_room_for_a_checkpoint(self.meta, self.optimizer)
         self.write_run_record()
         self._trim_records()
         loader = self.loader_factory(cfg, self.ctx, self.progress.consumed_samples)
@@ -352,9 +355,7 @@ class Trainer:
         start_iteration = self.progress.iteration
         every = cfg.monitor.log_every
         self.meta.train()
-        with PreemptionFlag() as preempt:
-            with preemption_signals_blocked():  # loader workers start here and must not die of a group signal
-                batches = iter(loader)
+        with PreemptionFlag(announce=self.ctx.is_main) as preempt, running_loader(loader) as batches:
             while self.progress.step < total:
                 if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
                     break
@@ -381,11 +382,14 @@ class Trainer:
                 if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
                         step % cfg.ckpt.checkpoint_every == 0 or step == total):
                     self.save()
-                if preempt.agreed():
-                    logger.warning("pre-emption signal: saving step %d and stopping", step)
+                stop = preempt.agreed()
+                if stop is not None:
+                    logger.warning("%s: saving step %d and stopping", stop.value, step)
                     self.save()
                     self.manager.wait()
-                    requeue_slurm_job(self.ctx.is_main)
+                    self.stop_reason = stop
+                    if stop is StopRequest.PREEMPTION:
+                        requeue_slurm_job(self.ctx.is_main)
                     break
         self.manager.wait()
         self.writer.close()
