@@ -55,11 +55,12 @@ def main(argv=None) -> int:
     from internlm.checkpoint.train_state import CorruptCheckpointError
     from internlm.initialize.preemption import StopRequest
     from internlm.model.attention import AttentionBackendError
+    from internlm.train.config_change import ConfigChangeError
     from internlm.train.run_folder import CLAIM_ERRORS, claim_run_folder
     from internlm.train.trainer import RunawayTrainingError, Trainer
 
-    self_explaining = (AttentionBackendError, RunawayTrainingError, CorruptCheckpointError, DiskFullError,
-                       UnwritableFolderError) + CLAIM_ERRORS
+    self_explaining = (AttentionBackendError, RunawayTrainingError, ConfigChangeError, CorruptCheckpointError,
+                       DiskFullError, UnwritableFolderError) + CLAIM_ERRORS
     trainer = lock = None
 
     def at_step() -> str:
