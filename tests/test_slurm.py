@@ -37,7 +37,8 @@ def _why_no_slurm() -> str | None:
     except (OSError, subprocess.SubprocessError) as exc:
         return f"slurm does not answer ({exc})"
     if "is UP" not in ping.stdout:
-        return f"slurmctld is not up ({(ping.stdout + ping.stderr).strip()}): bash tools/slurm_test_cluster.sh start"
+        said = ((ping.stdout + ping.stderr).strip().splitlines() or ["no answer"])[0]
+        return f"slurmctld is not up ({said}): bash tools/slurm_test_cluster.sh start"
     if not any(s.split()[0].rstrip("*~#") in ("idle", "mixed", "allocated") and int(s.split()[1]) >= 2
                for s in nodes.splitlines() if len(s.split()) == 2):
         return f"no slurm node with 2 CPUs is up (sinfo: {nodes.strip() or 'nothing'})"

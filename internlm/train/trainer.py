@@ -353,7 +353,8 @@ class Trainer:
         are shut down on the way out (killed at once when an exception leaves)."""
         cfg = self.cfg
         total = cfg.data.total_steps
-        self.manager.check_room_for_a_checkpoint(self.meta, self.optimizer)
+        if cfg.ckpt.enable_save_ckpt:
+            self.manager.check_room_for_a_checkpoint(self.meta, self.optimizer)
         self.write_run_record()
         self._trim_records()
         loader = self.loader_factory(cfg, self.ctx, self.progress.consumed_samples)
