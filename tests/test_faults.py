@@ -21,11 +21,13 @@ from rank_helpers import (
     wait_group_gone,
     wait_ranks,
 )
-from train_helpers import tiny_overrides
+from train_helpers import tiny_config, tiny_overrides
 
 from internlm.checkpoint.layout import complete_steps, resolve_checkpoint
+from internlm.data.build import build_valid_loader
+from internlm.data.workers import running_loader, stop_loader_workers
+from internlm.initialize.signals import STOP_SIGNALS
 
-pytestmark = pytest.mark.slow
 EXIT_WITHIN_S = 30  # measured: 1-3 s on 2 busy cores; a hang is forever
 TRAINING = {"data.total_steps": 1000, "lr_scheduler.total_steps": 1000, "data.num_workers": 1}
 
@@ -72,6 +74,7 @@ def one_message(text: str, start: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_exception_in_a_step_ends_every_rank_and_worker_within_seconds(tmp_path):
     folder = tmp_path / "run"
     codes, seconds, left = run_until_exit(tmp_path, folder, tiny(folder), fault="raise:2:1", after_step=1)
@@ -85,6 +88,7 @@ def test_exception_in_a_step_ends_every_rank_and_worker_within_seconds(tmp_path)
     assert not (folder / "RUN_LOCK").exists()  # released on the way out
 
 
+@pytest.mark.slow
 def test_save_onto_a_full_disk_says_so_and_exits_within_seconds(tmp_path):
     """A 2 MB file system holds the checkpoint of step 2 but not the one of step 4 (where none can be mounted, the
     writes of step 4 fail with ENOSPC)."""
@@ -102,6 +106,7 @@ def test_save_onto_a_full_disk_says_so_and_exits_within_seconds(tmp_path):
         assert complete_steps(str(folder)) == [2] and resolve_checkpoint(str(folder)) == str(folder / "2"), outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["parent is a file", "read-only file system", "tensorboard folder"])
 def test_a_folder_that_cannot_be_written_stops_the_run_before_it_trains(tmp_path, case):
     (tmp_path / "a_file").write_text("not a folder")
@@ -126,6 +131,7 @@ def test_a_folder_that_cannot_be_written_stops_the_run_before_it_trains(tmp_path
         assert not (folder / "RUN_LOCK").exists()
 
 
+@pytest.mark.slow
 def test_a_disk_too_small_for_one_checkpoint_stops_the_run_before_it_trains(tmp_path):
     with small_tmpfs(tmp_path / "disk", "1m") as disk:
         if disk is None:
@@ -137,6 +143,7 @@ def test_a_disk_too_small_for_one_checkpoint_stops_the_run_before_it_trains(tmp_
         assert codes == [1] and left == [] and not metric_steps(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("presses", ["once", "once through torchrun"])
 def test_ctrl_c_saves_at_the_next_step_and_exits_130(tmp_path, presses):
     """Ctrl-C signals the whole foreground process group, loader workers too, most likely while the rank waits for
@@ -163,6 +170,7 @@ def test_ctrl_c_saves_at_the_next_step_and_exits_130(tmp_path, presses):
     assert "SIGINT: saving a checkpoint at the end of this step" in output(tmp_path / "out", 0)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
     """The step after step 3 takes 8 s; Ctrl-C during it asks for a save at its end, a second Ctrl-C 1.5 s later
     stops every process at once."""
@@ -185,3 +193,27 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
     assert complete_steps(str(folder)) == [] and metric_steps(folder)[-1] == 3
     line = one_message(output(tmp_path / "out", 0), "train.py stopped")
     assert line == "train.py stopped at step 3: second SIGINT (Ctrl-C): stopped at once, without saving"
+
+
+@pytest.mark.parametrize("started", ["in the training loop", "without the signals blocked"])
+def test_validation_loader_workers_survive_the_stop_signals(tmp_path, started):
+    """A pre-emption or Ctrl-C during a validation (or the prediction calibration) reaches its loader workers too.
+    The loop starts them with the signals blocked; they ignore them from their start on, which is what protects them
+    where the blocked mask is not inherited (workers made by a forkserver or spawn)."""
+    cfg = tiny_config(1, tmp_path, **{"data.num_workers": 1, "data.valid_micro_num": 2})
+    loader = build_valid_loader(cfg.data, 0, 1, joint=False)
+    with running_loader(loader) if started == "in the training loop" else contextlib.nullcontext(iter(loader)) \
+            as batches:
+        try:
+            first = next(batches)
+            worker = batches._workers[0]
+            for sig in STOP_SIGNALS:
+                os.kill(worker.pid, sig)
+            time.sleep(0.5)
+            assert worker.is_alive()
+            rest = list(batches)
+        finally:
+            stop_loader_workers(batches)
+    assert [first["global_crops"].shape[0]] + [b["global_crops"].shape[0] for b in rest] == [2, 2, 2, 2]
+    worker.join(timeout=10)
+    assert not worker.is_alive()

@@ -235,7 +235,8 @@ class Trainer:
             self._valid_dataset = build_valid_dataset(self.cfg.data, self.meta.joint)
         loader = build_valid_loader(self.cfg.data, self.ctx.rank, self.world, self.meta.joint, self._valid_dataset)
         temp = self.schedules.at(self.progress.step).teacher_temp
-        values = self.meta.evaluate((self._to_device(b) for b in loader), temp)
+        with running_loader(loader) as batches:
+            values = self.meta.evaluate((self._to_device(b) for b in batches), temp)
         if self.ctx.is_main:
             logger.info("validation at step %d: %s", self.progress.step,
                         " ".join(f"{k} {v:.4f}" for k, v in values.items()))
@@ -251,8 +252,9 @@ class Trainer:
         dataset = build_clip_dataset(data, data.egoexo_train_split, train=False, calibration=True)
         loader = build_valid_loader(data, self.ctx.rank, self.world, True, dataset)
         temp = self.schedules.at(self.progress.step).teacher_temp
-        result = self.meta.calibrate_prediction_change((self._to_device(b) for b in loader), temp,
-                                                       CALIBRATION_SCALES)
+        with running_loader(loader) as batches:
+            result = self.meta.calibrate_prediction_change((self._to_device(b) for b in batches), temp,
+                                                           CALIBRATION_SCALES)
         uids = dataset.index.poses.take_uids
         result.update(step=self.progress.step, takes=sorted(str(uids[k]) for k in np.unique(dataset.index.clip_takes)))
         if self.ctx.is_main:
