@@ -172,7 +172,11 @@ def init_distributed(launcher: Optional[str] = None, port: Optional[int] = None,
             dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
                                     timeout=timeout)
         else:
-            dist.init_process_group(backend, store=_rendezvous(env, rendezvous_timeout_s), rank=env.rank,
+            # as torch's own tcp:// rendezvous leaves it: once met, the store serves the collectives' set-up (their
+            # timeout), its keys under the default group's prefix
+            store = _rendezvous(env, rendezvous_timeout_s)
+            store.set_timeout(timeout)
+            dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=env.rank,
                                     world_size=env.world_size, timeout=timeout)
     return DistContext(env, dev)
 
