@@ -134,7 +134,8 @@ def test_resume_on_another_world_size(tmp_path, one_rank, first, second):
     assert_same_losses(reference, resumed, range(1, TOTAL + 1))
     assert samples_seen(folder, 2) == samples_seen(one_rank, 1)
     assert len(samples_seen(folder, 2)) == TOTAL * 8
-    assert "the global batch is now" not in open(os.path.join(folder, "logs", "rank0.log")).read()
+    log = open(os.path.join(folder, "logs", "rank0.log")).read()
+    assert "data.micro_num: " in log and "global batch" not in log  # listed, and the same experiment
 
 
 def test_dead_rank_fails_the_job_and_relaunch_resumes(tmp_path):
@@ -246,14 +247,21 @@ def test_file_of_one_rank_corrupt_all_ranks_fall_back_together(tmp_path, two_ran
     assert f"{folder}/2/rng/rank1.pt cannot be read" in log and "resumed from " + os.path.join(folder, "1") in log
 
 
-def test_resume_on_another_world_size_without_adjusting_micro_num_warns(tmp_path, two_rank_checkpoints):
+def test_resume_on_another_world_size_without_adjusting_micro_num_stops_unless_allowed(tmp_path,
+                                                                                    two_rank_checkpoints):
+    """data.micro_num=4 as on each of the 2 ranks, on 1 rank: the global batch 8 -> 4 is another experiment."""
     folder = str(tmp_path / "run")
     shutil.copytree(two_rank_checkpoints, folder)
-    run(folder, 1, global_batch=4, stop_after=1)  # data.micro_num=4 as on each of the 2 ranks: global batch 8 -> 4
-    log = open(os.path.join(folder, "logs", "rank0.log")).read()
-    assert "saved on 2 ranks with data.micro_num=4 (global batch 8)" in log
-    assert ("the global batch is now 4 (data.micro_num=4 x 1 rank); to keep 8, relaunch with --opt "
-            "data.micro_num=8") in log
+    assert wait(launch(folder, 1, global_batch=4, stop_after=1)) == [1]
+    expected = ("* global batch (data.micro_num x ranks): 8 -> 4 (saved with data.micro_num=4 on 2 ranks, now 4 x 1; "
+                "to keep 8, relaunch with --opt data.micro_num=8)")
+    assert expected in open(os.path.join(folder, "launch_rank0.log")).read()
+    assert complete_steps_of(folder) == [1, 2]
+    run(folder, 1, global_batch=4, stop_after=1, extra={"ckpt.allow_config_change": True})
+    assert expected in open(os.path.join(folder, "logs", "rank0.log")).read()
+    with open(os.path.join(folder, "3", "meta.json")) as f:
+        changes = json.load(f)["config_changes"][0]["changes"]
+    assert {"key": "global batch (data.micro_num x ranks)", "old": 8, "new": 4, "experiment": True} in changes
 
 
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu-[03-06]"}

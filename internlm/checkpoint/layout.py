@@ -4,11 +4,13 @@
         model_tp0_pp0.pt      student weights, one file, unsharded (what the eval tools and HF conversion read)
         teacher_tp0_pp0.pt    teacher weights, likewise
         config.json           the resolved config of the run
-        meta.json             step, consumed samples, world size, git commit, stage, time
+        meta.json             step, consumed samples, world size, git commit, stage, time, config_changes (the
+                              resumes with a changed config, train/config_change.py)
         train_state/          optimizer, scaler, schedules, DINO centers, data position (torch.distributed.checkpoint,
                               so a run saved on N ranks resumes on M)
         rng/rank{r}.pt        RNG states of every rank
         COMPLETE              written last: a folder without it is an interrupted save and is never loaded
+    {save_ckpt_folder}/RUN_LOCK   the run that holds the folder (run_lock.py), while it runs
     {save_ckpt_folder}/prediction_calibration.json
                               data.calibration_takes: the scale of the learned prediction change chosen after the
                               last step (the step it belongs to, the L_pred of every scale tried, the held-out takes)

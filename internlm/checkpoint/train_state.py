@@ -24,6 +24,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from internlm.config.schema import TrainConfig
+from internlm.initialize.launch import messages_of_all_ranks
 from internlm.parallel.data_parallel import DataParallelPlan, unwrap
 
 from .atomic import atomic_torch_save, mark_complete
@@ -39,6 +40,7 @@ from .layout import (
     step_folder,
 )
 from .provenance import git_commit
+from .storage import DiskFullError, disk_full_error, free_bytes, human_bytes, tensor_bytes
 from .weights import write_weights
 
 logger = logging.getLogger(__name__)
@@ -77,11 +79,7 @@ def _check_train_state(state_dir: str) -> None:
 
 def _raise_on_every_rank(error: Optional[CorruptCheckpointError]) -> None:
     """If any rank could not read its files, every rank raises (naming them) before a collective load starts."""
-    messages = [str(error)] if error is not None else []
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, messages[0] if messages else None)
-        messages = sorted({m for m in gathered if m})
+    messages = messages_of_all_ranks(str(error) if error is not None else None)
     if messages:
         raise CorruptCheckpointError("; ".join(messages))
 
@@ -160,42 +158,75 @@ class CheckpointManager:
     # -------------------------------------------------------------------------------------------- save
 
     def save(self, step: int, meta_arch, optimizer, progress: dict) -> str:
-        """Write checkpoint ``step``; returns its folder. Every rank must call this."""
+        """Write checkpoint ``step``; returns its folder. Every rank must call this. A full disk raises
+        DiskFullError naming the folder and the bytes the checkpoint needs."""
         self.wait()
         folder = step_folder(self.folder, step)
         rank = _rank()
         t0 = time.perf_counter()
         if rank == 0 and os.path.isdir(folder):
-            shutil.rmtree(folder)  # an interrupted earlier save of this step (complete ones are never rewritten)
+            # an interrupted earlier save of this step (complete ones are never rewritten); the run lock
+            # (run_lock.py) makes sure no other live run is writing it
+            shutil.rmtree(folder)
         _barrier()
-        student_state = full_state_dict(meta_arch.student, self.plan)
-        teacher_state = full_state_dict(meta_arch.teacher, self.plan)
-        if rank == 0:
-            world = dist.get_world_size() if dist.is_initialized() else 1
-            meta = dict(progress, step=step, world_size=world, micro_num=self.cfg.data.micro_num,
-                        git_commit=git_commit(), stage=self.cfg.stage,
-                        parallel_mode=self.plan.mode, time=time.strftime("%Y-%m-%d %H:%M:%S"))
-            write_weights(folder, student_state, teacher_state, self.cfg, meta)
-        del student_state, teacher_state
-        tensors = _optimizer_tensors(self.plan, meta_arch.student, optimizer, allocate=False)
-        tensors["rep_center"] = meta_arch.rep_center
-        tensors["pred_center"] = meta_arch.pred_center
-        atomic_torch_save(rng_state(), os.path.join(folder, RNG_DIR, f"rank{rank}.pt"))
-        state_dir = os.path.join(folder, TRAIN_STATE_DIR)
-        if self.cfg.ckpt.async_save and dist.is_initialized():
-            if self._async_group is None:
-                # The background save runs collectives (DCP's plan gather) while training runs DDP's; on one
-                # process group they interleave differently on each rank and deadlock. gloo: the staged state is
-                # on the CPU, and a gloo group works on GPU runs as well.
-                self._async_group = dist.new_group(backend="gloo")
-            future = dcp.async_save(tensors, checkpoint_id=state_dir, process_group=self._async_group)
-            self._pending = (future, folder)
-            logger.info("checkpoint %s: weights written, optimizer state saving in the background", folder)
-            return folder
-        dcp.save(tensors, checkpoint_id=state_dir)
+        needed = self.checkpoint_bytes(meta_arch, optimizer)
+        try:
+            student_state = full_state_dict(meta_arch.student, self.plan)
+            teacher_state = full_state_dict(meta_arch.teacher, self.plan)
+            if rank == 0:
+                world = dist.get_world_size() if dist.is_initialized() else 1
+                meta = dict(progress, step=step, world_size=world, micro_num=self.cfg.data.micro_num,
+                            git_commit=git_commit(), stage=self.cfg.stage,
+                            parallel_mode=self.plan.mode, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                write_weights(folder, student_state, teacher_state, self.cfg, meta)
+            del student_state, teacher_state
+            tensors = _optimizer_tensors(self.plan, meta_arch.student, optimizer, allocate=False)
+            tensors["rep_center"] = meta_arch.rep_center
+            tensors["pred_center"] = meta_arch.pred_center
+            atomic_torch_save(rng_state(), os.path.join(folder, RNG_DIR, f"rank{rank}.pt"))
+            state_dir = os.path.join(folder, TRAIN_STATE_DIR)
+            if self.cfg.ckpt.async_save and dist.is_initialized():
+                if self._async_group is None:
+                    # The background save runs collectives (DCP's plan gather) while training runs DDP's; on one
+                    # process group they interleave differently on each rank and deadlock. gloo: the staged state
+                    # is on the CPU, and a gloo group works on GPU runs as well.
+                    self._async_group = dist.new_group(backend="gloo")
+                future = dcp.async_save(tensors, checkpoint_id=state_dir, process_group=self._async_group)
+                self._pending = (future, folder, needed)
+                logger.info("checkpoint %s: weights written, optimizer state saving in the background", folder)
+                return folder
+            dcp.save(tensors, checkpoint_id=state_dir)
+        except BaseException as exc:
+            full = disk_full_error(exc, folder, needed, f"checkpoint step {step}")
+            if full is None:
+                raise
+            raise full from exc
         self._finish(folder)
         logger.info("checkpoint %s written in %.1fs", folder, time.perf_counter() - t0)
         return folder
+
+    def checkpoint_bytes(self, meta_arch, optimizer) -> int:
+        """About the bytes of one checkpoint (all ranks): student and teacher weights, Adam's two moments of every
+        trained parameter, the centres. A lower bound: file formats add a little."""
+        student = list(unwrap(meta_arch.student).state_dict().values())
+        trained = [p for p in unwrap(meta_arch.student).parameters() if p.requires_grad]
+        return (tensor_bytes(student) + tensor_bytes(unwrap(meta_arch.teacher).state_dict().values())
+                + 2 * sum(p.numel() * 4 for p in trained)
+                + tensor_bytes([meta_arch.rep_center, meta_arch.pred_center]))
+
+    def check_room_for_a_checkpoint(self, meta_arch, optimizer) -> None:
+        """Before training: stop (DiskFullError, on every rank) when the save folder's file system cannot hold even
+        one checkpoint, instead of at the first save."""
+        needed = self.checkpoint_bytes(meta_arch, optimizer)
+        free = free_bytes(self.folder)
+        fits = torch.tensor([1.0 if free >= needed else 0.0])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            fits = fits.cuda() if dist.get_backend() == "nccl" else fits
+            dist.all_reduce(fits, op=dist.ReduceOp.MIN)
+        if not fits.item():
+            raise DiskFullError(f"no space left on device: one checkpoint in {self.folder} needs at least "
+                                f"{human_bytes(needed)} and the file system has {human_bytes(free)} free (on this "
+                                f"or another rank); the run could never save, so it stops before training")
 
     def _finish(self, folder: str) -> None:
         _barrier()
@@ -225,9 +256,15 @@ class CheckpointManager:
         """Finish a pending async save (its marker is written only now, after every rank's files exist)."""
         if self._pending is None:
             return
-        future, folder = self._pending
+        future, folder, needed = self._pending
         self._pending = None
-        future.result()
+        try:
+            future.result()
+        except BaseException as exc:
+            full = disk_full_error(exc, folder, needed, f"checkpoint {os.path.basename(folder)}")
+            if full is None:
+                raise
+            raise full from exc
         self._finish(folder)
         logger.info("checkpoint %s complete", folder)
 

@@ -396,6 +396,9 @@ class CkptConfig:
     # a file of the newest complete checkpoint cannot be read: True resumes from the previous complete one (with a
     # warning; the corrupt folder is renamed {step}.corrupt and kept), False stops with the error
     fallback_on_corrupt: bool = True
+    # resuming with a config that makes it another experiment (batch, lr and schedules, loss weights, model, data;
+    # train/config_change.py) stops the run; True goes on, with a warning, and records the changes in meta.json
+    allow_config_change: bool = False
 
     def init_source(self) -> Optional[LoadCkptInfo]:
         if self.load_ckpt_info is not None:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config.schema import DataConfig
-from ..initialize.signals import ignore_preemption_signals
+from ..initialize.signals import ignore_stop_signals
 from .bad_samples import IndexReport
 from .egoexo_clips import EgoExoClips, build_clip_index, index_egoexo_frames
 from .generated import GeneratedSamples
@@ -171,7 +171,8 @@ def build_valid_loader(data_cfg: DataConfig, rank: int, world_size: int, joint: 
                        dataset: Optional[Dataset] = None) -> DataLoader:
     """This rank's batches of data.valid_micro_num validation samples. Every rank gets the same number of full
     batches (the last len(dataset) mod (valid_micro_num x world_size) samples are left out), so that collectives
-    inside the forward (FSDP2) stay in step."""
+    inside the forward (FSDP2) stay in step. Used inside a training run: its workers ignore the stop signals like
+    the training loader's (iterate it inside ``data.workers.running_loader``)."""
     dataset = dataset if dataset is not None else build_valid_dataset(data_cfg, joint)
     per_round = data_cfg.valid_micro_num * world_size
     used = len(dataset) // per_round * per_round
@@ -179,7 +180,7 @@ def build_valid_loader(data_cfg: DataConfig, rank: int, world_size: int, joint: 
         raise ValueError(f"the validation set has {len(dataset)} samples, fewer than data.valid_micro_num="
                          f"{data_cfg.valid_micro_num} x {world_size} ranks")
     return build_eval_loader(dataset, data_cfg.valid_micro_num, rank, world_size, data_cfg.num_workers,
-                             num_samples=used)
+                             num_samples=used, worker_init_fn=ignore_stop_signals)
 
 
 def _single_threaded_opencv() -> None:
@@ -198,7 +199,7 @@ def build_train_loader(data_cfg: DataConfig, rank: int, world_size: int, consume
                        joint: Optional[bool] = None) -> DataLoader:
     """Batches of this rank's ``data.micro_num`` samples per optimizer step, continuing the global stream at
     ``consumed`` (global samples consumed so far). Endless unless ``data.train_one_epoch``. The workers ignore the
-    pre-emption signals (start them under ``initialize.signals.preemption_signals_blocked``)."""
+    stop signals: iterate it inside ``data.workers.running_loader``."""
     dataset = dataset if dataset is not None else build_train_dataset(data_cfg, cache_dir, joint=joint)
     sampler = StepBatchSampler(len(dataset), data_cfg.micro_num, rank, world_size, data_cfg.seed, start=consumed,
                                shuffle=True, one_epoch=data_cfg.train_one_epoch)
@@ -207,7 +208,7 @@ def build_train_loader(data_cfg: DataConfig, rank: int, world_size: int, consume
         _single_threaded_opencv()
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-        worker_init_fn=ignore_preemption_signals if workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         prefetch_factor=prefetch_factor if workers > 0 else None,
     )
@@ -220,13 +221,14 @@ def build_eval_clip_dataset(data_cfg: DataConfig, split: Optional[str] = None,
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
-                      num_workers: int = 0, num_samples: Optional[int] = None) -> DataLoader:
+                      num_workers: int = 0, num_samples: Optional[int] = None, worker_init_fn=None) -> DataLoader:
     """This rank's contiguous shard of ``dataset`` (its first ``num_samples``) in order (gather by ``sample_id`` to
     restore the full order)."""
     sampler = EvalShardSampler(len(dataset) if num_samples is None else num_samples, batch_size, rank, world_size)
     if num_workers > 0:
         _single_threaded_opencv()
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      worker_init_fn=worker_init_fn if num_workers > 0 else None)
 
 
 def build_image_folder(root: str, resize: int = 256, crop: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,

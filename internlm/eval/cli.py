@@ -47,7 +47,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser, default_which: str = "model"
 
 
 def start(args: argparse.Namespace) -> DistContext:
-    ctx = init_distributed(args.launcher, args.port, device=args.device)
+    ctx = init_distributed(args.launcher, args.port, device=args.device, rendezvous_timeout_s=args.rendezvous_timeout)
     setup_logging(ctx.rank)
     if ctx.is_distributed:
         logger.info("%d ranks (%s launcher), device %s", ctx.world_size, ctx.env.launcher, ctx.device)

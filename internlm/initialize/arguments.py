@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from .launch import LAUNCHERS
+from .launch import DEFAULT_RENDEZVOUS_TIMEOUT_S, LAUNCHERS
 
 
 def add_launch_args(p: argparse.ArgumentParser) -> None:
@@ -17,7 +17,12 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
                    help="slurm: under srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST); "
                         "torch: under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); "
                         "omitted: torchrun's variables if set, else one process")
-    p.add_argument("--port", type=int, default=None, help="master port (default: MASTER_PORT, else 29500)")
+    p.add_argument("--port", type=int, default=None,
+                   help="rendezvous port of rank 0 (default 29500); ignored, with a notice, where the environment "
+                        "already set one: under torchrun (its --master_port) or with MASTER_PORT exported")
+    p.add_argument("--rendezvous_timeout", type=float, default=DEFAULT_RENDEZVOUS_TIMEOUT_S, metavar="SECONDS",
+                   help="how long the ranks wait for each other at start-up before stopping with a message naming "
+                        "the address and port")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
 
 

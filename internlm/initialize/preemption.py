@@ -1,13 +1,17 @@
-"""Slurm pre-emption: SIGTERM / SIGUSR1 ask every rank to save at the next step boundary; rank 0 then requeues the
-job, which resumes from that checkpoint."""
+"""Stopping at a step boundary. Slurm pre-emption (SIGTERM / SIGUSR1): every rank saves, rank 0 requeues the job,
+which resumes from that checkpoint. Ctrl-C (SIGINT) the first time: every rank saves and the run exits 130; a second
+Ctrl-C stops at once, without saving."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
 import subprocess
 import threading
+import time
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -17,13 +21,29 @@ from .signals import PREEMPTION_SIGNALS
 logger = logging.getLogger(__name__)
 
 
+class StopRequest(enum.Enum):
+    """Why a run stops early; the value is what the log says. Ordered: when ranks disagree, the later one wins."""
+
+    PREEMPTION = "pre-emption signal"
+    INTERRUPT = "SIGINT (Ctrl-C)"
+
+
+_ORDER = (None, StopRequest.PREEMPTION, StopRequest.INTERRUPT)
+
+
 class PreemptionFlag:
-    """SIGTERM / SIGUSR1 set a flag; ``agreed`` tells every rank at the same step boundary (one tiny all-reduce)."""
+    """SIGTERM / SIGUSR1 and a first SIGINT set a flag; ``agreed`` tells every rank at the same step boundary what
+    was asked (one tiny all-reduce). A second SIGINT raises KeyboardInterrupt (the run stops at once), unless it
+    comes within ``DUPLICATE_WINDOW_S`` of the first: torchrun forwards the terminal's Ctrl-C to ranks that the
+    terminal already signalled, so one keypress arrives twice."""
 
-    SIGNALS = PREEMPTION_SIGNALS
+    SIGNALS = PREEMPTION_SIGNALS + (signal.SIGINT,)
+    DUPLICATE_WINDOW_S = 1.0
 
-    def __init__(self):
-        self.raised = False
+    def __init__(self, announce: bool = True):
+        self.raised: Optional[StopRequest] = None
+        self.announce = announce  # say on stderr what a Ctrl-C does (rank 0)
+        self._first_sigint: Optional[float] = None
         self._previous = {}
 
     def __enter__(self):
@@ -32,16 +52,31 @@ class PreemptionFlag:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def _handle(self, signum, frame):
-        self.raised = True
+    def _raise(self, request: StopRequest) -> None:
+        if _ORDER.index(request) > _ORDER.index(self.raised):
+            self.raised = request
 
-    def agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self.raised else 0.0])
+    def _handle(self, signum, frame):
+        if signum != signal.SIGINT:
+            self._raise(StopRequest.PREEMPTION)
+            return
+        now = time.monotonic()
+        if self._first_sigint is None:
+            self._first_sigint = now
+            self._raise(StopRequest.INTERRUPT)
+            if self.announce:  # os.write: print() may not re-enter a stream the interrupted code was writing
+                os.write(2, b"SIGINT: saving a checkpoint at the end of this step, then stopping "
+                            b"(Ctrl-C again to stop at once, without saving)\n")
+        elif now - self._first_sigint > self.DUPLICATE_WINDOW_S:
+            raise KeyboardInterrupt("second SIGINT (Ctrl-C): stopped at once, without saving")
+
+    def agreed(self) -> Optional[StopRequest]:
+        flag = torch.tensor([float(_ORDER.index(self.raised))])
         if dist.is_initialized() and dist.get_world_size() > 1:
             if dist.get_backend() == "nccl":
                 flag = flag.cuda()
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return _ORDER[int(flag.item())]
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -53,7 +88,12 @@ def requeue_slurm_job(is_main: bool) -> None:
     if not (is_main and job):
         return
     try:
-        subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-        logger.warning("slurm job %s requeued; it will resume from the checkpoint just written", job)
+        out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         logger.error("could not requeue slurm job %s (%s); resubmit it to resume", job, exc)
+        return
+    if out.returncode != 0:
+        logger.error("could not requeue slurm job %s (scontrol requeue: %s); resubmit it to resume (only batch jobs "
+                     "submitted with --requeue can be requeued)", job, (out.stderr or out.stdout).strip())
+        return
+    logger.warning("slurm job %s requeued; it will resume from the checkpoint just written", job)

@@ -21,12 +21,12 @@ import torch.distributed as dist
 from internlm.checkpoint.atomic import atomic_write_json, atomic_write_text
 from internlm.checkpoint.layout import (
     CALIBRATION_FILE,
-    CONFIG_FILE,
     MARKER,
     complete_steps,
     incomplete_steps,
     is_complete,
     latest_checkpoint,
+    read_meta,
     resolve_checkpoint,
     step_folder,
 )
@@ -34,9 +34,9 @@ from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.train_state import CheckpointManager, CorruptCheckpointError
 from internlm.config import TrainConfig, to_dict
 from internlm.data.bad_samples import parse_bad_files
+from internlm.data.workers import running_loader
 from internlm.initialize.launch import DistContext
-from internlm.initialize.preemption import PreemptionFlag, requeue_slurm_job
-from internlm.initialize.signals import preemption_signals_blocked
+from internlm.initialize.preemption import PreemptionFlag, StopRequest, requeue_slurm_job
 from internlm.model.egoagent import check_backend_can_train
 from internlm.model.flops import detect_peak_tflops, sample_cost
 from internlm.monitor.progress import StepTimer
@@ -46,6 +46,7 @@ from internlm.solver.grad_scaler import DynamicLossScaler
 from internlm.solver.optimizer import apply_schedule
 from internlm.solver.schedules import Schedules
 
+from .config_change import ConfigChangeError, changes_since, report, shape_mismatches
 from .meta_arch import AUTOCAST_DTYPES, EgoAgentMetaArch
 
 logger = logging.getLogger(__name__)
@@ -126,12 +127,15 @@ class Trainer:
         self.progress = Progress()
         self.consecutive_skips = 0  # skipped steps since the last applied update
         self.bad_files: dict[str, str] = {}  # path -> reason of each unreadable input file met, the same on all ranks
+        self.config_changes: list[dict] = []  # the resumes with a changed config (ckpt/meta.json: config_changes)
+        self._resume_changes: list[dict] = []  # this resume's, if the config changed
+        self.stop_reason: Optional[StopRequest] = None  # why fit stopped early (a signal), None otherwise
         if resume_candidates:
             resume_folder, meta = self._load_newest_readable(resume_candidates)
             self.progress = Progress(**{k: meta[k] for k in Progress().as_dict()})
             self.scaler.load_state_dict(meta["scaler"])
             self.bad_files = dict(meta.get("bad_files", {}))
-            self._warn_if_global_batch_changed(resume_folder, meta)
+            self.config_changes = list(meta.get("config_changes", [])) + self._resume_changes
             logger.info("resumed from %s at step %d (%d samples consumed)", resume_folder, self.progress.step,
                         self.progress.consumed_samples)
         self.loader_factory = loader_factory or _default_loader_factory
@@ -164,11 +168,12 @@ class Trainer:
         return []
 
     def _load_newest_readable(self, candidates: list[str]) -> tuple[str, dict]:
-        """Load the first candidate that reads; with ckpt.fallback_on_corrupt, a corrupt one is set aside with a
-        warning and the next one tried."""
+        """Load the first candidate that reads (after checking that it was trained with the same experiment's
+        config); with ckpt.fallback_on_corrupt, a corrupt one is set aside with a warning and the next one tried."""
         folder, *older = candidates
         while True:
             try:
+                self._check_config_change(folder)
                 return folder, self.manager.load(folder, self.meta, self.optimizer)
             except CorruptCheckpointError as exc:
                 if not older or not self.cfg.ckpt.fallback_on_corrupt:
@@ -179,29 +184,30 @@ class Trainer:
                                older[0], kept)
                 folder, *older = older
 
-    def _warn_if_global_batch_changed(self, folder: str, meta: dict) -> None:
-        """Another number of ranks with the same data.micro_num changes the global batch (and so the training)."""
-        saved_world = meta.get("world_size", self.world)
-        if not self.ctx.is_main or saved_world == self.world:
-            return
-        saved_micro = meta.get("micro_num")
-        if saved_micro is None:  # a checkpoint written before meta.json had it
-            with open(os.path.join(folder, CONFIG_FILE)) as f:
-                saved_micro = json.load(f)["data"]["micro_num"]
-        saved_batch = saved_micro * saved_world
-        if saved_batch == self.global_batch:
-            return
-        if saved_batch % self.world:
-            keep = f"no data.micro_num keeps {saved_batch} on {self.world} ranks"
-        else:
-            micro = saved_batch // self.world
-            keep = f"to keep {saved_batch}, relaunch with --opt data.micro_num={micro}"
-            if micro % self.cfg.data.gradient_accumulation:
-                keep += " and a data.gradient_accumulation (and loss.grad_accum) that divides it"
-        logger.warning("%s was saved on %d ranks with data.micro_num=%d (global batch %d); on %d rank%s the global "
-                       "batch is now %d (data.micro_num=%d x %d rank%s); %s", folder, saved_world, saved_micro,
-                       saved_batch, self.world, "s" if self.world > 1 else "", self.global_batch,
-                       self.cfg.data.micro_num, self.world, "s" if self.world > 1 else "", keep)
+    def _check_config_change(self, folder: str) -> None:
+        """List every config key that differs from the checkpoint's; stop (ConfigChangeError) on a change of
+        experiment unless ckpt.allow_config_change, and on a model of another shape always (before the weights are
+        loaded, instead of a state-dict error). Sets ``_resume_changes`` (recorded in the next checkpoints)."""
+        self._resume_changes = []
+        changes = changes_since(folder, self.cfg, self.world)  # CorruptCheckpointError naming an unreadable file
+        mismatched = shape_mismatches(unwrap(self.meta.student).state_dict(), folder)
+        allowed = self.cfg.ckpt.allow_config_change
+        if changes:
+            message = report(folder, changes, allowed)
+            if any(c.experiment for c in changes) and not allowed:
+                raise ConfigChangeError(message)
+            if self.ctx.is_main:
+                logger.warning(message)
+        if mismatched:
+            model_keys = "; ".join(str(c) for c in changes if c.key.startswith(("model.", "teacher.")))
+            raise ConfigChangeError(
+                f"checkpoint {folder} cannot be resumed: the model's parameters have another shape "
+                f"({'; '.join(mismatched)}){f', because of {model_keys}' if model_keys else ''}. A run cannot go on "
+                f"with another model shape, even with ckpt.allow_config_change: start a new run in another "
+                f"ckpt.save_ckpt_folder (ckpt.load_ckpt_info initialises it from this checkpoint where shapes agree)")
+        if changes:
+            self._resume_changes = [{"step": read_meta(folder).get("step"), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                     "changes": [c.as_record() for c in changes]}]
 
     def write_run_record(self) -> None:
         """The resolved config, the git commit and the command line, once per run (rank 0)."""
@@ -214,7 +220,7 @@ class Trainer:
         atomic_write_json(os.path.join(folder, "run.json"), {
             "git_commit": git_commit(), "command": sys.argv, "world_size": self.world,
             "device": str(self.device), "parallel_mode": self.plan.mode, "torch": torch.__version__,
-            "start_step": self.progress.step})
+            "start_step": self.progress.step, "config_changes": self._resume_changes})
 
     # ------------------------------------------------------------------------------------------ a step
 
@@ -229,7 +235,8 @@ class Trainer:
             self._valid_dataset = build_valid_dataset(self.cfg.data, self.meta.joint)
         loader = build_valid_loader(self.cfg.data, self.ctx.rank, self.world, self.meta.joint, self._valid_dataset)
         temp = self.schedules.at(self.progress.step).teacher_temp
-        values = self.meta.evaluate((self._to_device(b) for b in loader), temp)
+        with running_loader(loader) as batches:
+            values = self.meta.evaluate((self._to_device(b) for b in batches), temp)
         if self.ctx.is_main:
             logger.info("validation at step %d: %s", self.progress.step,
                         " ".join(f"{k} {v:.4f}" for k, v in values.items()))
@@ -245,8 +252,9 @@ class Trainer:
         dataset = build_clip_dataset(data, data.egoexo_train_split, train=False, calibration=True)
         loader = build_valid_loader(data, self.ctx.rank, self.world, True, dataset)
         temp = self.schedules.at(self.progress.step).teacher_temp
-        result = self.meta.calibrate_prediction_change((self._to_device(b) for b in loader), temp,
-                                                       CALIBRATION_SCALES)
+        with running_loader(loader) as batches:
+            result = self.meta.calibrate_prediction_change((self._to_device(b) for b in batches), temp,
+                                                           CALIBRATION_SCALES)
         uids = dataset.index.poses.take_uids
         result.update(step=self.progress.step, takes=sorted(str(uids[k]) for k in np.unique(dataset.index.clip_takes)))
         if self.ctx.is_main:
@@ -336,15 +344,19 @@ class Trainer:
         folder = step_folder(self.cfg.ckpt.save_ckpt_folder, self.progress.step)
         if is_complete(folder):
             return folder  # this step is already saved (e.g. pre-emption right after a periodic save)
-        progress = dict(self.progress.as_dict(), scaler=self.scaler.state_dict(), bad_files=self.bad_files)
+        progress = dict(self.progress.as_dict(), scaler=self.scaler.state_dict(), bad_files=self.bad_files,
+                        config_changes=self.config_changes)
         return self.manager.save(self.progress.step, self.meta, self.optimizer, progress)
 
     def fit(self, max_iterations: Optional[int] = None) -> list[dict]:
         """Train until data.total_steps updates (or ``max_iterations`` batches, for tests). SIGTERM/SIGUSR1
-        (slurm pre-emption) make every rank save a checkpoint at the next step boundary; under slurm the job is
-        then requeued."""
+        (slurm pre-emption) and a first SIGINT (Ctrl-C) make every rank save a checkpoint at the next step boundary
+        and stop (``stop_reason`` says which); after a pre-emption under slurm the job is requeued. Loader workers
+        are shut down on the way out (killed at once when an exception leaves)."""
         cfg = self.cfg
         total = cfg.data.total_steps
+        if cfg.ckpt.enable_save_ckpt:
+            self.manager.check_room_for_a_checkpoint(self.meta, self.optimizer)
         self.write_run_record()
         self._trim_records()
         loader = self.loader_factory(cfg, self.ctx, self.progress.consumed_samples)
@@ -352,9 +364,7 @@ class Trainer:
         start_iteration = self.progress.iteration
         every = cfg.monitor.log_every
         self.meta.train()
-        with PreemptionFlag() as preempt:
-            with preemption_signals_blocked():  # loader workers start here and must not die of a group signal
-                batches = iter(loader)
+        with PreemptionFlag(announce=self.ctx.is_main) as preempt, running_loader(loader) as batches:
             while self.progress.step < total:
                 if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
                     break
@@ -381,11 +391,14 @@ class Trainer:
                 if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
                         step % cfg.ckpt.checkpoint_every == 0 or step == total):
                     self.save()
-                if preempt.agreed():
-                    logger.warning("pre-emption signal: saving step %d and stopping", step)
+                stop = preempt.agreed()
+                if stop is not None:
+                    logger.warning("%s: saving step %d and stopping", stop.value, step)
                     self.save()
                     self.manager.wait()
-                    requeue_slurm_job(self.ctx.is_main)
+                    self.stop_reason = stop
+                    if stop is StopRequest.PREEMPTION:
+                        requeue_slurm_job(self.ctx.is_main)
                     break
         self.manager.wait()
         self.writer.close()
