@@ -31,7 +31,8 @@ import torch
 from internlm.config import load_config, parse_override
 from internlm.initialize.launch import init_distributed
 from internlm.model.attention import BACKENDS
-from internlm.model.flops import detect_peak_tflops, sample_cost
+from internlm.model.flops import sample_cost
+from internlm.perf.gpus import peak_tflops
 
 DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
 
@@ -139,7 +140,7 @@ def measure(args, suffix: str = "") -> dict:
     cost = sample_cost(cfg)
     samples_s = cfg.data.micro_num / step_s
     tflops = samples_s * cost.train_flops / 1e12
-    peak = args.peak_tflops or (detect_peak_tflops(torch.cuda.get_device_name()) if cuda else None)
+    peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(), cfg.model.dtype) if cuda else None)
     device_name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, " \
                                                             f"{torch.get_num_threads()} threads)"
     result = {

@@ -38,10 +38,11 @@ from internlm.initialize.launch import DistContext
 from internlm.initialize.preemption import PreemptionFlag, requeue_slurm_job
 from internlm.initialize.signals import preemption_signals_blocked
 from internlm.model.egoagent import check_backend_can_train
-from internlm.model.flops import detect_peak_tflops, sample_cost
+from internlm.model.flops import sample_cost
 from internlm.monitor.progress import StepTimer
 from internlm.monitor.tensorboard import ScalarWriter
 from internlm.parallel.data_parallel import DataParallelPlan, unwrap
+from internlm.perf.gpus import peak_tflops
 from internlm.solver.grad_scaler import DynamicLossScaler
 from internlm.solver.optimizer import apply_schedule
 from internlm.solver.schedules import Schedules
@@ -138,7 +139,11 @@ class Trainer:
         self.cost = sample_cost(cfg)
         peak = cfg.monitor.peak_tflops
         if peak is None and self.device.type == "cuda":
-            peak = detect_peak_tflops(torch.cuda.get_device_name(self.device))
+            name = torch.cuda.get_device_name(self.device)
+            peak = peak_tflops(name, cfg.model.dtype)  # the peak of the run's dtype on exactly this GPU
+            if peak is None and ctx.is_main:
+                logger.warning("MFU is not logged: %r is not in internlm/perf/gpus.py; set monitor.peak_tflops to "
+                               "its dense peak for model.dtype=%s", name, cfg.model.dtype)
         self.peak_tflops = peak
         self.writer = ScalarWriter(cfg.monitor.tensorboard_folder or os.path.join(cfg.ckpt.save_ckpt_folder,
                                                                                     "tensorboard"), ctx.is_main)
