@@ -336,8 +336,7 @@ class EgoAgentMetaArch(nn.Module):
                 model.reshard()
         t_params = [local_tensor(p) for p in self.teacher.parameters()]
         s_params = [local_tensor(p.detach()) for p in self.student.parameters()]
-        torch._foreach_mul_(t_params, momentum)
-        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+        torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)  # one pass over both (mul_ then add_ took two)
 
     @torch.no_grad()
     def update_centers(self, rep_sum: torch.Tensor, rep_count: int, pred_sum: Optional[torch.Tensor],
