@@ -74,7 +74,8 @@ class ModelConfig:
     # Action head and projector options (off in the paper's configs, which predict absolute poses from raw input):
     action_residual: bool = False  # predict offsets from the last pose of the previous step (zero-initialised)
     pose_normalization: bool = False  # standardise the pose input per joint and axis (training-set statistics)
-    compile: bool = False  # torch.compile (inductor) each transformer block of student and teacher
+    # torch.compile (inductor) each transformer block of student and teacher; None: on CUDA, not on a CPU
+    compile: Optional[bool] = None
     # Stage 2 from a stage-1 checkpoint (which has no prediction head): "fresh" initialises the state-prediction
     # head and future-state query like any new layer (the paper); "representation" copies the representation head
     # and state query into them, so the predictor starts as the copy baseline.

@@ -114,12 +114,14 @@ class Trainer:
             if init is not None and "all" not in init.content:
                 self.meta.init_from(init.path)  # ckpt.load_ckpt_info content ("model",): stage 2 from stage 1
         self.meta.to(self.device)
-        if cfg.model.compile:
+        from internlm.parallel.compile import compile_enabled
+
+        if compile_enabled(cfg, self.device):
             from internlm.parallel.compile import check_compile_available, compile_blocks
 
             check_compile_available(self.device)
             logger.info("torch.compile: %d transformer blocks (compiled at their first call)",
-                        compile_blocks(self.meta))
+                        compile_blocks(self.meta, cfg))
         self.plan.apply(self.meta, cfg.hybrid_zero_optimizer.reduce_bucket_size)
         self.optimizer = self.plan.build_optimizer(unwrap(self.meta.student), cfg.adam)
         self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.meta.student_dtype == torch.float16)
