@@ -343,6 +343,10 @@ class ParallelConfig:
     sequence_parallel: bool = False
     # added
     timeout_s: float = 1800.0  # a collective stuck longer than this fails the job instead of hanging
+    # fp16/bf16 runs: DDP / ZeRO-1 gradients cross nodes in model.dtype and are summed in fp32
+    # (internlm/parallel/comm_hooks.py); FSDP2 gathers parameters in model.dtype and reduces gradients in fp32.
+    # False: all in fp32. No effect in fp32 runs.
+    low_precision_comm: bool = True
 
     @property
     def zero1_config(self) -> Zero1Config:
