@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import gc
 import math
 import tempfile
 import weakref
@@ -229,6 +230,7 @@ class Tracer(TorchDispatchMode):
         self.paused = False
         self._attention: Optional[list] = None  # outputs of the attention op being recorded
         self._live: dict[int, int] = {}  # storage address -> buffer id, while the storage lives
+        self._finalizers: list = []
         self._region_starts: list[int] = []  # sorted seq_start of the regions with autograd nodes
         self._region_by_start: list[int] = []
 
@@ -256,7 +258,7 @@ class Tracer(TorchDispatchMode):
             if live.get(address) == key:
                 del live[address]
 
-        weakref.finalize(storage, freed)
+        self._finalizers.append(weakref.finalize(storage, freed))
         return key
 
     def _context(self) -> tuple[str, Optional[int]]:
@@ -477,6 +479,9 @@ def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[
         teacher_bytes = sum(p.numel() * 4 for p in meta.teacher.parameters())
         buffer_bytes = sum(b.numel() * b.element_size() for b in meta.buffers())
         del trainer, meta, batch
+        gc.collect()
+    for finalizer in tracer._finalizers:  # storages still alive (held by torch's caches) are not the step's
+        finalizer.detach()
     return StepTrace(cfg, tracer.ops, tracer.buffers, tracer.regions, tracer.syncs, ready,
                      sorted(set(grads.values())), param_bytes, teacher_bytes, buffer_bytes, step2_start,
                      traced.data.micro_num // traced.data.gradient_accumulation, traced.data.gradient_accumulation,
