@@ -36,6 +36,7 @@ from internlm.eval.cli import (
     add_checkpoint_args,
     add_config_args,
     add_launch_args,
+    default_output_dir,
     format_table,
     move,
     num_batches,
@@ -120,7 +121,7 @@ def paired_comparisons(per_clip: dict) -> dict:
 def report(args, cfg, folder: str, results: dict, compare: dict, clips: int, num_clips_in_split: int, split: str,
            examples: list, ctx, seconds: float) -> None:
     step = read_meta(folder).get("step")
-    out_dir = args.output_dir or os.path.join("outputs", "3dposes", f"{cfg.JOB_NAME}_step{step}")
+    out_dir = args.output_dir or default_output_dir("3dposes", cfg, step)
     os.makedirs(out_dir, exist_ok=True)
     png = os.path.join(out_dir, "rollouts.png")
     plot_skeleton_rollouts(png, examples)

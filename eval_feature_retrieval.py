@@ -68,6 +68,7 @@ from internlm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from internlm.eval.cli import (
     add_config_args,
     add_launch_args,
+    default_output_dir,
     eval_checkpoint,
     format_table,
     load_eval_config,
@@ -283,7 +284,7 @@ def comparisons(ranks: dict) -> dict:
 def report(args, cfg, ck: Checkpoint, baseline, rows: dict, compare: dict, gallery: Gallery, num_clips_in_split,
            split, examples, ctx, seconds: float) -> dict:
     step = read_meta(ck.folder).get("step")
-    out_dir = args.output_dir or os.path.join("outputs", "feature_retrieval", f"{cfg.JOB_NAME}_step{step}")
+    out_dir = args.output_dir or default_output_dir("feature_retrieval", cfg, step)
     os.makedirs(out_dir, exist_ok=True)
     png = os.path.join(out_dir, "retrieval_examples.png")
     plot_retrieval_examples(png, examples)

@@ -18,10 +18,11 @@ def test_compile_is_the_default_on_cuda_only(tmp_path):
     assert compile_enabled(cfg, torch.device("cuda", 0)) and not compile_enabled(cfg, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_compiled_blocks_match_eager(dtype):
     """Inductor fuses the fp32 RMSNorm and the rotary embedding into the blocks' kernels: outputs and gradients
-    stay those of eager (fp32: 1e-5; bf16 autocast: within bf16 rounding)."""
+    stay those of eager within bf16 rounding, with one block recomputed and the weights cast once per forward
+    (fp32 through the trainer: tests/test_training.py)."""
     torch.manual_seed(0)
     frames, poses = clip()
     results = []

@@ -1,16 +1,24 @@
 """Every key of the authors' configs, flipped one at a time, takes effect or stops with an error naming it; only the
 loader's documented "accepted, no effect" keys change nothing. And no schema field is stored without being read.
 
-Effects are judged on what the run builds from the config: the student and teacher (on the meta device: shapes,
-attention backends, recomputed blocks, norms, compute dtypes, loss weights), the schedules, the crops, the FLOP
-count, the optimizer, the loss scaler's trajectory, the parallel plan, the train and validation loaders, and the
-checkpoint / monitor / start-up settings the trainer reads.
+Effects are judged on behaviour, never on the config's own copy of a value:
+- what the run builds from the config: the student and teacher (on the meta device: shapes, attention backends,
+  recomputed blocks, norms, compute dtypes, loss weights), the schedules, the crops, the FLOP count, the optimizer,
+  the loss scaler's trajectory, the parallel plan, the train and validation loaders;
+- for the keys that say where the data comes from: the datasets the builders make of the test world from them;
+- for the keys the training loop reads (checkpoints, logging, clipping, start-up): a short real run of a tiny
+  model that takes those sections from the config, observed from outside: the files it writes, the step a second
+  run resumes at, its log lines, the gradient the optimizer steps with, the cuDNN flags it sets, where the evals
+  would write.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
+import logging
+import os
 import pathlib
 import re
 
@@ -20,8 +28,9 @@ from torch.utils.data import Dataset
 
 from internlm.config import ConfigError, schema, to_dict
 from internlm.config.loader import ACCEPTED_NO_EFFECT, config_from_namespace, read_config_namespace
-from internlm.data.build import build_train_loader, build_valid_loader
+from internlm.data.build import build_clip_dataset, build_stage1_frames, build_train_loader, build_valid_loader
 from internlm.data.transforms import MultiCropConfig
+from internlm.eval.cli import default_output_dir
 from internlm.model.flops import sample_cost
 from internlm.parallel.data_parallel import DataParallelPlan
 from internlm.solver.grad_scaler import DynamicLossScaler
@@ -32,8 +41,19 @@ from internlm.train.meta_arch import EgoAgentMetaArch
 REPO = pathlib.Path(__file__).resolve().parents[1]
 AUTHORS = ("configs/dino_pretrain/lr5e-4_tmp004_300m.py", "configs/joint_train/lr6e-04_tmp004_300m.py")
 
-# A valid other value where the generic flip would only show an error (so that the effect is shown too).
-OTHER_VALUE = {"dtype": "torch.bfloat16", "attn_backend": {"sdpa": "flex", "flex": "sdpa"}}
+# A valid other value where the generic flip would only show an error (so that the effect is shown too), or would
+# show nothing within the few steps of the test run (a checkpoint every 4000 steps instead of 2000).
+OTHER_VALUE = {"dtype": "torch.bfloat16", "attn_backend": {"sdpa": "flex", "flex": "sdpa"}, "checkpoint_every": 1,
+               "log_every": 1, "clip_grad_norm": 1e-4}
+# Sections the training loop reads while it runs: judged by a short real run (run_observables).
+RUN_KEYS = ("ckpt.", "monitor.", "hybrid_zero_optimizer.", "cudnn_deterministic", "cudnn_benchmark", "JOB_NAME")
+# Keys that say where the data comes from: judged by the datasets built from them on the test world.
+SOURCE_KEYS = ("data.train_folder", "data.valid_folder", "data.step_between_clips", "data.use_egoexo",
+               "data.egoexo_frames_folder", "data.egoexo_pose_folder", "data.egoexo_train_split",
+               "data.egoexo_valid_split")
+# Behaviour only two ranks show, each asserted by its own test (named here; the test must exist).
+TWO_RANK_TESTS = {"hybrid_zero_optimizer.reduce_bucket_size":
+                  "test_parallel_sharding.test_ddp_buckets_follow_reduce_bucket_size"}
 # Keys that act only together with another: flipped with that one set.
 CONTEXT = {"data.valid_micro_num": {"data.valid_every": 100, "data.valid_folder": ["data/WTour/val.mp4"]}}
 
@@ -52,7 +72,7 @@ def flipped(key: str, value):
     other = OTHER_VALUE.get(leaf)
     if isinstance(other, dict) and value in other:
         return other[value]
-    if isinstance(other, str) and value != other:
+    if isinstance(other, (str, int, float)) and value != other:
         return other
     if isinstance(value, bool):
         return not value
@@ -124,20 +144,87 @@ def effects(cfg, with_model: bool) -> dict:
         "plan": (DataParallelPlan(cfg.parallel, 8, torch.device("cpu")).mode, cfg.parallel.zero1_config),
         "train_loader": (sampler.micro_num, sampler.stream.seed, sampler.one_epoch, train.num_workers),
         "valid_loader": valid,
-        # read as they are by the data builders (sources), the trainer and the checkpoint manager
-        "sources": (cfg.data.folders("train"), cfg.data.folders("valid"), cfg.data.frame_stride(joint),
-                    bool(cfg.data.use_egoexo), cfg.data.egoexo_frames_folder, cfg.data.egoexo_pose_folder,
-                    cfg.data.egoexo_train_split, cfg.data.egoexo_valid_split, cfg.data.dataset_type,
-                    cfg.data.total_steps),
-        "loop": (cfg.data.gradient_accumulation, cfg.loss.student_temp, cfg.loss.center_momentum,
-                 cfg.loss.freeze_last_layer_steps, cfg.hybrid_zero_optimizer.clip_grad_norm,
-                 cfg.hybrid_zero_optimizer.reduce_bucket_size, cfg.parallel.timeout_s),
-        "ckpt": to_dict(cfg.ckpt), "monitor": to_dict(cfg.monitor),
-        "startup": (cfg.cudnn_deterministic, cfg.cudnn_benchmark, cfg.JOB_NAME),
     }
     if with_model:
         out["architecture"] = architecture(cfg)
     return out
+
+
+def source_observables(cfg, world) -> dict:
+    """What the data builders make of the test world with this config's sources: the number of training (and, for
+    stage 2, validation) samples, or the error that stops the run."""
+    def outcome(build):
+        try:
+            return len(build())
+        except (OSError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    if cfg.loss.is_joint:
+        return {which: outcome(lambda split=split: build_clip_dataset(cfg.data, split, train=False))
+                for which, split in (("train", cfg.data.egoexo_train_split), ("valid", cfg.data.egoexo_valid_split))}
+    return {"train": outcome(lambda: build_stage1_frames(cfg.data, "train")),
+            "valid": outcome(lambda: build_stage1_frames(cfg.data, "valid")) if cfg.data.valid_folder else None}
+
+
+def world_sources(world, joint: bool) -> dict:
+    """The source keys pointed at the test world (the authors' data/ paths do not exist here)."""
+    out = {"data.egoexo_frames_folder": str(world.frames_root), "data.egoexo_pose_folder": str(world.pose_root)}
+    if not joint:
+        out["data.train_folder"] = [str(p) for p in world.wtour_videos]
+    return out
+
+
+def run_observables(cfg, workdir: pathlib.Path, caplog) -> dict:
+    """A 3-step run of a tiny model on generated data that takes the run-time sections (ckpt, monitor,
+    hybrid_zero_optimizer, cudnn_*, JOB_NAME) from ``cfg``, in ``workdir``, then a second trainer on the same folder;
+    -> what could be seen from outside: files written, the step the second trainer resumes at, log lines, the norm
+    of the gradient each optimizer step used, the cuDNN flags, the evals' default output folder."""
+    from train_helpers import make_trainer, tiny_config
+
+    from internlm.train.trainer import Trainer
+
+    stage = 2 if cfg.loss.is_joint else 1
+    tiny = tiny_config(stage, "unused", steps=3)
+    probe = dataclasses.replace(tiny, ckpt=cfg.ckpt, monitor=cfg.monitor, JOB_NAME=cfg.JOB_NAME,
+                                hybrid_zero_optimizer=cfg.hybrid_zero_optimizer,
+                                cudnn_deterministic=cfg.cudnn_deterministic, cudnn_benchmark=cfg.cudnn_benchmark)
+    flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        init = probe.ckpt.init_source()
+        if init is not None and not os.path.exists(init.path):  # stage 2 starts from a stage-1 run of the tiny model
+            from internlm.checkpoint import save_weights_only
+            from internlm.model import EgoAgent
+
+            one = tiny_config(1, "unused")
+            save_weights_only(init.path, EgoAgent(one.model, False), EgoAgent(one.model, False), one, 1)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="internlm.train.trainer"):
+            try:
+                trainer = make_trainer(probe)
+            except (OSError, ValueError, RuntimeError) as exc:
+                return {"error": f"{type(exc).__name__}: {exc}"}
+            cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+            norms = []
+
+            def record_gradient_norm(optimizer, *_):
+                grads = [p.grad.norm() for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                norms.append(round(float(torch.linalg.vector_norm(torch.stack(grads))), 6))
+
+            trainer.optimizer.register_step_pre_hook(record_gradient_norm)
+            trainer.fit(max_iterations=2)
+            trainer.save()  # as a pre-emption would: a checkpoint of step 2 whatever checkpoint_every says
+            trainer.fit()  # the last step
+            lines = [r.getMessage().split(" |")[0] for r in caplog.records if r.getMessage().startswith("step ")]
+        resumed = Trainer(probe, trainer.ctx).progress.step
+        files = sorted(re.sub(r"\d{8}-\d{6}|events\.out\.tfevents\..*", "*", str(p.relative_to(workdir)))
+                       for p in workdir.rglob("*") if p.is_file())
+        return {"files": files, "resumed_at": resumed, "log": lines, "grad_norms": norms, "cudnn": cudnn,
+                "eval_output": default_output_dir("3dposes", probe, 3)}
+    finally:
+        os.chdir(cwd)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
 
 
 def names(message: str, key: str) -> bool:
@@ -147,23 +234,37 @@ def names(message: str, key: str) -> bool:
         or (len(parts) == 1 and key in message)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # the authors' 8 workers, never started here
 @pytest.mark.parametrize("path", AUTHORS)
-def test_every_key_of_the_authors_configs_takes_effect_or_stops(path):
+def test_every_key_of_the_authors_configs_takes_effect_or_stops(path, processed_world, tmp_path, caplog):
     namespace = read_config_namespace(path)
     keys = [(k, v) for k, v in leaves({n: v for n, v in namespace.items() if not n.isupper() or n == "JOB_NAME"})]
     assert len(keys) > 150
-    base = config_from_namespace(namespace)
+    world = world_sources(processed_world, config_from_namespace(namespace).loss.is_joint)
+    base = config_from_namespace(namespace, list(world.items()))
     base_effects = {False: effects(base, False), True: effects(base, True)}
+    probes = iter(range(1000))
+
+    def observed(cfg, key):
+        if key.startswith(RUN_KEYS):
+            workdir = tmp_path / f"run{next(probes)}"
+            workdir.mkdir()
+            return run_observables(cfg, workdir, caplog)
+        if key in SOURCE_KEYS:
+            return source_observables(cfg, processed_world)
+        return None
+
+    base_observed = {}
     outcome = {}
     for key, value in keys:
         context = CONTEXT.get(key, {})
         if base.loss.is_joint:
             context = {k: v for k, v in context.items() if k != "data.valid_folder"}
-        new = flipped(key, value)
+        new = flipped(key, world.get(key, value))
         with_model = key.split(".")[0] in ("model", "teacher", "loss")
         try:
-            cfg = config_from_namespace(namespace, list(context.items()) + [(key, new)])
+            cfg = config_from_namespace(namespace, list(world.items()) + list(context.items()) + [(key, new)])
         except ConfigError as exc:
             assert names(str(exc), key), f"{key}={new!r}: the error does not name the key: {exc}"
             outcome[key] = "error"
@@ -172,9 +273,21 @@ def test_every_key_of_the_authors_configs_takes_effect_or_stops(path):
             assert to_dict(cfg) == to_dict(base), key
             outcome[key] = "no effect (documented)"
             continue
-        reference = base_effects[with_model] if not context else effects(config_from_namespace(
-            namespace, list(context.items())), with_model)
-        assert effects(cfg, with_model) != reference, f"{key}: {value!r} -> {new!r} changes nothing the run builds"
+        if key in TWO_RANK_TESTS:  # shown on two ranks by its own test
+            module, test = TWO_RANK_TESTS[key].split(".")
+            assert callable(getattr(importlib.import_module(module), test, None)), TWO_RANK_TESTS[key]
+            outcome[key] = "effect"
+            continue
+        reference_cfg = base if not context else config_from_namespace(namespace, list(world.items()) +
+                                                                       list(context.items()))
+        reference = base_effects[with_model] if not context else effects(reference_cfg, with_model)
+        changed = effects(cfg, with_model) != reference
+        if not changed and (key.startswith(RUN_KEYS) or key in SOURCE_KEYS):
+            kind = "run" if key.startswith(RUN_KEYS) else "sources"
+            if (kind, bool(context)) not in base_observed or context:
+                base_observed[kind, bool(context)] = observed(reference_cfg, key)
+            changed = observed(cfg, key) != base_observed[kind, bool(context)]
+        assert changed, f"{key}: {value!r} -> {new!r} changes nothing the run builds or does"
         outcome[key] = "effect"
     counts = {kind: sum(1 for v in outcome.values() if v == kind) for kind in set(outcome.values())}
     assert counts["effect"] > 40 and counts["error"] > 30 and counts["no effect (documented)"] >= 20, counts

@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from train_helpers import tiny_overrides
+from train_helpers import saved_optimizer_chunks, tiny_overrides
 
 from internlm.initialize.launch import LaunchError, detect_environment
 
@@ -128,6 +128,9 @@ def test_resume_on_another_world_size(tmp_path, one_rank, first, second):
     folder = str(tmp_path / "run")
     run(folder, first[0], mode=first[1], stop_after=3)
     assert os.path.isfile(os.path.join(folder, "3", "COMPLETE"))
+    chunks = saved_optimizer_chunks(os.path.join(folder, "3"))
+    sharded = sum(len(c) == 2 for c in chunks.values())  # FSDP2 on 2 ranks stores each rank's rows as a chunk
+    assert (sharded > len(chunks) // 2) if first[1] == "fsdp" else sharded == 0, (sharded, len(chunks))
     run(folder, second[0], mode=second[1])
     reference, resumed = metrics(one_rank), metrics(folder)
     assert sorted(resumed) == list(range(1, TOTAL + 1))

@@ -82,40 +82,89 @@ def test_empty_sets_are_an_error():
 # ------------------------------------------------------------------------------------------- end to end
 
 
+def teacher_features(run_folder: str, dataset) -> torch.Tensor:
+    """(N, d) features of the training code's own model (not the HF export the script loads): the teacher weights
+    of the checkpoint, EgoAgent.encode (the final-normed state-query output) on the dataset's crops."""
+    from internlm.checkpoint import load_model
+
+    model, _, _ = load_model(run_folder, "teacher")
+    images = torch.stack([img for img, _ in dataset])
+    with torch.no_grad():
+        return model.encode(images)
+
+
+def solid_colour_folder(root, classes=3, per_class=4, size=40, seed=0):
+    """An ImageFolder whose classes are colours (each image its class colour plus noise): any encoder that does
+    not ignore its input puts every val image next to its class, so kNN Top-1 must be 100%."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 220, 50)][:classes]
+    for split, n in (("train", per_class), ("val", 2)):
+        for c, colour in enumerate(colours):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
 @pytest.mark.slow
 def test_knn_script_end_to_end(tmp_path, processed_world):
+    """The script's rows equal an independent computation (the training model's features of the same crops, the
+    brute-force-checked vote): the model row from the trained export, the untrained row from a different export
+    (tools/make_untrained_checkpoint.py), the raw-pixel row from the crops themselves."""
     from eval_helpers import converter_module, make_checkpoint, run_script, world_paths, write_tiny_config
+
+    from internlm.data.build import build_image_folder
 
     paths = world_paths(processed_world)
     cfg = write_tiny_config(tmp_path / "cfg.py", 2, tmp_path / "run", paths["frames"], paths["poses"])
     make_checkpoint(cfg)
-    converter_module().convert(str(tmp_path / "run"), str(tmp_path / "hf"), check=False)
+    convert = converter_module().convert
+    convert(str(tmp_path / "run"), str(tmp_path / "hf"), check=False)
+    run_script(["tools/make_untrained_checkpoint.py", "--config", cfg, "--seed", "3", "--out",
+                str(tmp_path / "untrained")])
+    convert(str(tmp_path / "untrained"), str(tmp_path / "hf_untrained"), check=False)
     env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "knn.json"
     proc = run_script(["eval_knn_conv_stem_cls.py", "--pretrained_weights", str(tmp_path / "hf"), "--data_path",
                        paths["imagefolder"], "--imgnet", "100", "--resize", "36", "--crop", "32",
-                       "--batch_size_per_gpu", "8", "--num_workers", "0", "--output", str(out),
-                       "--untrained_weights", str(tmp_path / "hf"), "--raw_pixels"], env_extra=env)
+                       "--batch_size_per_gpu", "8", "--num_workers", "1", "--output", str(out),
+                       "--untrained_weights", str(tmp_path / "hf_untrained"), "--raw_pixels"], env_extra=env)
     res = json.loads(out.read_text())
-    n_train = sum(len(files) for _, _, files in os.walk(os.path.join(paths["imagefolder"], "train")))
-    n_val = sum(len(files) for _, _, files in os.walk(os.path.join(paths["imagefolder"], "val")))
-    assert (res["num_train"], res["num_val"]) == (n_train, n_val)
-    assert 0.0 <= res["top1"] <= res["top5"] <= 100.0
+    sets = [build_image_folder(os.path.join(paths["imagefolder"], s), 36, 32) for s in ("train", "val")]
+    labels = [torch.tensor([lab for _, lab in d]) for d in sets]
+    n_val = len(sets[1])
+    assert (res["num_train"], res["num_val"]) == (len(sets[0]), n_val)
     assert res["class_count_check"].startswith("class-count mismatch: --imgnet 100 expects 100 classes")
     assert res["feature_dim"] == 64 and res["source_weights"] == "teacher"
+    assert res["untrained_weights"] == str(tmp_path / "hf_untrained")
     assert "Top-1 %" in proc.stdout
-    # the reference rows: the same export scored as "untrained" gives the same numbers; raw pixels are the
-    # kNN of the normalised crops themselves, computed here directly
     rows = res["rows"]
     assert set(rows) == {"model", "untrained", "raw_pixels"}
-    assert rows["untrained"]["top1"] == rows["model"]["top1"] == res["top1"]
-    from internlm.data.build import build_image_folder
-
-    sets = [build_image_folder(os.path.join(paths["imagefolder"], s), 36, 32) for s in ("train", "val")]
-    feats = [torch.stack([img.flatten() for img, _ in d]) for d in sets]
-    labels = [torch.tensor([lab for _, lab in d]) for d in sets]
-    direct = knn_classify(feats[0], labels[0], feats[1], labels[1], len(sets[0].classes))
-    assert rows["raw_pixels"]["top1"] == pytest.approx(direct.top1)
+    classes = len(sets[0].classes)
+    expected = {
+        "model": [teacher_features(str(tmp_path / "run"), d) for d in sets],
+        "untrained": [teacher_features(str(tmp_path / "untrained"), d) for d in sets],
+        "raw_pixels": [torch.stack([img.flatten() for img, _ in d]) for d in sets],
+    }
+    assert not torch.allclose(expected["model"][1], expected["untrained"][1])  # two different networks
+    for name, (train_f, val_f) in expected.items():
+        direct = knn_classify(train_f, labels[0], val_f, labels[1], classes)
+        assert (rows[name]["top1"], rows[name]["top5"]) == pytest.approx((direct.top1, direct.top5)), name
+        p = direct.top1 / 100
+        assert rows[name]["top1_se"] == pytest.approx(100 * (p * (1 - p) / n_val) ** 0.5)
     assert rows["raw_pixels"]["feature_dim"] == 3 * 32 * 32
-    p = direct.top1 / 100
-    assert rows["raw_pixels"]["top1_se"] == pytest.approx(100 * (p * (1 - p) / n_val) ** 0.5)
+    assert res["top1"] == rows["model"]["top1"]
+
+    # where the labels decide the answer: classes are colours, so every encoder that looks at its input is right
+    colours = solid_colour_folder(tmp_path / "colours")
+    out = tmp_path / "colours.json"
+    run_script(["eval_knn_conv_stem_cls.py", "--pretrained_weights", str(tmp_path / "hf"), "--data_path",
+                str(colours), "--imgnet", "0", "--resize", "36", "--crop", "32", "--num_workers", "0",
+                "--output", str(out), "--raw_pixels", "--nb_knn", "3"], env_extra=env)
+    rows = json.loads(out.read_text())["rows"]
+    assert rows["model"]["top1"] == rows["raw_pixels"]["top1"] == 100.0

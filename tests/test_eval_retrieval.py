@@ -1,6 +1,7 @@
 """Future-state retrieval: ranks, Top-1 and mAP on hand-made similarities; the exact K-dim cosine; the script."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -148,6 +149,18 @@ def test_oracle_ranks_first_and_random_queries_score_chance():
 # ------------------------------------------------------------------------------------------- end to end
 
 
+def strengthen_actions(folder: str, gain: float = 50.0) -> None:
+    """A freshly initialised student barely uses its action tokens (std-0.006 weights): scale its action
+    projector so that the state prediction depends on the actions, as a trained one does."""
+    from internlm.checkpoint.layout import STUDENT_FILE
+
+    path = os.path.join(folder, STUDENT_FILE)
+    state = torch.load(path, weights_only=True)
+    for name in [n for n in state if n.startswith("action_projector.") and n.endswith("weight")]:
+        state[name] = state[name] * gain
+    torch.save(state, path)
+
+
 @pytest.mark.slow
 def test_retrieval_script_end_to_end(tmp_path, processed_world):
     from eval_helpers import assert_same_numbers, make_checkpoint, run_script, torchrun, world_paths, write_tiny_config
@@ -157,10 +170,11 @@ def test_retrieval_script_end_to_end(tmp_path, processed_world):
 
     paths = world_paths(processed_world)
     cfg2 = write_tiny_config(tmp_path / "cfg2.py", 2, tmp_path / "run2", paths["frames"], paths["poses"])
-    make_checkpoint(cfg2)
+    folder2 = make_checkpoint(cfg2)
+    strengthen_actions(folder2)
     cfg1 = write_tiny_config(tmp_path / "cfg1.py", 1, tmp_path / "run1", paths["frames"], paths["poses"],
                              paths["walks"])
-    make_checkpoint(cfg1, seed=5)
+    folder1 = make_checkpoint(cfg1, seed=5)
     num_clips = len(build_eval_clip_dataset(load_config(cfg2).data))
     args = ["eval_feature_retrieval.py", "--config", cfg2, "--batch_size", "4", "--baseline_ckpt_folder",
             str(tmp_path / "run1")]
@@ -184,6 +198,16 @@ def test_retrieval_script_end_to_end(tmp_path, processed_world):
     c = res["comparisons"]["egoagent_minus_copy"]
     assert c["top1_diff"] == pytest.approx(rows["egoagent"]["top1"] - rows["copy"]["top1"])
     assert (tmp_path / "pred" / "retrieval_examples.png").stat().st_size > 1000
+    # what each row was computed from: the checkpoints it names, and rows of different networks or inputs differ
+    assert (res["checkpoint"], res["baseline_checkpoint"]) == (folder2, folder1)
+    for a, b in (("stage1_copy", "copy"), ("egoagent", "shuffled_actions"), ("egoagent", "copy")):
+        assert rows[a]["mAP"] != rows[b]["mAP"], (a, b, rows[a], rows[b])
+    # the stage-2 checkpoint named as the baseline: its copy row is then the copy row, exactly
+    run_script(args[:-1] + [str(tmp_path / "run2"), "--output_dir", str(tmp_path / "same")])
+    same = json.loads((tmp_path / "same" / "retrieval.json").read_text())
+    assert same["baseline_checkpoint"] == folder2
+    numbers = {k: v for k, v in same["rows"]["copy"].items() if k != "query"}
+    assert_same_numbers({k: same["rows"]["stage1_copy"][k] for k in numbers}, numbers, "stage1_copy", rel=0)
     assert "Top-1 %" in proc.stdout and "oracle" in proc.stdout
 
     # two ranks: each its shard of the clips, one gathered gallery, gathered ranks -> the same numbers

@@ -331,3 +331,20 @@ def test_beta2_schedule_and_teacher_checkpoint_folder(tmp_path):
     assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.75)
     linked, own = tmp_path / "teacher" / "3" / "teacher_tp0_pp0.pt", tmp_path / "run" / "3" / "teacher_tp0_pp0.pt"
     assert linked.read_bytes() == own.read_bytes()
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(tmp_path):
+    """model.compile=True (torch.compile of every block, inductor on this CPU): three stage-2 steps give the losses
+    and the weights of the eager run, to float32 rounding."""
+    runs = {}
+    for compiled in (False, True):
+        trainer = make_trainer(tiny_config(2, tmp_path / str(compiled), steps=3, **{"model.compile": compiled}))
+        history = trainer.fit()
+        runs[compiled] = ([h["loss"] for h in history], flat_state(trainer))
+    from internlm.model.modeling_internlm import InternLMBlock
+
+    blocks = [m for m in trainer.meta.student.modules() if isinstance(m, InternLMBlock)]
+    assert blocks and all(hasattr(b, "_compiled_call_impl") and b._compiled_call_impl is not None for b in blocks)
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    torch.testing.assert_close(runs[True][1], runs[False][1], rtol=1e-3, atol=1e-5)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from internlm.config import load_config
 from internlm.initialize.launch import init_distributed
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = {1: "configs/demo/stage1_dino_tiny.py", 2: "configs/demo/stage2_joint_tiny.py"}
 
 
@@ -38,7 +41,7 @@ def tiny_overrides(save_folder, steps: int = 6, micro_num: int = 4, accum: int =
 
 
 def tiny_config(stage: int, save_folder, **kw):
-    return load_config(DEMO[stage], tiny_overrides(save_folder, **kw))
+    return load_config(os.path.join(REPO, DEMO[stage]), tiny_overrides(save_folder, **kw))
 
 
 def make_trainer(cfg):
@@ -54,3 +57,15 @@ def flat_state(trainer) -> torch.Tensor:
     parts += [p.detach().flatten() for p in meta.teacher.parameters()]
     parts += [meta.rep_center.flatten(), meta.pred_center.flatten()]
     return torch.cat(parts)
+
+
+def saved_optimizer_chunks(step_folder) -> dict[str, list[tuple[tuple, tuple]]]:
+    """The optimizer tensors of a checkpoint as torch.distributed.checkpoint stored them:
+    {"optim.{param}.{exp_avg|exp_avg_sq}": [(offsets, sizes) of each stored chunk]} (sharded state: several chunks;
+    replicated state: one)."""
+    import torch.distributed.checkpoint as dcp
+
+    metadata = dcp.FileSystemReader(os.path.join(str(step_folder), "train_state")).read_metadata()
+    return {fqn: [(tuple(c.offsets), tuple(c.sizes)) for c in meta.chunks]
+            for fqn, meta in metadata.state_dict_metadata.items()
+            if fqn.startswith("optim.") and fqn.endswith(("exp_avg", "exp_avg_sq"))}

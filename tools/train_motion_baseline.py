@@ -20,6 +20,7 @@ import torch
 from internlm.checkpoint.atomic import atomic_torch_save
 from internlm.config import ConfigError, load_config, parse_override
 from internlm.data.build import build_clip_dataset
+from internlm.eval.cli import default_output_dir
 from internlm.monitor.logging_setup import setup_logging
 from internlm.train.motion_baseline import train_pose_mlp
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     xyz, visible = torch.from_numpy(np.stack(xyz)), torch.from_numpy(np.stack(visible) > 0.5)
     print(f"{len(dataset)} training clips ({cfg.data.pose_frame} frame) loaded in {time.time() - t0:.1f}s")
     model, losses = train_pose_mlp(xyz, visible, INPUT_FRAMES, args.steps, args.batch_size, args.lr, seed=args.seed)
-    out = args.out or os.path.join("outputs", "motion_baseline", cfg.JOB_NAME, "pose_mlp.pt")
+    out = args.out or os.path.join(default_output_dir("motion_baseline", cfg), "pose_mlp.pt")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     record = {"pose_frame": cfg.data.pose_frame, "split": cfg.data.egoexo_train_split, "num_clips": len(dataset),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -72,6 +73,12 @@ def start_checkpoint_eval(args: argparse.Namespace):
     folder = eval_checkpoint(cfg, args.ckpt_folder, args.config)
     model, _, folder = load_model(folder, args.which, ctx.device, attn_backend=args.attn_backend)
     return ctx, cfg, model, folder
+
+
+def default_output_dir(kind: str, cfg: TrainConfig, step=None) -> str:
+    """Where an eval (or tool) writes when no output is given: outputs/{kind}/{JOB_NAME}[_step{step}]."""
+    name = cfg.JOB_NAME if step is None else f"{cfg.JOB_NAME}_step{step}"
+    return os.path.join("outputs", kind, name)
 
 
 def progress(iterable: Iterable, ctx: DistContext, total: Optional[int], desc: str):
