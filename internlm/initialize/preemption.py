@@ -9,16 +9,14 @@ import signal
 import subprocess
 import threading
 
-import torch
-import torch.distributed as dist
-
 from .signals import PREEMPTION_SIGNALS
 
 logger = logging.getLogger(__name__)
 
 
 class PreemptionFlag:
-    """SIGTERM / SIGUSR1 set a flag; ``agreed`` tells every rank at the same step boundary (one tiny all-reduce)."""
+    """SIGTERM / SIGUSR1 set ``raised``. The trainer sums it over ranks with each step's statistics (one all-reduce,
+    no sync of its own), so every rank stops at the same step boundary."""
 
     SIGNALS = PREEMPTION_SIGNALS
 
@@ -34,14 +32,6 @@ class PreemptionFlag:
 
     def _handle(self, signum, frame):
         self.raised = True
-
-    def agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self.raised else 0.0])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            if dist.get_backend() == "nccl":
-                flag = flag.cuda()
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

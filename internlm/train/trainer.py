@@ -78,12 +78,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistContext, loader_factory=None):
         self.cfg = cfg
@@ -150,6 +144,8 @@ class Trainer:
         self.writer = ScalarWriter(cfg.monitor.tensorboard_folder or os.path.join(cfg.ckpt.save_ckpt_folder,
                                                                                     "tensorboard"), ctx.is_main)
         self.history: list[dict] = []  # per-step scalars of this process (tests and reports read it)
+        self._preemption: Optional[PreemptionFlag] = None  # fit's flag; train_step sums it over ranks
+        self._preemption_agreed = False
         self._valid_dataset = None  # built at the first validation
 
     # ---------------------------------------------------------------------------------- initialisation
@@ -281,18 +277,27 @@ class Trainer:
                 loss = self.meta.chunk_loss(part, state, values.teacher_temp, chunk_size / n)
                 (loss * self.scaler.scale).backward()
 
-        grad_norm = self._unscale_and_clip()
+        norm = self._unscale_and_clip()
+        # The step's one host sync: the gradient norm (its finiteness decides the update) read together with the
+        # statistics, the pre-emption flag and the new bad files, summed over ranks in one all-reduce.
+        new_bad = self._new_bad_files(batch)
+        flags = [torch.full((1,), float(x), device=self.device)
+                 for x in (self._preemption is not None and self._preemption.raised, len(new_bad))]
+        sums = self.meta.reduce_step(state, extras=flags)
+        grad_norm, *read = torch.cat([norm.reshape(1).float(), sums.values]).tolist()
+        preempt_votes, bad_count = read[-2:]
+        self._preemption_agreed = preempt_votes > 0
         finite = math.isfinite(grad_norm)
         if finite:
             self.meta.cancel_last_layer_gradients(self.progress.step)
             self.optimizer.step()
-        scalars = self.meta.end_step(state, values.momentum, update=finite)
+        scalars = self.meta.end_step(state, values.momentum, update=finite, sums=sums, read=read)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update(found_inf=not finite)
         p = self.progress
         p.iteration += 1
         p.consumed_samples += self.global_batch
-        self._note_bad_files(batch)
+        self._note_bad_files(new_bad, bad_count)
         if finite:
             p.step += 1
             self.consecutive_skips = 0
@@ -307,13 +312,17 @@ class Trainer:
                        update_applied=float(finite))
         return scalars
 
-    def _note_bad_files(self, batch: dict) -> None:
-        """Each unreadable input file is warned about once per run, for all ranks and loader workers (which do not
-        warn themselves, see _default_loader_factory), and counted once in bad_samples."""
+    def _new_bad_files(self, batch: dict) -> dict[str, str]:
+        """The unreadable input files of this batch not met before (path -> reason)."""
         if "bad_files" not in batch:
-            return
-        new = {path: why for path, why in parse_bad_files(batch["bad_files"]).items() if path not in self.bad_files}
-        if self.world > 1 and int(_all_reduce_(torch.tensor([len(new)], device=self.device))[0]):
+            return {}
+        return {path: why for path, why in parse_bad_files(batch["bad_files"]).items() if path not in self.bad_files}
+
+    def _note_bad_files(self, new: dict[str, str], count_all_ranks: float) -> None:
+        """Each unreadable input file is warned about once per run, for all ranks and loader workers (which do not
+        warn themselves, see _default_loader_factory), and counted once in bad_samples. ``count_all_ranks``: the
+        new files of every rank (read with the step's statistics): the names are gathered only when there are."""
+        if self.world > 1 and count_all_ranks > 0:
             gathered = [None] * self.world
             dist.all_gather_object(gathered, new)
             new = {path: why for part in reversed(gathered) for path, why in part.items()}
@@ -324,9 +333,10 @@ class Trainer:
         self.bad_files.update(new)
         self.progress.bad_samples = len(self.bad_files)
 
-    def _unscale_and_clip(self) -> float:
-        """Undo the loss scale, clip to clip_grad_norm over all ranks' gradients; returns the norm before clipping
-        (inf/nan when some gradient is not finite)."""
+    def _unscale_and_clip(self) -> torch.Tensor:
+        """Undo the loss scale, clip to clip_grad_norm; returns the norm before clipping, on the device (inf/nan
+        when some gradient is not finite). Every rank gets the same norm: DDP and ZeRO-1 hold the same all-reduced
+        gradients, FSDP2's norm is that of the whole gradient."""
         params = [p for p in unwrap(self.meta.student).parameters() if p.grad is not None]
         if self.scaler.scale != 1.0:
             torch._foreach_mul_([p.grad for p in params], 1.0 / self.scaler.scale)
@@ -334,8 +344,7 @@ class Trainer:
                                               error_if_nonfinite=False, foreach=True)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
-        norm = _all_reduce_(norm.detach().float().reshape(1), dist.ReduceOp.MAX if dist.is_initialized() else None)
-        return float(norm[0])
+        return norm.detach()
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -360,6 +369,7 @@ class Trainer:
         every = cfg.monitor.log_every
         self.meta.train()
         with PreemptionFlag() as preempt:
+            self._preemption = preempt
             with preemption_signals_blocked():  # loader workers start here and must not die of a group signal
                 batches = iter(loader)
             while self.progress.step < total:
@@ -388,7 +398,7 @@ class Trainer:
                 if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
                         step % cfg.ckpt.checkpoint_every == 0 or step == total):
                     self.save()
-                if preempt.agreed():
+                if self._preemption_agreed:  # every rank's flag, summed with the step's statistics
                     logger.warning("pre-emption signal: saving step %d and stopping", step)
                     self.save()
                     self.manager.wait()
