@@ -150,3 +150,11 @@ def test_pose_token_keeps_the_compute_dtype_under_cuda_autocast():
         assert F.layer_norm(torch.ones(2, 4, dtype=torch.bfloat16), (4,)).dtype == torch.float32  # CUDA's policy
         model.forward_joint(frames, poses, with_logits=False)
     assert seen == [torch.bfloat16]
+
+
+def test_one_host_sync_per_training_step(traces):
+    """The trainer's step reads the device once (the gradient norm, with the statistics and flags it needs): no
+    torch.tensor(list, device=...), .item() or float() elsewhere in the chunks or the step."""
+    _, by = traces
+    syncs = [(what, chunk) for _, what, step, chunk in by[(0.0, True)].syncs if step == 2]
+    assert syncs == [("item", -1)], syncs

@@ -21,8 +21,7 @@ asynchronously, so between two host syncs the step takes the longer of the GPU's
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Optional
+from dataclasses import dataclass, field
 
 from internlm.config import TrainConfig
 from internlm.model.flops import sample_cost
@@ -83,7 +82,7 @@ class Estimate:
     executed_tflop: float  # FLOPs the kernels run (recompute, masked tiles and the attention backward's extra)
     mfu: float  # the ceiling: model FLOPs / (step time x peak)
     host_syncs: int
-    memory: dict = field(default_factory=dict)  # GiB per GPU: model_state, activations_peak, total; fits
+    memory: dict = field(default_factory=dict)  # per GPU: model_state_gib, trace_peak_gib, total_gib, fits
 
     def row(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "settings"} | {"settings": self.settings.__dict__}
@@ -106,19 +105,16 @@ def _kernels(op: Op, a: Assumptions) -> int:
     return max(1, math.ceil(op.tensors / a.foreach_tensors_per_kernel))
 
 
-def _gpu_s(op: Op, gpu: GPUSpec, cfg: TrainConfig, a: Assumptions, nbytes: Optional[float] = None,
-           kernels: Optional[int] = None) -> float:
+def _gpu_s(op: Op, gpu: GPUSpec, cfg: TrainConfig, a: Assumptions) -> float:
     if op.kind in ("view", "alloc"):
         return 0.0
-    nbytes = sum(op.reads.values()) + sum(op.writes.values()) if nbytes is None else nbytes
-    memory = nbytes / (a.bandwidth_efficiency * gpu.hbm_gbs * 1e9)
+    memory = (sum(op.reads.values()) + sum(op.writes.values())) / (a.bandwidth_efficiency * gpu.hbm_gbs * 1e9)
     compute = 0.0
     if op.kind == "gemm":
         compute = op.flops / (a.gemm_efficiency * _peak(gpu, op, cfg))
     elif op.kind == "attention":
         compute = op.flops / (a.attention_efficiency * _peak(gpu, op, cfg))
-    floor = (kernels if kernels is not None else _kernels(op, a)) * a.kernel_floor_us * 1e-6
-    return max(memory, compute, floor)
+    return max(memory, compute, _kernels(op, a) * a.kernel_floor_us * 1e-6)
 
 
 def _cpu_s(op: Op, a: Assumptions) -> float:
@@ -476,6 +472,3 @@ def estimate(trace: StepTrace, gpu: GPUSpec, settings: Settings, a: Assumptions 
         host_syncs=sum((1 if c <= 0 else accum - 1) for _, _, step, c in trace.syncs if step == 2),
         memory=_memory(trace, costed, settings, gpu, a))
 
-
-def with_settings(settings: Settings, **changes) -> Settings:
-    return replace(settings, **changes)

@@ -99,7 +99,6 @@ class StepTrace:
     regions: list[Region]
     syncs: list[tuple[int, str, int, int]]  # (index of the next op, what, step, chunk) of each host read
     param_ready: dict[str, int]  # student parameter -> op index of its last gradient accumulation (step 2)
-    grad_buffers: list[int]  # the student's gradient buffers of step 2
     param_bytes: dict[str, int]  # student parameter -> fp32 bytes (in model order)
     teacher_bytes: int
     buffer_bytes: int  # registered buffers (centres, pose statistics)
@@ -195,20 +194,14 @@ class GPUHostSemantics(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in HOST_READS or func is torch.Tensor.tolist:
-            self.tracer.sync(getattr(func, "__name__", str(func)))
-            if func is torch.Tensor.tolist:
-                return _ones_list(tuple(args[0].shape))
+        if func in HOST_READS:
+            self.tracer.sync(func.__name__)
             return HOST_READS[func]
         if func is torch.tensor and "device" in kwargs and not isinstance(args[0], torch.Tensor):
             self.tracer.sync("torch.tensor(host data, device=...)")
         if func in CUDA_FP32_FUNCTIONS and torch.is_autocast_enabled("cpu") and "dtype" not in kwargs:
             args = [a.float() if isinstance(a, torch.Tensor) and a.dtype in LOW else a for a in args]
         return func(*args, **kwargs)
-
-
-def _ones_list(shape: tuple) -> object:
-    return [_ones_list(shape[1:]) for _ in range(shape[0])] if shape else 1.0
 
 
 def _read_bytes(t: torch.Tensor) -> int:
@@ -237,9 +230,14 @@ class Tracer(TorchDispatchMode):
     # ------------------------------------------------------------------------------------- bookkeeping
 
     def sync(self, what: str) -> None:
-        if not self.paused:
-            phase = self._context()[0]
-            self.syncs.append((len(self.ops), what, self.step, self._chunk(phase)))
+        """A host read. Reads with no kernel between them wait once (the GPU is idle after the first): one sync
+        (FakeTensor.tolist reads element by element; on a GPU it is one copy)."""
+        if self.paused:
+            return
+        if self.syncs and not any(op.kind not in ("view", "alloc") for op in self.ops[self.syncs[-1][0]:]):
+            return
+        phase = self._context()[0]
+        self.syncs.append((len(self.ops), what, self.step, self._chunk(phase)))
 
     def _id(self, t: torch.Tensor, op_index: Optional[int] = None) -> int:
         """The buffer id of t's storage. Storage addresses are reused once freed, so ids are handed out per live
@@ -445,11 +443,10 @@ def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[
                 assert isinstance(block, InternLMBlock)
                 _hook_block(block, name, tracer)
         ready: dict[str, int] = {}
-        grads: dict[str, int] = {}
 
         def grad_ready(p, pname):
             if tracer.step == 2:
-                ready[pname], grads[pname] = len(tracer.ops), tracer._id(p.grad)
+                ready[pname] = len(tracer.ops)
 
         for pname, p in meta.student.named_parameters():
             if p.requires_grad:
@@ -483,7 +480,7 @@ def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[
     for finalizer in tracer._finalizers:  # storages still alive (held by torch's caches) are not the step's
         finalizer.detach()
     return StepTrace(cfg, tracer.ops, tracer.buffers, tracer.regions, tracer.syncs, ready,
-                     sorted(set(grads.values())), param_bytes, teacher_bytes, buffer_bytes, step2_start,
+                     param_bytes, teacher_bytes, buffer_bytes, step2_start,
                      traced.data.micro_num // traced.data.gradient_accumulation, traced.data.gradient_accumulation,
                      compiled)
 
