@@ -74,19 +74,17 @@ def as_written(cfg: TrainConfig, world: int, compile_blocks: Optional[bool] = No
                     low_precision_comm=cfg.parallel.low_precision_comm, bucket_view=True)
 
 
-def recommended(tracer: Tracer, gpu, world: int, a: Assumptions) -> tuple[Settings, Estimate]:
-    """Compiled blocks; the smallest fraction of recomputed blocks (a whole number of blocks) whose memory fits,
-    with plain DDP if its replicated optimizer state fits, else ZeRO-1, else FSDP2."""
-    cfg = tracer.cfg
-    layers = cfg.model.num_layers
-    modes = ["ddp", "zero1", "fsdp"] if world > 1 else ["single"]
-    base = Settings(compile=True, world=world, bucket_mb=cfg.hybrid_zero_optimizer.reduce_bucket_size / 2**20,
-                    low_precision_comm=True, bucket_view=True)
+def smallest_fitting(tracer: Tracer, gpu, base: Settings, modes: list[str],
+                     a: Assumptions) -> tuple[Settings, Estimate]:
+    """The smallest fraction of recomputed blocks (a whole number of blocks) whose memory fits ``gpu``, in the first
+    of ``modes`` that fits at that fraction; memory falls linearly with the blocks recomputed, so the fraction is
+    interpolated between none and all, then checked. Everything recomputed in the last mode if nothing fits."""
+    layers = tracer.cfg.model.num_layers
 
     def try_fraction(k: int) -> Optional[tuple[Settings, Estimate]]:
         for mode in modes:
             s = Settings(**{**base.__dict__, "checkpoint": k / layers, "parallel": mode})
-            e = estimate(tracer.get(k / layers, True), gpu, s, a)
+            e = estimate(tracer.get(k / layers, base.compile), gpu, s, a)
             if e.memory["fits"]:
                 return s, e
         return None
@@ -94,22 +92,29 @@ def recommended(tracer: Tracer, gpu, world: int, a: Assumptions) -> tuple[Settin
     found = try_fraction(0)
     if found:
         return found
-    # memory falls linearly with the number of recomputed blocks: interpolate, then check the fraction chosen
-    s_all = try_fraction(layers)
-    if s_all is None:
+    all_blocks = try_fraction(layers)
+    if all_blocks is None:
         s = Settings(**{**base.__dict__, "checkpoint": 1.0, "parallel": modes[-1]})
-        return s, estimate(tracer.get(1.0, True), gpu, s, a)
-    mem0 = estimate(tracer.get(0.0, True), gpu, Settings(**{**base.__dict__, "parallel": s_all[0].parallel}),
-                    a).memory["total_gib"]
-    mem1 = s_all[1].memory["total_gib"]
-    usable = s_all[1].memory["usable_gib"]
+        return s, estimate(tracer.get(1.0, base.compile), gpu, s, a)
+    mode_all = Settings(**{**base.__dict__, "checkpoint": 0.0, "parallel": all_blocks[0].parallel})
+    mem0 = estimate(tracer.get(0.0, base.compile), gpu, mode_all, a).memory["total_gib"]
+    mem1, usable = all_blocks[1].memory["total_gib"], all_blocks[1].memory["usable_gib"]
     k = max(1, min(layers, math.ceil((mem0 - usable) / max(mem0 - mem1, 1e-9) * layers)))
     while k < layers:
         found = try_fraction(k)
         if found:
             return found
         k += 1
-    return s_all
+    return all_blocks
+
+
+def recommended(tracer: Tracer, gpu, world: int, a: Assumptions) -> tuple[Settings, Estimate]:
+    """Compiled blocks; the smallest recompute fraction that fits, with plain DDP if its replicated optimizer state
+    fits, else ZeRO-1, else FSDP2; gradients across nodes in the run's dtype."""
+    cfg = tracer.cfg
+    base = Settings(compile=True, world=world, bucket_mb=cfg.hybrid_zero_optimizer.reduce_bucket_size / 2**20,
+                    low_precision_comm=True, bucket_view=True)
+    return smallest_fitting(tracer, gpu, base, ["ddp", "zero1", "fsdp"] if world > 1 else ["single"], a)
 
 
 # ---------------------------------------------------------------------------------------------- printing
@@ -198,19 +203,26 @@ def paper_table(args) -> list[dict]:
 
 
 def budget_table(args) -> list[dict]:
-    """What fits at the paper's micro batch: for each config and card size, the smallest recompute fraction and
-    the parallel mode (recommended() on an A100 of that size: memory does not depend on the GPU's speed)."""
+    """What fits at the paper's micro batch on 40 and 80 GB cards (A100s: memory does not depend on the GPU's speed):
+    eager in the config's parallel mode (how the authors ran), and recommended (compiled, the cheapest mode)."""
     a = Assumptions()
     out = []
-    print("\nconfig                                           card   recompute  mode   memory GiB  MFU ceiling (A100)")
+    print(f"\n{'config':<44} {'card':>5}  {'eager, config mode':<26}  {'recommended (compiled)':<36}  MFU (A100)")
     for path in PAPER_CONFIGS:
         cfg = load(os.path.join(REPO, path), args)
         tracer = Tracer(cfg)
+        world = world_of(cfg)
         for gpu_key in ("a100-sxm-40gb", "a100-sxm-80gb"):
-            s, e = recommended(tracer, gpu_by_key(gpu_key), world_of(cfg), a)
-            print(f"{path:<48} {gpu_by_key(gpu_key).memory_gb:>3.0f} GB  {s.checkpoint:>9.2f}  {s.parallel:<5}  "
-                  f"{e.memory['total_gib']:>6.1f}{'' if e.memory['fits'] else ' (does not fit)'}  {e.mfu:>10.1%}")
-            out.append(dict(config=path, card_gb=gpu_by_key(gpu_key).memory_gb, **e.row()))
+            gpu = gpu_by_key(gpu_key)
+            written = as_written(cfg, world, compile_blocks=False)
+            s_eager, e_eager = smallest_fitting(tracer, gpu, written, [written.parallel], a)
+            s_rec, e_rec = recommended(tracer, gpu, world, a)
+            fits = "" if e_eager.memory["fits"] else " (no fit)"
+            print(f"{path:<44} {gpu.memory_gb:>3.0f} GB  recompute {s_eager.checkpoint:.2f} {s_eager.parallel:<5} "
+                  f"{e_eager.memory['total_gib']:>5.1f} GiB{fits:<9}  recompute {s_rec.checkpoint:.2f} "
+                  f"{s_rec.parallel:<5} {e_rec.memory['total_gib']:>5.1f} GiB{'':<9}  {e_rec.mfu:>6.1%}")
+            out += [dict(config=path, card_gb=gpu.memory_gb, setting="eager, config mode", **e_eager.row()),
+                    dict(config=path, card_gb=gpu.memory_gb, setting="recommended", **e_rec.row())]
     return out
 
 
