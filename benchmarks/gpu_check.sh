@@ -42,7 +42,7 @@ part() {  # part NAME SECONDS COMMAND...: run in a time box, record rc, seconds,
 
 if [ "$TINY" = 1 ]; then
   STAGE2_300M=configs/demo/stage2_joint_tiny.py; STAGE2_1B=configs/demo/stage2_joint_tiny.py
-  STEPS="--steps 2 --warmup 1"; ATTN_TINY=--tiny; MICRO="--batch 4 --accum 2"; COMPILE=False  # CI: no inductor
+  STEPS="--steps 1 --warmup 1"; ATTN_TINY=--tiny; MICRO="--batch 2 --accum 1"; COMPILE=False  # CI: no inductor
 else
   STAGE2_300M=configs/joint_train/lr6e-04_tmp004_300m.py; STAGE2_1B=configs/joint_train/lr6e-04_tmp004_1b.py
   STEPS="--steps 6 --warmup 2"; ATTN_TINY=; MICRO=; COMPILE=True
