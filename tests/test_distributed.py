@@ -32,9 +32,10 @@ def free_port() -> int:
 
 
 def launch(folder, world: int, global_batch: int = 8, mode="ddp", stop_after=None, extra=None,
-           own_process_group=False) -> list:
+           own_process_group=False, local_world_size=None) -> list:
     """Start ``world`` ranks of train.py (torchrun's variables set by hand, as a launcher would). With
-    ``own_process_group`` the ranks (and so their loader workers) form a new process group, as under slurm."""
+    ``own_process_group`` the ranks (and so their loader workers) form a new process group, as under slurm;
+    ``local_world_size``: ranks per node as torchrun reports it (default: all on one node)."""
     opts = dict(tiny_overrides(folder, steps=TOTAL, micro_num=global_batch // world, accum=1))
     opts.update({"parallel.zero1": MODES[mode], "monitor.record_sample_ids": True, "ckpt.checkpoint_every": 3})
     opts.update(extra or {})
@@ -48,7 +49,9 @@ def launch(folder, world: int, global_batch: int = 8, mode="ddp", stop_after=Non
     procs = []
     os.makedirs(folder, exist_ok=True)
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+        local = local_world_size or world
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank % local),
+                   LOCAL_WORLD_SIZE=str(local),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
         log = open(os.path.join(folder, f"launch_rank{rank}.log"), "a")
         group = {}

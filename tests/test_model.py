@@ -310,3 +310,85 @@ def test_low_precision_close_to_fp32(dtype):
         # that ignored its images, or a much larger error, would fail here)
         image_effect = (getattr(other, name) - getattr(ref, name)).square().mean().sqrt()
         assert error.square().mean().sqrt() * 4 < image_effect, (name, float(image_effect))
+
+
+def _forward_backward(model, frames, poses, dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(views=[frames[:, 0], frames[:, 1]], frames=frames, poses=poses)
+    loss = out.joint.actions.float().square().mean() + sum(v.logits.float().logsumexp(-1).mean() for v in out.views)
+    loss.backward()
+    return out, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_weights_cast_once_give_the_numbers_of_eager_autocast():
+    """Under bf16 autocast EgoAgent.forward casts each block's linear weights once for all of its passes (compiled
+    blocks would cast them per call): outputs and gradients are bitwise those of eager autocast, which caches the
+    casts of trainable weights."""
+    frames, poses = clip()
+    results = []
+    for once in (False, True):
+        torch.manual_seed(0)
+        model = EgoAgent(tiny_cfg(), joint=True).train()
+        model.backbone.cast_weights_once = once
+        out, grads = _forward_backward(model, frames, poses)
+        results.append((out.joint.actions, out.views[1].logits, grads))
+    for eager, once in zip(*results):
+        torch.testing.assert_close(once, eager, rtol=0, atol=0)
+
+
+def test_frozen_weights_keep_their_cast_until_they_change():
+    """The EMA teacher's casts are kept across forwards (one cast per optimizer step, not per chunk) and made anew
+    once its weights change in place."""
+    torch.manual_seed(0)
+    teacher = EgoAgent(tiny_cfg(), joint=True).eval().requires_grad_(False)
+    frames, _ = clip()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = teacher(views=[frames[:, 0]]).views[0].logits
+        kept = teacher.backbone._kept_casts[0][1]["mixer.Wqkv.weight"]
+        again = teacher(views=[frames[:, 0]]).views[0].logits
+        assert teacher.backbone._kept_casts[0][1]["mixer.Wqkv.weight"] is kept
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        params = list(teacher.parameters())
+        torch._foreach_lerp_(params, [torch.randn_like(p) for p in params], 0.5)  # an EMA step
+        updated = teacher(views=[frames[:, 0]]).views[0].logits
+        fresh = EgoAgent(tiny_cfg(), joint=True).eval().requires_grad_(False)
+        fresh.load_state_dict(teacher.state_dict())
+        torch.testing.assert_close(updated, fresh(views=[frames[:, 0]]).views[0].logits, rtol=0, atol=0)
+        assert (updated - first).abs().max() > 1e-3
+
+
+def test_the_joint_pass_reaches_each_block_last_in_the_backward():
+    """EgoAgent.forward runs the joint branch (the longest pass) first, so its backward comes last and each block's
+    gradient is final while that pass's backward still runs: data parallelism reduces it meanwhile. Measured in
+    backward work (elements written) until the last block's gradient is ready, against the views-first order."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            Count.n += sum(t.numel() for t in (out if isinstance(out, (tuple, list)) else [out])
+                           if isinstance(t, torch.Tensor))
+            return out
+
+    frames, poses = clip()
+    share = {}
+    for order in ("forward", "views first"):
+        torch.manual_seed(0)
+        model = EgoAgent(tiny_cfg(num_layers=4), joint=True).train()
+        ready = {}
+        model.backbone.blocks[-1].mixer.Wqkv.weight.register_post_accumulate_grad_hook(
+            lambda p, ready=ready: ready.update(last=Count.n))
+        if order == "forward":
+            out = model(views=[frames[:, 0], frames[:, 1]], frames=frames, poses=poses)
+            views, joint = out.views, out.joint
+        else:
+            views = [model.represent(v) for v in (frames[:, 0], frames[:, 1])]
+            joint = model.forward_joint(frames, poses)
+        loss = joint.actions.square().mean() + sum(v.logits.logsumexp(-1).mean() for v in views)
+        Count.n = 0
+        with Count():
+            loss.backward()
+        share[order] = ready["last"] / Count.n
+    assert share["forward"] < share["views first"] - 0.1, share

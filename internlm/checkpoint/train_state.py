@@ -93,19 +93,36 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def rng_state() -> dict:
+def device_rng(device: torch.device):
+    """The random-number module of ``device``'s type (get_rng_state(device) / set_rng_state(state, device)), or
+    None for the CPU (whose generator is torch's own)."""
+    return torch.cuda if device.type == "cuda" else None
+
+
+def rng_state(device: torch.device, accelerator=None) -> dict:
+    """This rank's generators: torch's CPU, numpy's, python's and its own device's, only that one. (Saving every
+    visible GPU's state, as get_rng_state_all does, ties a checkpoint to how many GPUs the launcher let each process
+    see: 8 under torchrun, 1 under srun.) ``accelerator`` stands in for torch.cuda."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    accelerator = accelerator or device_rng(device)
+    if accelerator is not None:
+        state["device"] = {"type": device.type, "state": accelerator.get_rng_state(device)}
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device, accelerator=None) -> None:
+    """Restore ``rng_state``'s generators, the saved device state into this rank's device, whatever its index and
+    however many devices are visible."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    accelerator = accelerator or device_rng(device)
+    saved = state.get("device")
+    if accelerator is not None and saved is not None and saved["type"] == device.type:
+        accelerator.set_rng_state(saved["state"], device)
+    elif accelerator is not None and "cuda" in state:
+        logger.info("the checkpoint holds the CUDA generator of every GPU its process saw, not which one was its "
+                    "own (an older format): this device's generator is not restored")
 
 
 def _is_fsdp(plan: DataParallelPlan) -> bool:
@@ -152,7 +169,7 @@ class CheckpointManager:
         self.cfg = cfg
         self.plan = plan
         self.folder = cfg.ckpt.save_ckpt_folder
-        self._pending: Optional[tuple] = None  # (future, step folder) of an async save
+        self._pending: Optional[tuple] = None  # (future, step folder, bytes needed) of an async save
         self._async_group = None  # the background save's own process group, created at its first use
 
     # -------------------------------------------------------------------------------------------- save
@@ -183,7 +200,7 @@ class CheckpointManager:
             tensors = _optimizer_tensors(self.plan, meta_arch.student, optimizer, allocate=False)
             tensors["rep_center"] = meta_arch.rep_center
             tensors["pred_center"] = meta_arch.pred_center
-            atomic_torch_save(rng_state(), os.path.join(folder, RNG_DIR, f"rank{rank}.pt"))
+            atomic_torch_save(rng_state(self.plan.device), os.path.join(folder, RNG_DIR, f"rank{rank}.pt"))
             state_dir = os.path.join(folder, TRAIN_STATE_DIR)
             if self.cfg.ckpt.async_save and dist.is_initialized():
                 if self._async_group is None:
@@ -328,7 +345,7 @@ class CheckpointManager:
         except CheckpointException as exc:  # raised on every rank
             raise CorruptCheckpointError(f"{state_dir} cannot be read ({exc})") from exc
         if rng is not None:
-            set_rng_state(rng)
+            set_rng_state(rng, self.plan.device)
         else:
             logger.info("RNG states not restored (saved on %s ranks); data order and augmentation do not depend "
                         "on them", meta.get("world_size"))

@@ -1,6 +1,6 @@
 """Typed, strict configs read from InternLM-style python files."""
 
-from .loader import config_from_resolved, load_config, parse_override, read_config_namespace
+from .loader import config_from_resolved, load_config, parse_override, read_config_namespace, with_overrides
 from .schema import (
     AdamConfig,
     CkptConfig,
@@ -15,4 +15,5 @@ from .typed import ConfigError, to_dict
 __all__ = [
     "AdamConfig", "CkptConfig", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "ParallelConfig",
     "TrainConfig", "config_from_resolved", "load_config", "parse_override", "read_config_namespace", "to_dict",
+    "with_overrides",
 ]

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional
 
 from .follow import MISSING, Follower, get, put
 from .schema import TrainConfig, validate
-from .typed import ConfigError, build
+from .typed import ConfigError, build, to_dict
 
 LOCAL_PREFIX = "local:"
 _REMOTE_PREFIXES = ("boto3:", "s3:", "oss:", "volc:")
@@ -180,6 +180,14 @@ def config_from_namespace(namespace: dict[str, Any], overrides: Optional[Iterabl
             message += f"; add --opt data.total_steps={overridden['lr_scheduler.total_steps']}"
         raise ConfigError(f"{message} [{_source_of(message, overridden, followed, where)}]") from None
     return cfg
+
+
+def with_overrides(cfg: TrainConfig, overrides: Iterable[tuple[str, Any]]) -> TrainConfig:
+    """A loaded config with more dotted-key overrides, type-checked and validated again (what --opt does)."""
+    resolved = to_dict(cfg)
+    constants = resolved.pop("constants", {}) or {}
+    source_file = resolved.pop("source_file", None)
+    return config_from_namespace({**resolved, **constants}, overrides, source_file=source_file)
 
 
 # Keys that only restate others, and that configs written before they defaulted to None stored with stale defaults.

@@ -85,7 +85,8 @@ class ModelConfig:
     # Action head and projector options (off in the paper's configs, which predict absolute poses from raw input):
     action_residual: bool = False  # predict offsets from the last pose of the previous step (zero-initialised)
     pose_normalization: bool = False  # standardise the pose input per joint and axis (training-set statistics)
-    compile: bool = False  # torch.compile (inductor) each transformer block of student and teacher
+    # torch.compile (inductor) each transformer block of student and teacher; None: on CUDA, not on a CPU
+    compile: Optional[bool] = None
     # Stage 2 from a stage-1 checkpoint (which has no prediction head): "fresh" initialises the state-prediction
     # head and future-state query like any new layer (the paper); "representation" copies the representation head
     # and state query into them, so the predictor starts as the copy baseline.
@@ -356,6 +357,10 @@ class ParallelConfig:
     sequence_parallel: bool = False
     # added
     timeout_s: float = 1800.0  # a collective stuck longer than this fails the job instead of hanging
+    # fp16/bf16 runs: DDP / ZeRO-1 gradients cross nodes in model.dtype and are summed in fp32
+    # (internlm/parallel/comm_hooks.py); FSDP2 gathers parameters in model.dtype and reduces gradients in fp32.
+    # False: all in fp32. No effect in fp32 runs.
+    low_precision_comm: bool = True
 
     @property
     def zero1_config(self) -> Zero1Config:

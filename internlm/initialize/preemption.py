@@ -13,9 +13,6 @@ import threading
 import time
 from typing import Optional
 
-import torch
-import torch.distributed as dist
-
 from .signals import PREEMPTION_SIGNALS
 
 logger = logging.getLogger(__name__)
@@ -32,10 +29,11 @@ _ORDER = (None, StopRequest.PREEMPTION, StopRequest.INTERRUPT)
 
 
 class PreemptionFlag:
-    """SIGTERM / SIGUSR1 and a first SIGINT set a flag; ``agreed`` tells every rank at the same step boundary what
-    was asked (one tiny all-reduce). A second SIGINT raises KeyboardInterrupt (the run stops at once), unless it
-    comes within ``DUPLICATE_WINDOW_S`` of the first: torchrun forwards the terminal's Ctrl-C to ranks that the
-    terminal already signalled, so one keypress arrives twice."""
+    """SIGTERM / SIGUSR1 and a first SIGINT set ``raised``. The trainer sums each kind over ranks with the step's
+    statistics (one all-reduce, no sync of its own), so every rank stops at the same step boundary for the same
+    reason. A second SIGINT raises KeyboardInterrupt (the run stops at once), unless it comes within
+    ``DUPLICATE_WINDOW_S`` of the first: torchrun forwards the terminal's Ctrl-C to ranks that the terminal already
+    signalled, so one keypress arrives twice."""
 
     SIGNALS = PREEMPTION_SIGNALS + (signal.SIGINT,)
     DUPLICATE_WINDOW_S = 1.0
@@ -69,14 +67,6 @@ class PreemptionFlag:
                             b"(Ctrl-C again to stop at once, without saving)\n")
         elif now - self._first_sigint > self.DUPLICATE_WINDOW_S:
             raise KeyboardInterrupt("second SIGINT (Ctrl-C): stopped at once, without saving")
-
-    def agreed(self) -> Optional[StopRequest]:
-        flag = torch.tensor([float(_ORDER.index(self.raised))])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            if dist.get_backend() == "nccl":
-                flag = flag.cuda()
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return _ORDER[int(flag.item())]
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

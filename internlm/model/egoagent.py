@@ -10,6 +10,7 @@ Token layouts (built by attention.representation_layout / joint_layout):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -200,6 +201,16 @@ class EgoAgent(nn.Module):
 
         views: groups of same-size views, each (B_i, 3, S_i, S_i) -> representation of every view;
         frames (B, T, 3, P, P) and poses (B, T, 4, 5, 17) -> the joint branch (copy_logits: see forward_joint)."""
-        outs = [self.represent(v) for v in views]
-        joint = self.forward_joint(frames, poses, copy_logits=copy_logits) if frames is not None else None
+        with self._compute_dtype_weights(frames if frames is not None else views[0]):
+            # The joint branch first: the backward runs in reverse, so its pass (the longest) is the last to reach
+            # each block, and data parallelism reduces each block's finished gradients while it still runs.
+            joint = self.forward_joint(frames, poses, copy_logits=copy_logits) if frames is not None else None
+            outs = [self.represent(v) for v in views]
         return AgentOutput(outs, joint)
+
+    def _compute_dtype_weights(self, x: torch.Tensor):
+        """Under fp16/bf16 autocast, the backbone's linear weights cast once for all the passes of this forward."""
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) in (torch.float16, torch.bfloat16):
+            return self.backbone.weights_cast_once(torch.get_autocast_dtype(device))
+        return contextlib.nullcontext()

@@ -50,7 +50,7 @@ class SampleCost:
     teacher_tokens: int
 
 
-def _layouts(cfg: TrainConfig):
+def view_layouts(cfg: TrainConfig):
     m, data = cfg.model, cfg.data
     p = m.patch_size
     n_global = (data.vid_crop_size // p) ** 2
@@ -68,7 +68,7 @@ def sample_cost(cfg: TrainConfig, dense_attention: bool = False) -> SampleCost:
     m, data = cfg.model, cfg.data
     d, nl, r = m.hidden_size, m.num_layers, m.mlp_ratio
     head = dino_head_flops(d, m.head_hidden_dim, m.head_bottleneck_dim, m.output_dim)
-    g_layout, l_layout, p_layout, joint, n_g, n_l, n_p = _layouts(cfg)
+    g_layout, l_layout, p_layout, joint, n_g, n_l, n_p = view_layouts(cfg)
     conv = 2 * 3 * m.patch_size ** 2 * d  # per image token
     n_local_views = data.local_crops_number if data.use_local_crop else 0
 
@@ -92,15 +92,3 @@ def sample_cost(cfg: TrainConfig, dense_attention: bool = False) -> SampleCost:
         student_tokens += joint.seq_len
         teacher_tokens += passes * T * p_layout.seq_len
     return SampleCost(3 * student_fwd - student_conv + teacher_fwd, student_tokens, teacher_tokens)
-
-
-# Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) for MFU when monitor.peak_tflops is not given.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A800": 312.0, "H800": 989.0, "L40S": 362.0,
-                   "A10": 125.0, "V100": 125.0, "4090": 165.0}
-
-
-def detect_peak_tflops(device_name: str) -> float | None:
-    for key, value in GPU_PEAK_TFLOPS.items():
-        if key in device_name:
-            return value
-    return None

@@ -8,11 +8,14 @@ Self-contained (imports torch and its sibling files only): the Hugging Face expo
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionKernel, MaskLayout, MultiHeadAttention, PreparedMask
@@ -67,6 +70,47 @@ class InternLMBackbone(nn.Module):
         self.kernel = AttentionKernel(attn_backend)
         # InternLM recomputes the first round(fraction * num_layers) blocks in the backward pass.
         self.num_checkpointed = int(round(checkpoint_fraction * num_layers))
+        # weights_cast_once: off where a wrapper already gathers the weights in the compute dtype (FSDP2)
+        self.cast_weights_once = True
+        self._cast: Optional[dict[int, dict[str, torch.Tensor]]] = None
+        self._cast_dtype = torch.float32
+        self._kept_casts: dict[int, tuple] = {}
+
+    @contextlib.contextmanager
+    def weights_cast_once(self, dtype: torch.dtype):
+        """Within: every block call uses its linear layers' weights and biases cast to ``dtype`` here, once, for all
+        the calls (the passes of one forward), as eager autocast's cast cache does for trainable weights. A
+        torch.compile'd block would otherwise cast them inside its graph at every call and keep a copy per call for
+        its backward; the teacher's weights (no gradient) are not cached by autocast at all. Gradients flow through
+        the cast to the fp32 weights."""
+        if not self.cast_weights_once:
+            yield
+            return
+        self._cast, self._cast_dtype = {}, dtype
+        try:
+            yield
+        finally:
+            self._cast = None
+
+    def _cast_weights(self, i: int) -> dict[str, torch.Tensor]:
+        # made at the block's first call: the casts' backward then runs (and the gradient is ready) as soon as the
+        # block's last backward pass is through, not after the whole backward
+        if i not in self._cast:
+            block = self.blocks[i]
+            params = [(name, p) for name, p in block.named_parameters()
+                      if isinstance(block.get_submodule(name.rpartition(".")[0]), nn.Linear)]
+            # weights without gradient (the EMA teacher) keep their casts across forwards until they change (an
+            # in-place update bumps a tensor's version): one cast per optimizer step instead of one per forward
+            frozen = not any(p.requires_grad for _, p in params)
+            key = (self._cast_dtype, tuple((p._version, p.untyped_storage()._cdata) for _, p in params))
+            kept = self._kept_casts.get(i)
+            if frozen and kept is not None and kept[0] == key:
+                self._cast[i] = kept[1]
+            else:
+                self._cast[i] = {name: p.to(self._cast_dtype) for name, p in params}
+                if frozen:
+                    self._kept_casts[i] = (key, self._cast[i])
+        return self._cast[i]
 
     def forward(self, x: torch.Tensor, layout: MaskLayout) -> torch.Tensor:  # (B, L, d) -> (B, L, d), final-normed
         assert x.shape[1] == layout.seq_len, (x.shape, layout.seq_len)
@@ -75,11 +119,16 @@ class InternLMBackbone(nn.Module):
         mask = self.kernel.prepare(layout, x.device, compute_dtype)
         rope = self.rotary.cos_sin(layout.seq_len, x.device)
         for i, block in enumerate(self.blocks):
+            call = block if self._cast is None else _with_parameters(block, self._cast_weights(i))
             if self.training and i < self.num_checkpointed and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, mask, self.kernel, use_reentrant=False)
+                x = checkpoint(call, x, rope, mask, self.kernel, use_reentrant=False)
             else:
-                x = block(x, rope, mask, self.kernel)
+                x = call(x, rope, mask, self.kernel)
         return self.norm(x)
+
+
+def _with_parameters(module: nn.Module, parameters: dict[str, torch.Tensor]):
+    return lambda *args: functional_call(module, parameters, args)
 
 
 @torch.no_grad()

@@ -49,4 +49,7 @@ class ActionProjector(nn.Module):
             visible = poses[:, 3:4]  # (B, 1, 5, 17)
             xyz = (poses[:, :3] - self.pose_mean.to(poses.dtype)) / self.pose_std.to(poses.dtype) * visible
             poses = torch.cat([xyz, visible], dim=1)
-        return self.act(self.norm(self.conv(poses).flatten(1)))
+        x = self.conv(poses).flatten(1)  # (B, d), the compute dtype under autocast
+        # CUDA autocast runs LayerNorm in fp32; the token goes back to the conv's dtype, else it would promote the
+        # whole joint sequence (torch.cat with the image tokens) and its residual stream to fp32
+        return self.act(self.norm(x)).to(x.dtype)

@@ -7,6 +7,12 @@ Modes, from ``parallel.zero1`` and the world size:
             torch's ZeroRedundancyOptimizer, which shards the optimizer state (ZeRO-1).
 - "fsdp":   zero1 = dict(fsdp=True): FSDP2 ``fully_shard`` on every block and the root, parameters sharded
             (the teacher is sharded the same way, so its EMA update stays shard-local).
+
+Communication in fp16/bf16 runs (parallel.low_precision_comm, default on): DDP's gradient buckets cross nodes in
+the compute dtype and are summed in fp32 (comm_hooks.py); FSDP2 gathers parameters in the compute dtype
+(MixedPrecisionPolicy(param_dtype=low, reduce_dtype=fp32)). ZeRO-1's parameter broadcast after the optimizer
+step (fp32, ZeroRedundancyOptimizer) overlaps nothing: where the replicated optimizer state fits (300M and 1B on
+80 GB cards, benchmarks/RESULTS.md), plain DDP (zero1 = 1) has no broadcast at all.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ from internlm.solver.optimizer import adamw_kwargs, param_groups
 logger = logging.getLogger(__name__)
 
 def _fully_shard():
+    """FSDP2's fully_shard and MixedPrecisionPolicy."""
     try:
-        from torch.distributed.fsdp import fully_shard  # torch >= 2.6
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # torch >= 2.6
     except ImportError:
-        from torch.distributed._composable.fsdp import fully_shard  # torch 2.5
-    return fully_shard
+        from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard  # torch 2.5
+    return fully_shard, MixedPrecisionPolicy
 
 
 def resolve_mode(cfg: ParallelConfig, world_size: int) -> str:
@@ -59,11 +66,18 @@ class DataParallelPlan:
         if self.mode == "single":
             return
         self._broadcast_from_rank0(meta)
+        low = meta.student_dtype if self.cfg.low_precision_comm else None  # fp16 / bf16, or None
         if self.mode in ("ddp", "zero1"):
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            # (the student has no buffers, so DDP's buffer syncing has nothing to do)
+            # (the student has no buffers, so DDP's buffer syncing has nothing to do); the gradients are views into
+            # DDP's buckets instead of a second copy
             meta.student = DistributedDataParallel(meta.student, device_ids=device_ids,
-                                                   bucket_cap_mb=max(bucket_bytes / 2**20, 1.0))
+                                                   bucket_cap_mb=max(bucket_bytes / 2**20, 1.0),
+                                                   gradient_as_bucket_view=True)
+            if low is not None:
+                from .comm_hooks import register_low_precision_reduce
+
+                register_low_precision_reduce(meta.student, low)
             if self.mode == "zero1":
                 size = self.cfg.zero1_config.size
                 if 1 < size < self.world_size:
@@ -71,11 +85,14 @@ class DataParallelPlan:
                         raise ValueError(f"parallel.zero1={size} must divide the world size {self.world_size}")
                     self.zero_group, _ = dist.new_subgroups(size)
             return
-        fully_shard = _fully_shard()
-        for model in (meta.student, meta.teacher):
+        fully_shard, policy = _fully_shard()
+        for model, dtype in ((meta.student, low), (meta.teacher, meta.teacher_dtype if low is not None else None)):
+            # parameters gathered in the compute dtype (autocast would cast them anyway), gradients reduced in fp32
+            mp = {"mp_policy": policy(param_dtype=dtype, reduce_dtype=torch.float32)} if dtype is not None else {}
+            model.backbone.cast_weights_once = False  # FSDP2 gathers each block's weights itself
             for block in model.backbone.blocks:
-                fully_shard(block)
-            fully_shard(model)
+                fully_shard(block, **mp)
+            fully_shard(model, **mp)
 
     @staticmethod
     @torch.no_grad()

@@ -46,6 +46,21 @@ class StepState:
     pred_count: int = 0
 
 
+@dataclass
+class StepSums:
+    """A step's sums over all ranks (EgoAgentMetaArch.reduce_step), on the device."""
+
+    rep_sum: Optional[torch.Tensor]  # (K,) teacher logits of the global views (None: evaluation)
+    rep_count: Optional[torch.Tensor]  # (1,) their number
+    pred_sum: Optional[torch.Tensor]  # (K,) teacher logits of the target frames (stage 2)
+    pred_count: Optional[torch.Tensor]
+    values: torch.Tensor  # (len(STAT_NAMES) + 1 + extras,) the statistics, the visible pose elements, the extras
+
+    @property
+    def extras(self) -> torch.Tensor:
+        return self.values[len(STAT_NAMES) + 1:]
+
+
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -194,10 +209,10 @@ class EgoAgentMetaArch(nn.Module):
             feats = F.normalize(s_out.views[0].feature[:B].float(), dim=-1)
             feat_std = feats.std(dim=0).mean() if B > 1 else zero
             # act_sum is a sum (normalised once per step); the others are means, weighted by the chunk's share
-            weights = torch.tensor([chunk_weight, chunk_weight, 1.0, chunk_weight, chunk_weight, chunk_weight],
-                                   device=loss_rep.device)
-            stats = torch.stack([loss_rep.detach(), loss_pred.detach(), act_sum, entropy, kl, feat_std]).float()
-            state.stats += stats * weights
+            # (python-number weights: a tensor made from a list would be a host-to-device copy, a sync per chunk)
+            stats = torch.stack([loss_rep.detach() * chunk_weight, loss_pred.detach() * chunk_weight, act_sum,
+                                 entropy * chunk_weight, kl * chunk_weight, feat_std * chunk_weight]).float()
+            state.stats += stats
         return self.weighted_total(terms)
 
     def _teacher_frame_views(self, chunk: dict) -> list[torch.Tensor]:
@@ -260,22 +275,44 @@ class EgoAgentMetaArch(nn.Module):
             if ".last_layer." in name:
                 p.grad = None
 
-    def end_step(self, state: StepState, momentum: float, update: bool) -> dict[str, float]:
+    def reduce_step(self, state: StepState, extras: Sequence[torch.Tensor] = ()) -> "StepSums":
+        """The step's sums over all ranks in one all-reduce, on the device (no host sync): the teacher logits for the
+        centres, the sample counts, the logged statistics, the visible pose elements, and ``extras`` (the trainer's
+        one-element flags and counts)."""
+        device = state.stats.device
+        centre_parts = []  # (logit sum, count) of the representation and the prediction targets, where present
+        for total, count in ((state.rep_sum, state.rep_count), (state.pred_sum, state.pred_count)):
+            if total is not None:
+                centre_parts += [total, torch.full((1,), float(count), device=device)]
+        normalizer = state.act_normalizer if state.act_normalizer is not None else torch.zeros((), device=device)
+        parts = centre_parts + [state.stats, normalizer.reshape(1).float()] + [e.reshape(1).float() for e in extras]
+        flat = _all_reduce_(torch.cat([p.float().reshape(-1) for p in parts]))
+        pieces = list(flat.split([p.numel() for p in parts]))
+        centres = pieces[:len(centre_parts)] + [None] * (4 - len(centre_parts))
+        return StepSums(*centres, torch.cat(pieces[len(centre_parts):]))
+
+    def end_step(self, state: StepState, momentum: float, update: bool, sums: Optional["StepSums"] = None,
+                 read: Optional[list[float]] = None) -> dict[str, float]:
         """After the optimizer step: the EMA teacher and the centres (when the step was applied), and the step's
-        statistics over all ranks as named scalars."""
+        statistics over all ranks as named scalars. ``sums`` and ``read`` (its values on the host): what the trainer
+        already reduced and read with the gradient norm, in the step's one sync; by default reduced and read here."""
+        if sums is None:
+            sums = self.reduce_step(state)
+        if read is None:
+            read = sums.values.tolist()
         if update:
             self.update_teacher(momentum)
-            self.update_centers(state.rep_sum, state.rep_count, state.pred_sum, state.pred_count)
-        return self.decode_stats(state, prefix="")
+            self.update_centers(sums.rep_sum, sums.rep_count, sums.pred_sum, sums.pred_count)
+        return self.decode_stats(read, prefix="")
 
-    def decode_stats(self, state: StepState, prefix: str) -> dict[str, float]:
-        """The statistics summed over ranks -> loss terms, weighted total and the collapse monitors."""
+    def decode_stats(self, read: list[float], prefix: str) -> dict[str, float]:
+        """StepSums.values on the host (statistics and visible pose elements, summed over ranks) -> loss terms,
+        weighted total and the collapse monitors."""
         world = _world_size()
-        stats = _all_reduce_(state.stats) / world
-        named = dict(zip(STAT_NAMES, stats.tolist()))
+        named = {name: value / world for name, value in zip(STAT_NAMES, read)}
         terms = {"loss_rep": named["loss_rep"]}
         if self.joint:
-            normalizer = float(state.act_normalizer) * world  # visible elements over all ranks
+            normalizer = read[len(STAT_NAMES)]  # visible elements over all ranks (each rank held global / world)
             terms.update(loss_pred=named["loss_pred"], loss_act=named["loss_act_sum"] * world / max(normalizer, 1.0))
         out = dict(terms, loss=self.weighted_total(terms))
         out.update({k: named[k] for k in ("teacher_entropy", "kl_teacher_student", "feature_std")})
@@ -305,7 +342,7 @@ class EgoAgentMetaArch(nn.Module):
         divisor = torch.full_like(total.stats, float(samples))
         divisor[STAT_NAMES.index("loss_act_sum")] = 1.0
         total.stats /= divisor
-        return self.decode_stats(total, prefix="val_")
+        return self.decode_stats(self.reduce_step(total).values.tolist(), prefix="val_")
 
     def prepare_new_run(self) -> None:
         """What a run that does not resume computes once before its first step: the training clips' pose statistics
@@ -336,21 +373,13 @@ class EgoAgentMetaArch(nn.Module):
                 model.reshard()
         t_params = [local_tensor(p) for p in self.teacher.parameters()]
         s_params = [local_tensor(p.detach()) for p in self.student.parameters()]
-        torch._foreach_mul_(t_params, momentum)
-        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+        torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)  # one pass over both (mul_ then add_ took two)
 
     @torch.no_grad()
-    def update_centers(self, rep_sum: torch.Tensor, rep_count: int, pred_sum: Optional[torch.Tensor],
-                       pred_count: int) -> None:
-        """c = m c + (1 - m) batch mean of the teacher logits, the mean taken over all ranks."""
+    def update_centers(self, rep_sum: torch.Tensor, rep_count, pred_sum: Optional[torch.Tensor], pred_count) -> None:
+        """c = m c + (1 - m) batch mean of the teacher logits; sums and counts over all ranks (reduce_step's), counts
+        as numbers or device tensors."""
         m = self.cfg.loss.center_momentum
-        sums = [rep_sum] + ([pred_sum] if pred_sum is not None else [])
-        counts = torch.tensor([float(rep_count), float(pred_count)], device=rep_sum.device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            flat = torch.cat(sums)
-            dist.all_reduce(flat)
-            sums = list(flat.split([s.numel() for s in sums]))
-            dist.all_reduce(counts)
-        self.rep_center.mul_(m).add_(sums[0] / counts[0], alpha=1 - m)
+        self.rep_center.mul_(m).add_(rep_sum / rep_count, alpha=1 - m)
         if pred_sum is not None:
-            self.pred_center.mul_(m).add_(sums[1] / counts[1], alpha=1 - m)
+            self.pred_center.mul_(m).add_(pred_sum / pred_count, alpha=1 - m)

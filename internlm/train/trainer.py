@@ -38,10 +38,11 @@ from internlm.data.workers import running_loader
 from internlm.initialize.launch import DistContext
 from internlm.initialize.preemption import PreemptionFlag, StopRequest, requeue_slurm_job
 from internlm.model.egoagent import check_backend_can_train
-from internlm.model.flops import detect_peak_tflops, sample_cost
+from internlm.model.flops import sample_cost
 from internlm.monitor.progress import StepTimer
 from internlm.monitor.tensorboard import ScalarWriter
 from internlm.parallel.data_parallel import DataParallelPlan, unwrap
+from internlm.perf.gpus import peak_tflops
 from internlm.solver.grad_scaler import DynamicLossScaler
 from internlm.solver.optimizer import apply_schedule
 from internlm.solver.schedules import Schedules
@@ -78,12 +79,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistContext, loader_factory=None):
         self.cfg = cfg
@@ -114,12 +109,14 @@ class Trainer:
             if init is not None and "all" not in init.content:
                 self.meta.init_from(init.path)  # ckpt.load_ckpt_info content ("model",): stage 2 from stage 1
         self.meta.to(self.device)
-        if cfg.model.compile:
+        from internlm.parallel.compile import compile_enabled
+
+        if compile_enabled(cfg, self.device):
             from internlm.parallel.compile import check_compile_available, compile_blocks
 
             check_compile_available(self.device)
             logger.info("torch.compile: %d transformer blocks (compiled at their first call)",
-                        compile_blocks(self.meta))
+                        compile_blocks(self.meta, cfg))
         self.plan.apply(self.meta, cfg.hybrid_zero_optimizer.reduce_bucket_size)
         self.optimizer = self.plan.build_optimizer(unwrap(self.meta.student), cfg.adam)
         self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.meta.student_dtype == torch.float16)
@@ -142,11 +139,17 @@ class Trainer:
         self.cost = sample_cost(cfg)
         peak = cfg.monitor.peak_tflops
         if peak is None and self.device.type == "cuda":
-            peak = detect_peak_tflops(torch.cuda.get_device_name(self.device))
+            name = torch.cuda.get_device_name(self.device)
+            peak = peak_tflops(name, cfg.model.dtype)  # the peak of the run's dtype on exactly this GPU
+            if peak is None and ctx.is_main:
+                logger.warning("MFU is not logged: %r is not in internlm/perf/gpus.py; set monitor.peak_tflops to "
+                               "its dense peak for model.dtype=%s", name, cfg.model.dtype)
         self.peak_tflops = peak
         self.writer = ScalarWriter(cfg.monitor.tensorboard_folder or os.path.join(cfg.ckpt.save_ckpt_folder,
                                                                                     "tensorboard"), ctx.is_main)
         self.history: list[dict] = []  # per-step scalars of this process (tests and reports read it)
+        self._preemption: Optional[PreemptionFlag] = None  # fit's flag; train_step sums it over ranks
+        self._stop_agreed: Optional[StopRequest] = None
         self._valid_dataset = None  # built at the first validation
 
     # ---------------------------------------------------------------------------------- initialisation
@@ -282,18 +285,30 @@ class Trainer:
                 loss = self.meta.chunk_loss(part, state, values.teacher_temp, chunk_size / n)
                 (loss * self.scaler.scale).backward()
 
-        grad_norm = self._unscale_and_clip()
+        norm = self._unscale_and_clip()
+        # The step's one host sync: the gradient norm (its finiteness decides the update) read together with the
+        # statistics, the pre-emption flag and the new bad files, summed over ranks in one all-reduce.
+        new_bad = self._new_bad_files(batch)
+        raised = self._preemption.raised if self._preemption is not None else None
+        flags = [torch.full((1,), float(x), device=self.device)
+                 for x in (raised is StopRequest.PREEMPTION, raised is StopRequest.INTERRUPT, len(new_bad))]
+        sums = self.meta.reduce_step(state, extras=flags)
+        grad_norm, *read = torch.cat([norm.reshape(1).float(), sums.values]).tolist()
+        preempt_votes, interrupt_votes, bad_count = read[-3:]
+        # a Ctrl-C on any rank outranks a pre-emption signal: no requeue
+        self._stop_agreed = (StopRequest.INTERRUPT if interrupt_votes > 0 else
+                             StopRequest.PREEMPTION if preempt_votes > 0 else None)
         finite = math.isfinite(grad_norm)
         if finite:
             self.meta.cancel_last_layer_gradients(self.progress.step)
             self.optimizer.step()
-        scalars = self.meta.end_step(state, values.momentum, update=finite)
+        scalars = self.meta.end_step(state, values.momentum, update=finite, sums=sums, read=read)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update(found_inf=not finite)
         p = self.progress
         p.iteration += 1
         p.consumed_samples += self.global_batch
-        self._note_bad_files(batch)
+        self._note_bad_files(new_bad, bad_count)
         if finite:
             p.step += 1
             self.consecutive_skips = 0
@@ -308,13 +323,17 @@ class Trainer:
                        update_applied=float(finite))
         return scalars
 
-    def _note_bad_files(self, batch: dict) -> None:
-        """Each unreadable input file is warned about once per run, for all ranks and loader workers (which do not
-        warn themselves, see _default_loader_factory), and counted once in bad_samples."""
+    def _new_bad_files(self, batch: dict) -> dict[str, str]:
+        """The unreadable input files of this batch not met before (path -> reason)."""
         if "bad_files" not in batch:
-            return
-        new = {path: why for path, why in parse_bad_files(batch["bad_files"]).items() if path not in self.bad_files}
-        if self.world > 1 and int(_all_reduce_(torch.tensor([len(new)], device=self.device))[0]):
+            return {}
+        return {path: why for path, why in parse_bad_files(batch["bad_files"]).items() if path not in self.bad_files}
+
+    def _note_bad_files(self, new: dict[str, str], count_all_ranks: float) -> None:
+        """Each unreadable input file is warned about once per run, for all ranks and loader workers (which do not
+        warn themselves, see _default_loader_factory), and counted once in bad_samples. ``count_all_ranks``: the
+        new files of every rank (read with the step's statistics): the names are gathered only when there are."""
+        if self.world > 1 and count_all_ranks > 0:
             gathered = [None] * self.world
             dist.all_gather_object(gathered, new)
             new = {path: why for part in reversed(gathered) for path, why in part.items()}
@@ -325,9 +344,10 @@ class Trainer:
         self.bad_files.update(new)
         self.progress.bad_samples = len(self.bad_files)
 
-    def _unscale_and_clip(self) -> float:
-        """Undo the loss scale, clip to clip_grad_norm over all ranks' gradients; returns the norm before clipping
-        (inf/nan when some gradient is not finite)."""
+    def _unscale_and_clip(self) -> torch.Tensor:
+        """Undo the loss scale, clip to clip_grad_norm; returns the norm before clipping, on the device (inf/nan
+        when some gradient is not finite). Every rank gets the same norm: DDP and ZeRO-1 hold the same all-reduced
+        gradients, FSDP2's norm is that of the whole gradient."""
         params = [p for p in unwrap(self.meta.student).parameters() if p.grad is not None]
         if self.scaler.scale != 1.0:
             torch._foreach_mul_([p.grad for p in params], 1.0 / self.scaler.scale)
@@ -335,8 +355,7 @@ class Trainer:
                                               error_if_nonfinite=False, foreach=True)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
-        norm = _all_reduce_(norm.detach().float().reshape(1), dist.ReduceOp.MAX if dist.is_initialized() else None)
-        return float(norm[0])
+        return norm.detach()
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -365,6 +384,7 @@ class Trainer:
         every = cfg.monitor.log_every
         self.meta.train()
         with PreemptionFlag(announce=self.ctx.is_main) as preempt, running_loader(loader) as batches:
+            self._preemption = preempt
             while self.progress.step < total:
                 if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
                     break
@@ -391,7 +411,7 @@ class Trainer:
                 if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
                         step % cfg.ckpt.checkpoint_every == 0 or step == total):
                     self.save()
-                stop = preempt.agreed()
+                stop = self._stop_agreed  # every rank's flags, summed with the step's statistics
                 if stop is not None:
                     logger.warning("%s: saving step %d and stopping", stop.value, step)
                     self.save()
