@@ -38,14 +38,16 @@ def knn_row(top1: float, se: float = 2.0) -> dict:
 
 GOOD = dict(knn=(40.0, 30.0, 25.0), retrieval={"copy": (5.0, 4.0), "stage1_copy": (6.0, 5.0),
                                                 "shuffled_actions": (3.0, 2.0)},
-            motion={"zero_velocity": (-4.0, 0.5), "constant_velocity": (-2.0, 0.5)}, mpjpe=(10.0, 14.0, 12.0, 9.0))
+            motion={"zero_velocity": (-4.0, 0.5), "constant_velocity": (-2.0, 0.5), "simlpe": (-0.5, 0.2)},
+            controls={"other_images": (0.8, 0.3), "mean_image": (0.6, 0.2)}, mpjpe=(8.5, 14.0, 12.0, 9.0))
 
 
 def fake_run(root: Path, knn=GOOD["knn"], retrieval=GOOD["retrieval"], motion=GOOD["motion"],
-             mpjpe=GOOD["mpjpe"]) -> Path:
+             controls=GOOD["controls"], mpjpe=GOOD["mpjpe"]) -> Path:
     """A run folder with the files the report reads. knn: Top-1 of (trained, untrained, raw pixels), SE 2 each;
-    retrieval: {baseline: (EgoAgent minus it, SE)} for Top-1 and mAP alike; motion: {baseline: (EgoAgent minus
-    it, SE)} in cm; mpjpe: (EgoAgent, zero velocity, constant velocity, pose-only MLP)."""
+    retrieval: {baseline: (EgoAgent minus it, SE)} for Top-1 and mAP alike; motion: {row: (EgoAgent minus it, SE)}
+    in cm; controls: {control: (control minus EgoAgent, SE)}; mpjpe: (EgoAgent, zero velocity, constant velocity,
+    siMLPe); oracles 1 cm (view) and 0.1 cm (scene) below siMLPe."""
     run = root / "run"
     write(run / "pipeline.json", {"seed": 3, "data": "data/x", "out": str(run), "timings_s": {"stage1": 1.0},
                                   "commands": {"stage1": ["python train.py"]}})
@@ -63,11 +65,18 @@ def fake_run(root: Path, knn=GOOD["knn"], retrieval=GOOD["retrieval"], motion=GO
         "chance": {"top1": 0.6, "mAP": 3.0}, "oracle_self_test": {"top1": 100.0, "floor": 99.0, "passed": True},
         "comparisons": {f"egoagent_minus_{k}": {"top1_diff": d, "top1_diff_se": se, "mAP_diff": d,
                                                 "mAP_diff_se": se} for k, (d, se) in retrieval.items()}})
-    names = ("model", "zero_velocity", "constant_velocity", "pose_mlp")
+    names = ("model", "zero_velocity", "constant_velocity", "simlpe")
+    rows = {n: motion_row(v) for n, v in zip(names, mpjpe)}
+    rows.update(view_oracle=motion_row(mpjpe[3] - 1.0), scene_oracle=motion_row(mpjpe[3] - 0.1),
+                **{f"model_{k}": motion_row(mpjpe[0] + d) for k, (d, _) in controls.items()})
     write(run / "eval/motion/motion.json", {
-        "num_clips": 171, "pose_frame": "clip_first_camera", **{n: motion_row(v) for n, v in zip(names, mpjpe)},
+        "num_clips": 171, "pose_frame": "clip_first_camera", **rows,
         "comparisons": {f"model_minus_{k}": {"mpjpe_30fps_diff": d, "mpjpe_30fps_diff_se": se}
-                        for k, (d, se) in {**motion, "pose_mlp": (mpjpe[0] - mpjpe[3], 0.3)}.items()}})
+                        for k, (d, se) in motion.items()},
+        "image_controls": {k: {"mpjpe_30fps_diff": d, "mpjpe_30fps_diff_se": se, "used": d > se}
+                           for k, (d, se) in controls.items()},
+        "oracle_margins": {"view_oracle": {"mpjpe_30fps_diff": 1.0, "mpjpe_30fps_diff_se": 0.1},
+                           "scene_oracle": {"mpjpe_30fps_diff": 0.1, "mpjpe_30fps_diff_se": 0.1}}})
     for stage in (1, 2):
         logged = [{"step": s, "loss_rep": 6.0, "loss_pred": 5.0, "loss_act": 0.05, "teacher_entropy": 5.1,
                    "kl_teacher_student": 0.2, "feature_std": 0.07} for s in range(25, 150, 25)]
@@ -85,10 +94,14 @@ def test_effects_hold_when_the_numbers_say_so(report, tmp_path):
     text = (run / "REPORT.md").read_text()
     assert "does not hold" not in text and "Why an effect does not hold" not in text
     assert "vs untrained +10.00 ± 2.83" in text  # sqrt(2^2 + 2^2)
-    assert "EgoAgent does **not** beat the learned pose-only baseline: 10.00 vs 9.00 cm" in text
+    assert "EgoAgent beats the pose-only (siMLPe) baseline and uses its images" in text
+    assert "vs siMLPe +0.50 ± 0.20; true images vs another clip's +0.80 ± 0.30 cm" in text
+    assert "floors: EgoAgent below zero velocity by +4.00 ± 0.50; constant velocity by +2.00 ± 0.50 cm" in text
+    assert "the mean image instead of the true ones costs +0.60 ± 0.20 cm (used)" in text
+    assert "view oracle 8.00 cm, +1.00 ± 0.10 cm below siMLPe" in text
     assert "oracle ranks first for 100.00%" in text
     assert (run / "training_curves.png").stat().st_size > 0 and (run / "motion_horizon.png").stat().st_size > 0
-    assert json.loads((run / "summary.json").read_text())["mpjpe_30fps"]["pose_mlp"] == 9.0
+    assert json.loads((run / "summary.json").read_text())["mpjpe_30fps"]["simlpe"] == 9.0
 
 
 @pytest.mark.parametrize("failing, numbers", [
@@ -96,8 +109,10 @@ def test_effects_hold_when_the_numbers_say_so(report, tmp_path):
     (0, dict(knn=(40.0, 30.0, 40.0))),  # a tie with raw pixels
     (1, dict(retrieval={**GOOD["retrieval"], "copy": (1.0, 1.5)})),  # within the noise of the copy baseline
     (1, dict(retrieval={**GOOD["retrieval"], "shuffled_actions": (0.2, 0.5)})),  # the action is not used
-    (2, dict(motion={**GOOD["motion"], "constant_velocity": (0.5, 0.3)})),  # worse than constant velocity
-    (2, dict(motion={**GOOD["motion"], "zero_velocity": (-0.2, 0.3)})),  # better, but inside the SE
+    (2, dict(motion={**GOOD["motion"], "simlpe": (0.4, 0.2)})),  # worse than siMLPe (the paper's claim fails)
+    (2, dict(motion={**GOOD["motion"], "simlpe": (-0.1, 0.2)})),  # better than siMLPe, but inside the SE
+    (2, dict(controls={**GOOD["controls"], "other_images": (-0.5, 0.2)})),  # another clip's images do better
+    (2, dict(controls={**GOOD["controls"], "other_images": (0.2, 0.3)})),  # images within the noise: unused
 ])
 def test_each_effect_fails_on_its_own_numbers(report, tmp_path, failing, numbers):
     run = fake_run(tmp_path, **numbers)
@@ -109,10 +124,16 @@ def test_each_effect_fails_on_its_own_numbers(report, tmp_path, failing, numbers
     assert "Why an effect does not hold" in text and "5.10 -> 5.10 nats (uniform over 256 prototypes: 5.55)" in text
 
 
-def test_pose_only_baseline_statement_follows_the_numbers(report, tmp_path):
-    run = fake_run(tmp_path, mpjpe=(8.0, 14.0, 12.0, 9.0))
-    report.main(["--run", str(run)])
-    assert "EgoAgent beats the learned pose-only baseline: 8.00 vs 9.00 cm" in (run / "REPORT.md").read_text()
+def test_floors_and_ceilings_are_stated_beside_the_action_verdict(report, tmp_path):
+    """The floors do not decide the verdict (the paper's claim is against siMLPe) but are stated, with a warning
+    when one is not cleared; an action JSON without siMLPe or the image controls cannot hold."""
+    run = fake_run(tmp_path, motion={**GOOD["motion"], "constant_velocity": (0.5, 0.3)})
+    summary = report.main(["--run", str(run)])
+    assert summary["effects"][2]["holds"]
+    assert "constant velocity by -0.50 ± 0.30" in summary["action_beside"]
+    assert "(**not** every floor is cleared)" in summary["action_beside"]
+    bare = fake_run(tmp_path / "bare", controls={})
+    assert not report.main(["--run", str(bare)])["effects"][2]["holds"]
 
 
 @pytest.mark.parametrize("diff, said", [(3.0, "adds to"), (0.5, "does **not** add (beyond its SE) to"),
@@ -126,9 +147,14 @@ def test_what_the_learned_prediction_adds_over_the_reprojection_follows_the_numb
     assert f"The learned state prediction {said} the reprojection of frame t" in text
     assert summary["prediction_over_reprojection"].startswith(f"The learned state prediction {said}")
     assert summary["effects"][1]["holds"]
+    # ... stated in the prediction verdict's own row too
+    assert summary["effects"][1]["margins"].endswith(
+        f"what the learned part adds over the reprojection alone (geometry): Top-1 {diff:+.2f} ± 1.00 points")
     assert "Its learned change enters at" not in text  # not calibrated: nothing said about a scale
     plain = fake_run(tmp_path / "plain")  # no reprojection row: no statement
-    assert report.main(["--run", str(plain)])["prediction_over_reprojection"] == ""
+    plain_summary = report.main(["--run", str(plain)])
+    assert plain_summary["prediction_over_reprojection"] == ""
+    assert "reprojection" not in plain_summary["effects"][1]["margins"]
     assert "The learned state prediction" not in (plain / "REPORT.md").read_text()
 
 
@@ -153,3 +179,33 @@ def test_the_calibrated_scale_of_the_learned_change_is_stated(report, tmp_path):
     assert text.startswith("The learned change is left out: every share of it raises L_pred on 2 training take(s) "
                            "held out of stage 2")
     assert "so EgoAgent's state prediction is the reprojection of frame t by the true camera rotation" in text
+
+
+def test_the_measured_cause_of_a_failing_action_verdict_is_quoted(report, tmp_path):
+    """When the action verdict fails, the report states the image controls, the ceilings and what
+    tools/diagnose_motion.py measured on the run: teacher-forced vs autoregressive error, and images used on the
+    training clips but not on new takes (memorised); the sentence follows the numbers."""
+    def diagnosis(run, train_effect):
+        for split, effect in (("val", (0.02, 0.2)), ("train", train_effect)):
+            mpjpe = {name: {"all": value, "step1": {"all": value / 3}} for name, value in
+                     (("autoregressive", 8.8), ("teacher-forced", 3.6), ("siMLPe", 5.7))}
+            write(run / f"eval/motion/diagnosis_{split}.json", {
+                "num_clips": 171 if split == "val" else 565, "mpjpe": mpjpe,
+                "image_effect": {"autoregressive other images": {"diff": effect[0], "se": effect[1]}}})
+
+    failing = dict(motion={**GOOD["motion"], "simlpe": (3.0, 0.2)}, controls={**GOOD["controls"],
+                                                                            "other_images": (0.02, 0.2)})
+    run = fake_run(tmp_path / "a", **failing)
+    diagnosis(run, (1.5, 0.08))
+    report.main(["--run", str(run)])
+    text = (run / "REPORT.md").read_text()
+    assert "- other images instead of the true ones: +0.02 ± 0.20 cm: the images are **unused**" in text
+    assert "- ceiling: view oracle: siMLPe + where each step image is taken (privileged ceiling) is +1.00 ± 0.10" \
+        in text
+    assert "teacher-forced (the true poses of the earlier steps as action tokens" in text
+    assert "3.60 cm, against 8.80" in text
+    assert "on the train clips (565): +1.50 ± 0.08 cm" in text and "(memorised)" in text
+    run = fake_run(tmp_path / "b", **failing)
+    diagnosis(run, (0.05, 0.08))  # not used on the training clips either: no memorisation claimed
+    report.main(["--run", str(run)])
+    assert "(memorised)" not in (run / "REPORT.md").read_text()

@@ -127,3 +127,29 @@ def test_reprojection_needs_the_residual_and_the_clips_camera_motion(tmp_path):
         load_config(demo, [("model.prediction_residual", False), ("teacher.prediction_residual", False)])
     with pytest.raises(ConfigError, match="data.camera_motion=True"):
         load_config(demo, [("data.camera_motion", False)])
+
+
+@pytest.mark.parametrize("pose_frame", ["clip_first_camera", "world"])
+def test_clip_camera_poses_carry_the_stored_camera_frame_poses_into_the_clip_frame(processed_world, tmp_path,
+                                                                                   pose_frame):
+    """The view oracle's input, checked through the data: the poses as stored (each frame's own camera) moved by
+    clip_camera_poses (camera -> the clip's pose frame) are the poses clip_xyz gives in that frame; in the clip's
+    first camera frame the first camera is the identity at the origin."""
+    import dataclasses
+
+    from internlm.data.egoexo_format import MISSING_JOINT_VALUE
+
+    data = dataclasses.replace(_clip_cfg(processed_world), pose_frame=pose_frame)
+    ds = build_clip_dataset(data, "train", train=False, cache_dir=str(tmp_path / "cache"))
+    for i in range(0, len(ds), 7):
+        cams = ds.clip_camera_poses(i)  # (20, 12)
+        rot, centre = cams[:, :9].reshape(20, 3, 3).astype(np.float64), cams[:, 9:].astype(np.float64)
+        row = int(ds.index.clip_rows[i])
+        raw = np.asarray(ds.index.poses.poses[row:row + 20], np.float64)  # (20, 17, 3) in each frame's camera
+        xyz, vis = ds.clip_xyz(i)
+        moved = np.einsum("fij,fkj->fki", rot, raw) + centre[:, None]
+        seen = vis > 0
+        np.testing.assert_allclose(moved[seen], xyz[seen], atol=2e-4)
+        assert (xyz[~seen] == MISSING_JOINT_VALUE).all()
+        if pose_frame == "clip_first_camera":
+            np.testing.assert_allclose(cams[0], np.r_[np.eye(3).ravel(), np.zeros(3)], atol=1e-5)

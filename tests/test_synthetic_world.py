@@ -271,3 +271,51 @@ def test_refuses_to_overwrite(tmp_path):
     (tmp_path / "egoexo4d_v2").mkdir()  # somebody's real data
     with pytest.raises(FileExistsError, match="not written by this generator"):
         generate_world(str(tmp_path), 0, size, progress=False)
+
+
+def test_privileged_scene_truth_is_written_apart_and_read_back(synthetic_world, tmp_path):
+    """Every take's scene truth is written outside the Ego-Exo4D tree, marked privileged, and reads back as the
+    walker's own percept at each frame; a missing take is a clear error."""
+    from internlm.data.synthetic.privileged import SCENE_TRUTH_FEATURES, SceneTruth, scene_truth, scene_truth_path
+
+    w = synthetic_world
+    truth = SceneTruth(str(w.data_root))
+    for spec in plan_takes(w.seed, w.size):
+        path = scene_truth_path(str(w.data_root), spec.take_uid)
+        assert not path.startswith(str(w.egoexo_root))
+        content = json.loads(open(path).read())
+        assert content["privileged"] is True and tuple(content["columns"]) == SCENE_TRUTH_FEATURES
+        want = scene_truth(build_take(w.seed, spec, w.size).motion)  # (T, C) from the simulation itself
+        for frame in (0, 37, w.size.frames_per_take - 1):
+            np.testing.assert_allclose(truth.at(spec.take_uid, frame), want[frame], atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="privileged scene truth"):
+        SceneTruth(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no-such-take"):
+        truth.at("no-such-take", 0)
+
+
+def test_scene_truth_is_what_the_walker_acts_on():
+    """The privileged scene truth records the walker's own percept: with little clearance ahead it swerves (its
+    heading turns faster in the next 0.2 s than when the way is clear), and a reach is far more likely to start
+    on a frame where a landmark is within reach in front than elsewhere (where only the random reaches start)."""
+    from internlm.data.synthetic.body import DODGE_CLEARANCE
+    from internlm.data.synthetic.privileged import SCENE_TRUTH_FEATURES, scene_truth
+
+    blocked, clear, onset_near, onset_far = [], [], [], []
+    gap, bearing_sin = SCENE_TRUTH_FEATURES.index("landmark_gap"), SCENE_TRUTH_FEATURES.index("landmark_bearing_sin")
+    for k in range(20):
+        rng = np.random.default_rng([77, k])
+        motion = simulate(random_scene(rng), rng, 300)
+        truth = scene_truth(motion)
+        turn = np.abs(np.diff(np.unwrap(motion.heading)))  # rad per frame
+        for t in range(290):
+            rate = turn[t:t + 6].mean()
+            (blocked if truth[t, 0] < DODGE_CLEARANCE else clear if truth[t, 0] > 2.0 else []).append(rate)
+        onset = np.zeros(300, bool)
+        onset[np.flatnonzero((motion.reach[1:] > 0) & (motion.reach[:-1] == 0)) + 1] = True
+        near = (truth[:, gap] < 1.6) & (np.abs(truth[:, bearing_sin]) < np.sin(0.6))
+        onset_near.append(onset[near])
+        onset_far.append(onset[~near])
+    assert np.mean(blocked) > 1.5 * np.mean(clear), (np.mean(blocked), np.mean(clear))
+    p_near, p_far = np.concatenate(onset_near).mean(), np.concatenate(onset_far).mean()
+    assert p_near > 5 * p_far, (p_near, p_far)

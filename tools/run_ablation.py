@@ -103,8 +103,9 @@ def main(argv=None) -> dict:
     call(["tools/run_demo.py", *demo_args, "--only", "world", "undistort", "poses", "stage1"])
     demo = load_demo_pipeline()
     pipe = demo.Pipeline(demo.parse_args(demo_args))
-    if not os.path.isfile(os.path.join(REPO, pipe.motion_baseline_path())):
-        call(pipe.motion_baseline_command())
+    if not pipe.motion_baselines_trained():
+        for command in pipe.motion_baseline_commands():
+            call(command)
     results = {}
     for name, (_, opts) in VARIANTS.items():
         folder = os.path.join(out, name)

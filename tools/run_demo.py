@@ -13,8 +13,10 @@ Every step is a command of this repository, printed before it runs, so any step 
              raw pixels as rows of the same run
   retrieval  future-state retrieval: EgoAgent against its copy baseline, the stage-1 copy baseline, shuffled
              actions, raw pixels and the oracle (one run, one gallery, one similarity)
-  motion     3D pose rollout: EgoAgent against zero / constant velocity and a learned pose-only baseline
-             (tools/train_motion_baseline.py, trained on the same clips first)
+  motion     3D pose rollout: EgoAgent against the pose-only siMLPe (paper Table 3), with image controls (another
+             clip's images, the mean image), zero / constant velocity as floors and two privileged oracles as
+             ceilings (siMLPe and its oracles trained on the same clips first: tools/train_motion_baseline.py);
+             then tools/diagnose_motion.py on the val and the training clips (why the images are or are not used)
   report     {out}/REPORT.md with the numbers, the paper's claims checked, and the PNGs
 Rerunning resumes: the world is kept when its seed and size match, training continues from its checkpoints;
 a step that finds its work already done keeps the timing of the run that did it (pipeline.json).
@@ -37,6 +39,10 @@ STAGE1_CONFIG = "configs/demo/stage1_dino_tiny.py"
 STAGE2_CONFIG = "configs/demo/stage2_joint_tiny.py"
 STEPS = ("world", "undistort", "poses", "stage1", "stage2", "convert", "knn", "retrieval", "motion", "report")
 CACHED_STEPS = ("world", "undistort", "poses", "stage1", "stage2", "convert")  # rerun = resume, nothing redone
+MOTION_ORACLES = ("scene", "view")
+# siMLPe's 48 mixing blocks (its Human3.6M setting) scored the same as 8 on a development world (5.71 vs 5.70 cm),
+# in a fifth of the time (docs/demo_findings.md)
+SIMLPE_BLOCKS = 8  # privileged ceilings of the motion evaluation (internlm/eval/motion_oracles.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -164,7 +170,8 @@ class Pipeline:
                                          references=True),
                  self.knn_command(self.hf("stage1"), os.path.join(self.eval_dir("knn"), "stage1.json")))
         self.run("retrieval", self.retrieval_command(self.ckpt(2), self.eval_dir("retrieval")))
-        self.run("motion", self.motion_baseline_command(), self.motion_command(self.ckpt(2), self.eval_dir("motion")))
+        self.run("motion", *self.motion_baseline_commands(), self.motion_command(self.ckpt(2), self.eval_dir("motion")),
+                 *self.motion_diagnosis_commands(self.ckpt(2), self.eval_dir("motion")))
         timings = dict(self.previous.get("timings_s", {}), **self.timings)  # steps not run now keep theirs
         timings["total_before_report"] = sum(v for k, v in timings.items() if k in STEPS)
         commands = dict(self.previous.get("commands", {}), **self.commands)
@@ -199,17 +206,34 @@ class Pipeline:
                 "--baseline_ckpt_folder", self.ckpt(1), "--output_dir", out_dir, "--num_workers", "0",
                 *self.user_opts(extra_opts)]
 
-    def motion_baseline_path(self) -> str:
-        return os.path.join(self.out, "motion_baseline", "pose_mlp.pt")
+    def motion_baseline_path(self, oracle: str = "") -> str:
+        """siMLPe (the pose-only baseline) or one of its privileged oracles (MOTION_ORACLES)."""
+        return os.path.join(self.out, "motion_baseline", f"{oracle}_oracle.pt" if oracle else "simlpe.pt")
 
-    def motion_baseline_command(self) -> list[str]:
-        return ["tools/train_motion_baseline.py", "--config", STAGE2_CONFIG, *self.data_opts(), "--seed",
-                str(self.args.seed), "--out", self.motion_baseline_path(), *self.user_opts()]
+    def motion_baseline_commands(self) -> list[list[str]]:
+        """siMLPe and its oracles, trained on the same training clips (a minute each on the demo world)."""
+        base = ["tools/train_motion_baseline.py", "--config", STAGE2_CONFIG, *self.data_opts(), "--seed",
+                str(self.args.seed), "--blocks", str(SIMLPE_BLOCKS), *self.user_opts()]
+        return [base + ["--out", self.motion_baseline_path()]] + [
+            base + ["--oracle", kind, "--out", self.motion_baseline_path(kind)]
+            + (["--scene_truth", self.data] if kind == "scene" else []) for kind in MOTION_ORACLES]
+
+    def motion_baselines_trained(self) -> bool:
+        return all(os.path.isfile(os.path.join(REPO, self.motion_baseline_path(k))) for k in ("", *MOTION_ORACLES))
+
+    def motion_diagnosis_commands(self, ckpt: str, out_dir: str) -> list[list[str]]:
+        """tools/diagnose_motion.py on the val and the training clips (the report quotes them): teacher-forced and
+        autoregressive errors, the image controls on clips the model was trained on and on new takes."""
+        return [["tools/diagnose_motion.py", "--config", STAGE2_CONFIG, *self.data_opts(), "--ckpt_folder", ckpt,
+                 "--motion_baseline", self.motion_baseline_path(), "--split", split,
+                 "--out", os.path.join(out_dir, f"diagnosis_{split}.json"), *self.user_opts()]
+                for split in ("val", "train")]
 
     def motion_command(self, ckpt: str, out_dir: str, extra_opts: tuple = ()) -> list[str]:
+        oracles = [x for kind in MOTION_ORACLES for x in ("--oracle", self.motion_baseline_path(kind))]
         return ["eval_3dposes.py", "--config", STAGE2_CONFIG, *self.data_opts(), "--ckpt_folder", ckpt,
-                "--motion_baseline", self.motion_baseline_path(), "--output_dir", out_dir, "--num_workers", "0",
-                *self.user_opts(extra_opts)]
+                "--motion_baseline", self.motion_baseline_path(), *oracles, "--scene_truth", self.data,
+                "--output_dir", out_dir, "--num_workers", "0", *self.user_opts(extra_opts)]
 
     def model_image_size(self, opts: list[str]) -> int:
         from internlm.config import load_config, parse_override

@@ -192,6 +192,22 @@ class EgoExoClips(Dataset):
         frame_ids = np.asarray(idx.poses.frames[row:row + idx.clip_frames:idx.steps_per_clip], np.int64)
         return str(idx.poses.take_uids[idx.clip_takes[i]]), frame_ids
 
+    def _reference_row(self, i: int) -> Optional[int]:
+        """The pose row whose camera is the coordinate frame of clip i's poses; None for "world" ("camera": each
+        frame's own, no single row)."""
+        idx, p = self.index, self.index.poses
+        return {"clip_first_camera": int(idx.clip_rows[i]),
+                "take_first_camera": int(p.take_offsets[idx.clip_takes[i]])}.get(self.pose_frame)
+
+    def _extrinsics(self, i: int, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(world->camera rotations (n, 3, 3), camera centres in world (n, 3)) float64 of pose ``rows``."""
+        p = self.index.poses
+        rot, centre = np.asarray(p.rotation[rows], np.float64), np.asarray(p.trajectory[rows], np.float64)
+        if np.isnan(rot).any():
+            raise ValueError(f"take {p.take_uids[self.index.clip_takes[i]]}: a pose frame without its camera "
+                             "rotation (pose fragments written by an older preprocess_egoexo_body_pose.py: rerun it)")
+        return rot, centre
+
     def clip_xyz(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(20, 17, 3) float32 joints of clip i in ``pose_frame`` (missing joints -1) and (20, 17) visibility."""
         idx, p = self.index, self.index.poses
@@ -199,29 +215,36 @@ class EgoExoClips(Dataset):
         rows = slice(row, row + idx.clip_frames)
         xyz, vis = np.array(p.poses[rows], np.float64), np.array(p.visible[rows], np.float32)
         if self.pose_frame != "camera":
-            if np.isnan(p.rotation[rows]).any():
-                raise ValueError(f"take {p.take_uids[idx.clip_takes[i]]}: a pose frame without its camera rotation")
-            xyz = camera_to_world(xyz, np.asarray(p.rotation[rows], np.float64), np.asarray(p.trajectory[rows],
-                                                                                            np.float64))
-            ref = {"clip_first_camera": row, "take_first_camera": int(p.take_offsets[idx.clip_takes[i]])}
-            if self.pose_frame in ref:
-                r = ref[self.pose_frame]
-                xyz = world_to_camera(xyz, np.asarray(p.rotation[r], np.float64), np.asarray(p.trajectory[r],
-                                                                                             np.float64))
+            xyz = camera_to_world(xyz, *self._extrinsics(i, rows))
+            ref = self._reference_row(i)
+            if ref is not None:
+                xyz = world_to_camera(xyz, *(a[0] for a in self._extrinsics(i, [ref])))
             xyz = np.where(vis[..., None] > 0, xyz, MISSING_JOINT_VALUE)
         return xyz.astype(np.float32), vis
+
+    def clip_camera_poses(self, i: int) -> np.ndarray:
+        """(20, 12) float32: where the head camera is at each frame of clip i, in the coordinate frame of its poses
+        (``pose_frame``): the rotation from camera to pose coordinates (row-major) and the camera centre (metres).
+        In "camera" every frame is its own frame (identity, 0)."""
+        idx = self.index
+        row = int(idx.clip_rows[i])
+        if self.pose_frame == "camera":
+            return np.tile(np.array([STILL_STEP], np.float32), (idx.clip_frames, 1))
+        rot, centre = self._extrinsics(i, slice(row, row + idx.clip_frames))
+        to_pose, centre = rot.transpose(0, 2, 1), centre  # camera -> world
+        ref = self._reference_row(i)
+        if ref is not None:
+            r0, c0 = (a[0] for a in self._extrinsics(i, [ref]))
+            to_pose, centre = r0 @ to_pose, (centre - c0) @ r0.T
+        return np.concatenate([to_pose.reshape(-1, 9), centre], axis=1).astype(np.float32)
 
     def step_camera_motion(self, i: int) -> np.ndarray:
         """(T-1, 12) float32: how the camera moves from the image of step t to that of step t+1, from the pose
         fragments' extrinsics: the rotation R_{t+1} R_t^T (camera-t coordinates -> camera-(t+1) coordinates,
         row-major) and the displacement R_t (c_{t+1} - c_t) of the camera centre in camera-t coordinates (metres).
         What frame t+1 shows is frame t seen through this motion (plus what comes into view)."""
-        idx, p = self.index, self.index.poses
-        rows = int(idx.clip_rows[i]) + idx.steps_per_clip * np.arange(idx.clip_steps)
-        rot, centre = np.asarray(p.rotation[rows], np.float64), np.asarray(p.trajectory[rows], np.float64)
-        if np.isnan(rot).any():
-            raise ValueError(f"take {p.take_uids[idx.clip_takes[i]]}: a step without its camera rotation (pose "
-                             "fragments written by an older preprocess_egoexo_body_pose.py: rerun it)")
+        idx = self.index
+        rot, centre = self._extrinsics(i, int(idx.clip_rows[i]) + idx.steps_per_clip * np.arange(idx.clip_steps))
         relative = rot[1:] @ rot[:-1].transpose(0, 2, 1)  # (T-1, 3, 3)
         shift = np.einsum("tij,tj->ti", rot[:-1], centre[1:] - centre[:-1])  # (T-1, 3)
         return np.concatenate([relative.reshape(-1, 9), shift], axis=1).astype(np.float32)

@@ -79,7 +79,7 @@ class RolloutExample:
 
 
 PREDICTOR_STYLES = {  # label, colour, line style of each predictor in the rollout plot (truth is black)
-    "model": ("EgoAgent", "#d73027", "-"), "pose_mlp": ("pose-only MLP", "#4575b4", "--"),
+    "model": ("EgoAgent", "#d73027", "-"), "simlpe": ("siMLPe (pose only)", "#4575b4", "--"),
     "constant_velocity": ("constant velocity", "#fdae61", ":"), "zero_velocity": ("zero velocity", "#999999", ":"),
 }
 

@@ -235,11 +235,16 @@ def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Check
                       teacher if residual else None, bool(residual and cfg.model.prediction_reprojection))
 
 
+def other_clips(sample_ids, n: int) -> list[int]:
+    """The controls' deterministic pairing: clip i -> clip (i + N/2) mod N of the split (far away in it, usually
+    another take). The retrieval's shuffled actions and the motion evaluation's other images use it."""
+    return [(int(i) + n // 2) % n for i in sample_ids]
+
+
 def other_clip_actions(dataset, sample_ids: list[int]) -> dict:
-    """The shuffled-action control: the actions of clip (i + N/2) mod N for every clip i (far away in the split,
-    usually another take): its poses (B, T, 4, 5, 17) and, when the clips carry it, its camera motion (B, T, 12)."""
-    n = len(dataset)
-    others = [(i + n // 2) % n for i in sample_ids]
+    """The shuffled-action control: the actions of clip (i + N/2) mod N for every clip i (other_clips): its poses
+    (B, T, 4, 5, 17) and, when the clips carry it, its camera motion (B, T, 12)."""
+    others = other_clips(sample_ids, len(dataset))
     out = {"poses": torch.stack([dataset.clip_poses(j) for j in others])}
     if getattr(dataset, "camera_motion", False):
         out["camera_motion"] = torch.stack([torch.from_numpy(dataset.clip_camera_motion(j)) for j in others])

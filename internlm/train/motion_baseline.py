@@ -1,7 +1,10 @@
-"""Training of the pose-only motion baseline (internlm/model/pose_mlp.py) on the training clips' poses.
+"""Training of the pose-only siMLPe baseline (internlm/model/simlpe.py) and of its privileged oracles on the
+training clips' poses.
 
-Loss: the mean joint position error (L2 distance, what MPJPE measures) over the joints visible in each target
-frame, plus the same error on frame-to-frame velocities (as siMLPe). AdamW with a cosine learning rate.
+Each training clip is one sample: its first F_in poses in, the rest predicted by siMLPe's passes (the rollout the
+motion evaluation scores, trained through). Loss as siMLPe's: the mean joint position error (L2 distance, what
+MPJPE measures) over the joints visible in each target frame, plus the same error on frame-to-frame velocities.
+AdamW with a cosine learning rate.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from internlm.model.pose_mlp import PoseMLP, PoseMLPConfig
+from internlm.model.simlpe import SiMLPe, SiMLPeConfig
 
 
 def motion_loss(pred: torch.Tensor, xyz: torch.Tensor, visible: torch.Tensor, input_frames: int) -> torch.Tensor:
@@ -26,21 +29,28 @@ def motion_loss(pred: torch.Tensor, xyz: torch.Tensor, visible: torch.Tensor, in
     return position + velocity
 
 
-def train_pose_mlp(xyz: torch.Tensor, visible: torch.Tensor, input_frames: int = 5, steps: int = 3000,
-                   batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0,
-                   progress: bool = True, cfg: Optional[PoseMLPConfig] = None) -> tuple[PoseMLP, list[float]]:
-    """xyz (N, F, J, 3) clips, visible (N, F, J) bool -> (trained PoseMLP in eval mode, loss per step)."""
+def train_simlpe(xyz: torch.Tensor, visible: torch.Tensor, input_frames: int = 5, steps: int = 3000,
+                 batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0,
+                 progress: bool = True, cfg: Optional[SiMLPeConfig] = None,
+                 condition: Optional[torch.Tensor] = None) -> tuple[SiMLPe, list[float]]:
+    """xyz (N, F, J, 3) clips, visible (N, F, J) bool, condition (N, passes, C) for an oracle -> (trained SiMLPe in
+    eval mode, loss per step)."""
     N, F, J, _ = xyz.shape
-    cfg = cfg or PoseMLPConfig(joints=J, input_frames=input_frames, output_frames=F - input_frames)
+    horizon = F - input_frames
+    cfg = cfg or SiMLPeConfig(joints=J, frames=input_frames)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = PoseMLP(cfg)
+    model = SiMLPe(cfg)
+    if cfg.condition_dim:
+        model.set_condition_statistics(condition)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     losses = []
-    for _ in tqdm(range(steps), desc="pose-only baseline", disable=not progress, mininterval=2.0):
+    for _ in tqdm(range(steps), desc="siMLPe" + (f" ({cfg.condition})" if cfg.condition else ""),
+                  disable=not progress, mininterval=2.0):
         idx = torch.randint(0, N, (min(batch_size, N),), generator=g)
-        pred = model(xyz[idx, :input_frames], visible[idx, :input_frames])
+        pred = model(xyz[idx, :input_frames], visible[idx, :input_frames], horizon,
+                     None if condition is None else condition[idx])
         loss = motion_loss(pred, xyz[idx], visible[idx], input_frames)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

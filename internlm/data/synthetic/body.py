@@ -44,6 +44,10 @@ class Motion:
     heading: np.ndarray  # (T,) walking direction, rad
     speed: np.ndarray  # (T,) m/s
     reach: np.ndarray  # (T,) 0..1 how far the hands are in a reach
+    position: np.ndarray  # (T, 2) the walker on the ground, world x, y (metres)
+    # (T, 5) what the walker perceives and acts on: look-ahead clearance ahead / left / right (m), the nearest landmark
+    # in front's bearing (rad) and gap (m), NaN when there is none (privileged.py writes it as the scene truth)
+    percept: np.ndarray
 
 
 def _rot_z(a: np.ndarray) -> np.ndarray:
@@ -67,6 +71,36 @@ def _clearance(scene: Scene, obstacles: np.ndarray, x: float, y: float) -> float
     if len(obstacles):
         gap = min(gap, float(np.min(np.hypot(obstacles[:, 0] - x, obstacles[:, 1] - y) - obstacles[:, 2])))
     return gap
+
+
+# The walker's perception (used by its decisions, and written as the privileged scene truth, privileged.py):
+# clearance at a look-ahead point 1 + 1.5 * speed metres ahead (and DODGE_SIDE rad to each side); the nearest
+# landmark within ATTENTION_RANGE m and ATTENTION_BEARING rad of the walking direction draws the gaze, and a reach
+# when it is within REACH_GAP m and REACH_BEARING rad.
+DODGE_CLEARANCE, DODGE_SIDE = 0.8, 0.9
+ATTENTION_RANGE, ATTENTION_BEARING = 4.5, 1.3
+REACH_GAP, REACH_BEARING = 1.6, 0.6
+
+
+def look_ahead_clearance(scene: Scene, obstacles: np.ndarray, x: float, y: float, direction: float,
+                         speed: float) -> float:
+    """Clearance (m) of the point 1 + 1.5 * speed metres from (x, y) in ``direction`` (rad, world)."""
+    look_ahead = 1.0 + 1.5 * speed
+    return _clearance(scene, obstacles, x + look_ahead * math.cos(direction), y + look_ahead * math.sin(direction))
+
+
+def landmark_in_front(obstacles: np.ndarray, x: float, y: float, heading: float) -> tuple[int, float, float]:
+    """(index, bearing relative to the heading (rad), gap to its footprint (m)) of the nearest landmark in front;
+    (-1, nan, inf) when there is none."""
+    if not len(obstacles):
+        return -1, math.nan, math.inf
+    gaps = np.hypot(obstacles[:, 0] - x, obstacles[:, 1] - y) - obstacles[:, 2]
+    bearings = np.array([_wrap(math.atan2(oy - y, ox - x) - heading) for ox, oy, _ in obstacles])
+    in_front = (gaps < ATTENTION_RANGE) & (np.abs(bearings) < ATTENTION_BEARING)
+    if not in_front.any():
+        return -1, math.nan, math.inf
+    k = int(np.argmin(np.where(in_front, gaps, np.inf)))
+    return k, float(bearings[k]), float(gaps[k])
 
 
 def _follow(targets: np.ndarray, omega: float) -> np.ndarray:
@@ -108,7 +142,8 @@ def _walk(scene: Scene, rng: np.random.Generator, n: int, start: tuple[float, fl
     it attends to, and when it reaches out (near a landmark in front, or now and then).
 
     Returns positions (n, 2), heading (n,), speed (n,), attention (n,) landmark bearing relative to the heading
-    (NaN when none), reaches (list of _Reach).
+    (NaN when none), reaches (list of _Reach), percept (n, 5): what the walker perceives and acts on at each frame,
+    the look-ahead clearance ahead / left / right (m) and the nearest landmark in front (bearing, gap; NaN when none).
     """
     obstacles, dt = scene.obstacles(), 1.0 / FPS
     x, y = start
@@ -116,6 +151,7 @@ def _walk(scene: Scene, rng: np.random.Generator, n: int, start: tuple[float, fl
     speed_target, turn_target, next_speed, next_turn, dodge = speed, 0.0, 0, 0, 0.0
     reach_until, reach_cooldown, reaches = -1, int(FPS * rng.uniform(0.3, 1.5)), []
     positions, headings, speeds, attention = np.zeros((n, 2)), np.zeros(n), np.zeros(n), np.full(n, np.nan)
+    percept = np.full((n, 5), np.nan)
     for i in range(n):
         if i >= next_speed:
             speed_target = 0.0 if rng.uniform() < 0.15 else rng.uniform(0.5, 1.6)
@@ -124,31 +160,26 @@ def _walk(scene: Scene, rng: np.random.Generator, n: int, start: tuple[float, fl
             turn_target = 0.0 if rng.uniform() < 0.35 else rng.uniform(-1.3, 1.3)
             next_turn = i + int(rng.uniform(0.8, 2.5) * FPS)
         # the nearest landmark in front draws the gaze, and a reach when it is within arm's length or so
-        if len(obstacles):
-            gaps = np.hypot(obstacles[:, 0] - x, obstacles[:, 1] - y) - obstacles[:, 2]
-            bearings = np.array([_wrap(math.atan2(oy - y, ox - x) - heading) for ox, oy, _ in obstacles])
-            in_front = (gaps < 4.5) & (np.abs(bearings) < 1.3)
-            if in_front.any():
-                k = int(np.argmin(np.where(in_front, gaps, np.inf)))
-                attention[i] = bearings[k]
-                if reaching and i > reach_until + reach_cooldown and gaps[k] < 1.6 and abs(bearings[k]) < 0.6:
-                    reach_cooldown = int(FPS * rng.uniform(1.0, 2.5))
-                    if rng.uniform() < 0.7:
-                        side = 1.0 if bearings[k] > 0.15 else -1.0 if bearings[k] < -0.15 else 0.0
-                        reaches.append(_Reach(i, int(rng.uniform(1.0, 2.0) * FPS), side, _reach_target(rng)))
-                        reach_until = i + reaches[-1].length
+        landmark, bearing, gap = landmark_in_front(obstacles, x, y, heading)
+        if landmark >= 0:
+            attention[i] = bearing
+            percept[i, 3:] = bearing, gap
+            if reaching and i > reach_until + reach_cooldown and gap < REACH_GAP and abs(bearing) < REACH_BEARING:
+                reach_cooldown = int(FPS * rng.uniform(1.0, 2.5))
+                if rng.uniform() < 0.7:
+                    side = 1.0 if bearing > 0.15 else -1.0 if bearing < -0.15 else 0.0
+                    reaches.append(_Reach(i, int(rng.uniform(1.0, 2.0) * FPS), side, _reach_target(rng)))
+                    reach_until = i + reaches[-1].length
         if reaching and i > reach_until + reach_cooldown and rng.uniform() < dt / 8.0:  # now and then, anywhere
             reaches.append(_Reach(i, int(rng.uniform(1.0, 2.2) * FPS), float(rng.choice([1.0, -1.0, 0.0])),
                                   _reach_target(rng)))
             reach_until, reach_cooldown = i + reaches[-1].length, int(FPS * rng.uniform(1.0, 2.5))
-        look_ahead = 1.0 + 1.5 * speed
-        ahead = _clearance(scene, obstacles, x + look_ahead * math.cos(heading), y + look_ahead * math.sin(heading))
-        if ahead < 0.8:  # something ahead: turn towards the freer side until clear
+        ahead = look_ahead_clearance(scene, obstacles, x, y, heading, speed)
+        left = look_ahead_clearance(scene, obstacles, x, y, heading + DODGE_SIDE, speed)
+        right = look_ahead_clearance(scene, obstacles, x, y, heading - DODGE_SIDE, speed)
+        percept[i, :3] = ahead, left, right
+        if ahead < DODGE_CLEARANCE:  # something ahead: turn towards the freer side until clear
             if dodge == 0.0:
-                left = _clearance(scene, obstacles, x + look_ahead * math.cos(heading + 0.9),
-                                  y + look_ahead * math.sin(heading + 0.9))
-                right = _clearance(scene, obstacles, x + look_ahead * math.cos(heading - 0.9),
-                                   y + look_ahead * math.sin(heading - 0.9))
                 dodge = 1.8 if left >= right else -1.8
             turn += (dodge - turn) * dt / 0.15
             speed *= 0.96
@@ -164,7 +195,7 @@ def _walk(scene: Scene, rng: np.random.Generator, n: int, start: tuple[float, fl
         else:
             speed = 0.0
         positions[i], headings[i], speeds[i] = (x, y), heading, speed
-    return positions, headings, speeds, attention, reaches
+    return positions, headings, speeds, attention, reaches, percept
 
 
 def _reach_target(rng: np.random.Generator) -> tuple[float, float, float]:
@@ -203,8 +234,8 @@ def simulate(scene: Scene, rng: np.random.Generator, n_frames: int, look_scale: 
     look_scale scales the head's look-around angles; reaching=False leaves out the reach episodes.
     """
     start = free_spot(scene, rng)
-    positions, heading, speed, attention, reaches = _walk(scene, rng, n_frames, start,
-                                                          float(rng.uniform(-math.pi, math.pi)), reaching)
+    positions, heading, speed, attention, reaches, percept = _walk(scene, rng, n_frames, start,
+                                                                   float(rng.uniform(-math.pi, math.pi)), reaching)
     reach, reach_side, reach_target = _reach_curves(reaches, n_frames)
     # gaze: towards the attended landmark while there is one (half of the time), else glancing around: quick
     # head turns between targets held for well under a second, as people look around while they walk
@@ -272,7 +303,7 @@ def simulate(scene: Scene, rng: np.random.Generator, n_frames: int, look_scale: 
     cam_to_world = np.tile(np.eye(4), (n_frames, 1, 1))
     cam_to_world[:, :3, :3] = body_rot @ camera_rot_local
     cam_to_world[:, :3, 3] = np.einsum("tij,tj->ti", body_rot, camera_local) + offset[:, 0]
-    return Motion(joints, cam_to_world, heading, speed, reach)
+    return Motion(joints, cam_to_world, heading, speed, reach, positions, percept)
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,13 @@ from .annotations import body_annotations, camera_pose_json, exo_cameras
 from .body import CAMERA_TILT, Motion, Outfit, body_solids, random_outfit, simulate
 from .camera import calibration_rays, device_calibration_json, fisheye_calibration, focal_for_fov, pinhole_rays
 from .imagefolder import class_name, write_class
+from .privileged import SCENE_TRUTH_DIR, scene_truth, write_scene_truth
 from .raycast import render
 from .scene import Scene, Solid, random_scene
 from .sizes import WorldSize
 from .writers import write_json, write_mp4
 
-GENERATOR_VERSION = 3  # 3: the downloader's layout (takes.json at the root, folders by take name)
+GENERATOR_VERSION = 4  # 3: the downloader's layout (takes.json at the root, folders by take name); 4: + the privileged scene truth
 MANIFEST_NAME = "synthetic_world.json"
 TAKE, WALK = 1, 2  # random-stream codes (3 is the ImageFolder's)
 WALK_NAMES = ("SynthAmber", "SynthBirch", "SynthCobalt", "SynthDune", "SynthEmber", "SynthFjord", "SynthGrove",
@@ -131,6 +132,9 @@ def write_take(egoexo_root: str, seed: int, spec: TakeSpec, size: WorldSize) -> 
     write_json(fmt.camera_pose_path(egoexo_root, spec.split, spec.take_uid),
                camera_pose_json(spec.take_uid, spec.take_name, intrinsics, world.motion.cam_to_world, cams,
                                 set(world.missing_camera_frames), spec.aria))
+    # privileged, synthetic-only: for the motion evaluation's scene oracle (privileged.py), outside the Ego-Exo4D tree
+    write_scene_truth(os.path.dirname(os.path.abspath(egoexo_root)), spec.take_uid, np.arange(size.frames_per_take),
+                      scene_truth(world.motion))
     return {"take_uid": spec.take_uid, "take_name": spec.take_name, "split": spec.split, "index": spec.index,
             "aria": spec.aria, "frames": frames, "manual_frames": len(manual),
             "missing_camera_frames": sorted(world.missing_camera_frames)}
@@ -172,7 +176,7 @@ def _run_task(task: tuple) -> tuple[str, dict]:
 
 def _prepare_out_dir(out_dir: str, overwrite: bool) -> None:
     """Refuses to write over data it did not generate; with ``overwrite`` removes a previous synthetic world."""
-    ours = ("egoexo4d_v2", "WTour", "imagefolder", "egoexo4d_body_pose")
+    ours = ("egoexo4d_v2", "WTour", "imagefolder", "egoexo4d_body_pose", SCENE_TRUTH_DIR)
     present = [name for name in ours if os.path.exists(os.path.join(out_dir, name))]
     if not present:
         return
