@@ -31,7 +31,7 @@ from .scene import Scene, Solid, random_scene
 from .sizes import WorldSize
 from .writers import write_json, write_mp4
 
-GENERATOR_VERSION = 4  # 3: the downloader's layout (takes.json at the root, folders by take name); 4: + the privileged scene truth
+GENERATOR_VERSION = 4  # 3: the downloader's layout (takes.json at the root); 4: + the privileged scene truth
 MANIFEST_NAME = "synthetic_world.json"
 TAKE, WALK = 1, 2  # random-stream codes (3 is the ImageFolder's)
 WALK_NAMES = ("SynthAmber", "SynthBirch", "SynthCobalt", "SynthDune", "SynthEmber", "SynthFjord", "SynthGrove",
