@@ -16,7 +16,6 @@ exit status 1 when any case is wrong.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ import time
 
 import torch
 
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.model.attention import (
     AttentionBackendError,
     AttentionKernel,
@@ -121,7 +121,7 @@ def run(device: torch.device, tiny: bool, backends: list[str], dtypes: list[str]
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="CPU-sized layouts and heads")
     p.add_argument("--backends", nargs="+", default=["sdpa", "flex", "flash"])

@@ -7,12 +7,13 @@ measured step beside it (CPU work, fake tensors).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 import sys
 import time
+
+from internlm.initialize.arguments import ScriptArgumentParser
 
 PARTS = ("environment", "attention", "step_300m", "step_1b", "estimates")
 
@@ -83,7 +84,7 @@ def summarize(out: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("out")
     p.add_argument("--estimate", action="store_true")
     args = p.parse_args(argv)

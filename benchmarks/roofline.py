@@ -2,8 +2,8 @@
 
     python benchmarks/roofline.py --config configs/joint_train/lr6e-04_tmp004_300m.py --gpu h100-sxm --recommended
     python benchmarks/roofline.py --config configs/joint_train/lr6e-04_tmp004_1b.py --gpu a100-80gb
-    python benchmarks/roofline.py --paper-table --json benchmarks/results/roofline-paper.json
-    python benchmarks/roofline.py --budget-table        # recompute fraction that fits 40 / 80 GB at the paper batch
+    python benchmarks/roofline.py --paper_table --json benchmarks/results/roofline-paper.json
+    python benchmarks/roofline.py --budget_table        # recompute fraction that fits 40 / 80 GB at the paper batch
 
 Prints, per setting: GPU kernels per optimizer step, GEMM / element-wise / attention / communication time, the host
 dispatch time, the step time, the MFU ceiling (model FLOPs / (step time x the dtype's dense peak)) and peak memory per
@@ -14,7 +14,7 @@ recomputation re-runs the checkpointed blocks' forward, the parallel mode moves 
 
 Settings ("as written" = what the config gives on a GPU; "recommended" = what the README tells a user of that card):
 - as written: the config's model.checkpoint, parallel.zero1 and bucket size, model.compile as it resolves on CUDA
-  (default on); ``--no-compile`` shows the eager step.
+  (default on); ``--no_compile`` shows the eager step.
 - recommended: compiled blocks; the smallest recompute fraction whose memory fits the card; plain DDP when the
   replicated optimizer state fits (ZeRO-1's parameter broadcast cannot overlap anything), else ZeRO-1; gradients
   across nodes in the run's dtype (parallel.low_precision_comm).
@@ -22,7 +22,6 @@ Settings ("as written" = what the config gives on a GPU; "recommended" = what th
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -31,6 +30,7 @@ import time
 from typing import Optional
 
 from internlm.config import TrainConfig, load_config, parse_override, with_overrides
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.parallel.data_parallel import resolve_mode
 from internlm.perf.gpus import GPUS, gpu_by_key
 from internlm.perf.roofline import Assumptions, Estimate, Settings, estimate
@@ -148,18 +148,18 @@ def print_rows(rows: list[tuple[str, Estimate]]) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--config", help="a config file")
     p.add_argument("--gpu", default="h100-sxm", help=f"one of {', '.join(g.key for g in GPUS)} (or a100-40gb, "
                                                        "a100-80gb)")
     p.add_argument("--recommended", action="store_true", help="also estimate the recommended settings")
     p.add_argument("--gpus", type=int, default=None, help="GPUs of the run (default: the config's N_GPUS, else 8)")
-    p.add_argument("--micro-batch", type=int, default=None, help="data.micro_num (samples per GPU per step)")
-    p.add_argument("--no-compile", action="store_true", help="as written, with eager blocks")
+    p.add_argument("--micro_batch", type=int, default=None, help="data.micro_num (samples per GPU per step)")
+    p.add_argument("--no_compile", action="store_true", help="as written, with eager blocks")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
-    p.add_argument("--paper-table", action="store_true",
+    p.add_argument("--paper_table", action="store_true",
                    help="the four paper configs on A100-80GB and H100-SXM: eager as written, as written, recommended")
-    p.add_argument("--budget-table", action="store_true",
+    p.add_argument("--budget_table", action="store_true",
                    help="the recompute fraction each paper config needs at its micro batch on 40 and 80 GB cards")
     p.add_argument("--json", default=None, help="write the rows here")
     return p.parse_args(argv)
@@ -236,7 +236,7 @@ def main(argv=None) -> list:
         rows = budget_table(args)
     else:
         if not args.config:
-            raise SystemExit("--config is required (or --paper-table / --budget-table)")
+            raise SystemExit("--config is required (or --paper_table / --budget_table)")
         cfg = load(args.config, args)
         gpu = gpu_by_key(args.gpu)
         world = args.gpus or world_of(cfg)

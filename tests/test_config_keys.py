@@ -51,9 +51,12 @@ RUN_KEYS = ("ckpt.", "monitor.", "hybrid_zero_optimizer.", "cudnn_deterministic"
 SOURCE_KEYS = ("data.train_folder", "data.valid_folder", "data.step_between_clips", "data.use_egoexo",
                "data.egoexo_frames_folder", "data.egoexo_pose_folder", "data.egoexo_train_split",
                "data.egoexo_valid_split")
-# Behaviour only two ranks show, each asserted by its own test (named here; the test must exist).
-TWO_RANK_TESTS = {"hybrid_zero_optimizer.reduce_bucket_size":
-                  "test_parallel_sharding.test_ddp_buckets_follow_reduce_bucket_size"}
+# Behaviour shown only on two ranks or inside a training step, each asserted by its own test (named here; the test
+# must exist): DDP's buckets; the step's chunks (the update stays that of the whole batch, so nothing else shows).
+OWN_TESTS = {
+    "hybrid_zero_optimizer.reduce_bucket_size": "test_parallel_sharding.test_ddp_buckets_follow_reduce_bucket_size",
+    "data.gradient_accumulation": "test_training.test_gradient_accumulation_splits_the_step_and_keeps_its_update",
+}
 # Keys that act only together with another: flipped with that one set.
 CONTEXT = {"data.valid_micro_num": {"data.valid_every": 100, "data.valid_folder": ["data/WTour/val.mp4"]}}
 
@@ -274,9 +277,9 @@ def test_every_key_of_the_authors_configs_takes_effect_or_stops(path, processed_
             assert to_dict(cfg) == to_dict(base), key
             outcome[key] = "no effect (documented)"
             continue
-        if key in TWO_RANK_TESTS:  # shown on two ranks by its own test
-            module, test = TWO_RANK_TESTS[key].split(".")
-            assert callable(getattr(importlib.import_module(module), test, None)), TWO_RANK_TESTS[key]
+        if key in OWN_TESTS:  # shown by its own test (2 ranks, the step's chunks)
+            module, test = OWN_TESTS[key].split(".")
+            assert callable(getattr(importlib.import_module(module), test, None)), OWN_TESTS[key]
             outcome[key] = "effect"
             continue
         reference_cfg = base if not context else config_from_namespace(namespace, list(world.items()) +

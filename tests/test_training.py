@@ -349,3 +349,26 @@ def test_compiled_blocks_train_like_eager(tmp_path):
     assert blocks and all(hasattr(b, "_compiled_call_impl") and b._compiled_call_impl is not None for b in blocks)
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
     torch.testing.assert_close(runs[True][1], runs[False][1], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_gradient_accumulation_splits_the_step_and_keeps_its_update(tmp_path, stage):
+    """data.gradient_accumulation = k: the step's batch goes through the model in k chunks of micro_num / k samples
+    (activation memory), and the update is the one of the whole batch at once (to fp32 rounding)."""
+    runs = {}
+    for accum in (1, 2, 4):
+        trainer = make_trainer(tiny_config(stage, tmp_path / f"accum{accum}", steps=2, micro_num=4, accum=accum))
+        sizes, chunk_loss = [], trainer.meta.chunk_loss
+
+        def recording(part, *args, sizes=sizes, chunk_loss=chunk_loss, **kwargs):
+            sizes.append(next(v for v in part.values() if torch.is_tensor(v)).shape[0])
+            return chunk_loss(part, *args, **kwargs)
+
+        trainer.meta.chunk_loss = recording
+        history = trainer.fit(max_iterations=1)
+        runs[accum] = (sizes, history[0]["loss"], [p.detach().clone() for p in trainer.meta.student.parameters()])
+    for accum, (sizes, loss, weights) in runs.items():
+        assert sizes == [4 // accum] * accum, (accum, sizes)
+        assert loss == pytest.approx(runs[1][1], rel=1e-5, abs=1e-6)
+        for a, b in zip(weights, runs[1][2]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -36,6 +36,7 @@ from internlm.eval.motion import HORIZON, INPUT_FRAMES, M_TO_CM, zero_velocity
 from internlm.eval.motion_oracles import batch_condition
 from internlm.eval.retrieval import other_clips
 from internlm.eval.rollout import autoregressive_rollout
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.initialize.launch import init_distributed
 from internlm.model.simlpe import SiMLPe
 from internlm.monitor.logging_setup import setup_logging
@@ -48,7 +49,7 @@ GROUPS = {"head": [JOINT_INDEX[n] for n in ("nose", "left-eye", "right-eye", "le
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     add_config_args(p)
     p.add_argument("--ckpt_folder", default=None, help="stage-2 checkpoint (default: the config's newest)")
     p.add_argument("--which", choices=("model", "teacher"), default="model")

@@ -12,7 +12,6 @@ of tools/train_motion_baseline.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -26,6 +25,7 @@ from internlm.data.synthetic.privileged import scene_truth
 from internlm.data.synthetic.scene import random_scene
 from internlm.eval.motion import CLIP_FRAMES, HORIZON, INPUT_FRAMES, MotionErrorSums
 from internlm.eval.motion_oracles import condition_dim
+from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.model.simlpe import SiMLPeConfig
 from internlm.train.motion_baseline import train_simlpe
 
@@ -47,7 +47,7 @@ def simulated_clips(seed: int, takes: int, frames: int) -> tuple[torch.Tensor, t
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptArgumentParser(description=__doc__)
     p.add_argument("--train_takes", type=int, default=200)
     p.add_argument("--test_takes", type=int, default=20)
     p.add_argument("--frames", type=int, default=300, help="frames per take (the demo world's)")

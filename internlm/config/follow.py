@@ -144,6 +144,8 @@ class Rule:
     fn: Fn
 
 
+STUDENT_ONLY = {"checkpoint"}  # model keys the teacher does not follow: activation checkpointing (no backward)
+
 # applied in this order (a copy may be another rule's source); the teacher follows the student between
 # MODEL_RULES and RULES
 MODEL_RULES = (
@@ -244,13 +246,14 @@ class Follower:
                 f"{_fmt(new)}" for _, _, new in replaced))
 
     def _teacher_follows_student(self) -> None:
-        """Every student key that moved moves the teacher's, where the file had them alike (teacher = dict(MODEL))."""
+        """Every student key that moved moves the teacher's, where the file had them alike (teacher = dict(MODEL)),
+        except how the student's backward is run (``STUDENT_ONLY``: the teacher has none)."""
         if not isinstance(self.file.get("teacher"), dict):
             return  # no teacher section: the teacher is built from the student's
         new, file = View(self.tree), View(self.file)
         keys = set(_leaves(self.tree.get("model", {}))) | set(_leaves(self.file.get("model", {})))
         moved = []
-        for key in sorted(keys):
+        for key in sorted(keys - STUDENT_ONLY):
             student, teacher = f"model.{key}", f"teacher.{key}"
             if new(student) == file(student) or self._set_by_user(teacher) or file(teacher) != file(student):
                 continue
