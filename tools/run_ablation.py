@@ -56,6 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="world folder (default: the demo's for this seed)")
     p.add_argument("--demo_out", default=None, help="the demo run (default runs/demo, runs/demo_seed{S})")
     p.add_argument("--out", default=None, help="default: runs/ablation, runs/ablation_seed{S}")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="which variants to train and evaluate")
+    p.add_argument("--size", default="default", help="world size preset (as tools/run_demo.py --size)")
+    p.add_argument("--frame_size", type=int, default=96, help="undistorted frame side (as tools/run_demo.py)")
+    p.add_argument("--motion_baseline_steps", type=int, default=3000,
+                   help="siMLPe's training steps when the demo run has none (as tools/run_demo.py)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every variant and evaluation (repeatable)")
     return p.parse_args(argv)
@@ -98,8 +104,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     suffix = "" if args.seed == 0 else f"_seed{args.seed}"
     out = args.out or f"runs/ablation{suffix}"
-    demo_args = ["--seed", str(args.seed)] + (["--data", args.data] if args.data else []) + \
-        (["--out", args.demo_out] if args.demo_out else []) + [x for o in args.opt for x in ("--opt", o)]
+    demo_args = ["--seed", str(args.seed), "--size", args.size, "--frame_size", str(args.frame_size),
+                 "--motion_baseline_steps", str(args.motion_baseline_steps)] + \
+        (["--data", args.data] if args.data else []) + (["--out", args.demo_out] if args.demo_out else []) + \
+        [x for o in args.opt for x in ("--opt", o)]
     call(["tools/run_demo.py", *demo_args, "--only", "world", "undistort", "poses", "stage1"])
     demo = load_demo_pipeline()
     pipe = demo.Pipeline(demo.parse_args(demo_args))
@@ -107,7 +115,8 @@ def main(argv=None) -> dict:
         for command in pipe.motion_baseline_commands():
             call(command)
     results = {}
-    for name, (_, opts) in VARIANTS.items():
+    for name in args.variants:
+        opts = VARIANTS[name][1]
         folder = os.path.join(out, name)
         ckpt = pipe.ckpt(2) if name == "full" else os.path.join(folder, "save_ckpt")
         call(pipe.stage2_command(ckpt, opts))  # resumes (or finds the demo's finished run) when already trained

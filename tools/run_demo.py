@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", default="default", help="world size preset of make_synthetic_egoworld.py")
     p.add_argument("--frame_size", type=int, default=96, help="undistorted frame side in pixels")
     p.add_argument("--only", nargs="+", choices=STEPS, default=None, help="run only these steps")
+    p.add_argument("--motion_baseline_steps", type=int, default=3000,
+                   help="optimizer steps of siMLPe and its oracles (tools/train_motion_baseline.py --steps)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both training stages and the evaluations (repeatable), "
                    "e.g. data.total_steps=20")
@@ -213,7 +215,8 @@ class Pipeline:
     def motion_baseline_commands(self) -> list[list[str]]:
         """siMLPe and its oracles, trained on the same training clips (a minute each on the demo world)."""
         base = ["tools/train_motion_baseline.py", "--config", STAGE2_CONFIG, *self.data_opts(), "--seed",
-                str(self.args.seed), "--blocks", str(SIMLPE_BLOCKS), *self.user_opts()]
+                str(self.args.seed), "--blocks", str(SIMLPE_BLOCKS), "--steps", str(self.args.motion_baseline_steps),
+                *self.user_opts()]
         return [base + ["--out", self.motion_baseline_path()]] + [
             base + ["--oracle", kind, "--out", self.motion_baseline_path(kind)]
             + (["--scene_truth", self.data] if kind == "scene" else []) for kind in MOTION_ORACLES]
