@@ -5,7 +5,7 @@ queries, t = 0, 1, 2: "which frame comes next?".
   query    the student's state-prediction head at the future-state query of step t (it sees frames <= t and
            the actions, i.e. the poses, of steps <= t); with model.prediction_residual the head's output is a
            change added to the teacher's copy prediction of frame t (with model.prediction_reprojection: of frame
-           t reprojected by the step's camera rotation), computed here as in training;
+           t reprojected by the step's camera rotation), built by internlm/train/prediction_base.py as in training;
   gallery  the representation of every real next frame (steps 1..3 of every clip, de-duplicated by take and
            frame) from the network L_pred trains against: the EMA teacher (--gallery teacher, the default) or
            the student (--gallery student); the query's own current frame t is removed from its gallery;
@@ -332,15 +332,15 @@ def report(args, cfg, ck: Checkpoint, baseline, rows: dict, compare: dict, galle
 def prediction_calibration(ck, step) -> Optional[dict]:
     """The checkpoint's scale of the learned prediction change (model.prediction_residual) and, when the run chose it
     on held-out takes at this step (data.calibration_takes), that choice: {"scale", "calibrated", ...}."""
-    scale = getattr(ck.student, "prediction_change_scale", None)
-    if scale is None:
+    if ck.prediction is None:
         return None
+    scale = ck.prediction.change_scale
     path = os.path.join(os.path.dirname(os.path.abspath(ck.folder)), CALIBRATION_FILE)
     chosen = None
     if os.path.isfile(path):
         with open(path) as f:
             chosen = json.load(f)
-    scale = round(float(scale), 6)  # a float32 buffer: 0.35 reads back as 0.3499999940
+    scale = round(float(scale), 6)  # older checkpoints hold a float32 buffer: 0.35 reads back as 0.3499999940
     if chosen is None or chosen.get("step") != step:
         return {"scale": scale, "calibrated": False}
     return dict(chosen, scale=scale, calibrated=True)

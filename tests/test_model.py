@@ -12,6 +12,7 @@ from internlm.model.attention import AttentionKernel, check_backend
 from internlm.model.modeling_internlm import backbone_param_count
 from internlm.model.param_count import count_parameters
 from internlm.model.rotary import RotaryEmbedding
+from internlm.train.prediction_base import ResidualPrediction
 
 
 def tiny_cfg(**kw) -> ModelConfig:
@@ -118,25 +119,31 @@ def test_prediction_can_start_as_the_copy_of_the_representation():
 
 def test_residual_prediction_starts_as_the_copy_and_learns_a_change():
     torch.manual_seed(0)
-    model = EgoAgent(tiny_cfg(prediction_residual=True), joint=True)
+    cfg = tiny_cfg(prediction_residual=True)
+    model = EgoAgent(cfg, joint=True)
+    residual = ResidualPrediction(cfg)  # what training and the evals build the prediction with
     frames, poses = clip()
-    copy_logits = torch.randn(2, 4, 96)
-    with pytest.raises(ValueError, match="copy_logits"):
-        model.forward_joint(frames, poses)
+    base = torch.randn(2, 4, 96)
+    with pytest.raises(ValueError, match="pass the base"):
+        residual.predict(model.forward_joint(frames, poses).future_logits, None)
     assert model.forward_joint(frames, poses, with_logits=False).future_logits is None  # the rollout needs none
-    out = model.forward_joint(frames, poses, copy_logits=copy_logits).future_logits
-    torch.testing.assert_close(out, copy_logits, rtol=0, atol=0)  # exactly the copy: every gain starts at 0
+
+    def predict(p):
+        return residual.predict(model.forward_joint(frames, p).future_logits, base)
+
+    torch.testing.assert_close(predict(poses), base, rtol=0, atol=0)  # exactly the copy: every gain starts at 0
     gains = model.pred_head.last_layer.parametrizations.weight.original0
     assert gains.requires_grad and not gains.any()
     target = torch.randn(2, 4, 96)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(5):  # the gains move first, then the rest of the head
         opt.zero_grad()
-        (model.forward_joint(frames, poses, copy_logits=copy_logits).future_logits - target).square().mean().backward()
+        (predict(poses) - target).square().mean().backward()
         opt.step()
     with torch.no_grad():
-        moved = model.forward_joint(frames, poses, copy_logits=copy_logits).future_logits - copy_logits
-        other = model.forward_joint(frames, clip(seed=3)[1], copy_logits=copy_logits).future_logits - copy_logits
+        moved, other = predict(poses) - base, predict(clip(seed=3)[1]) - base
+        residual.change_scale = 0.25  # a calibrated share of the change
+        torch.testing.assert_close(predict(poses) - base, 0.25 * moved)
     assert moved.abs().mean() > 1e-2
     assert (moved - other).abs().max() > 1e-3 * moved.abs().max()  # the change depends on the actions
 

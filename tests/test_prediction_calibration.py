@@ -1,5 +1,6 @@
 """data.calibration_takes: training takes held out of stage 2, on whose clips the scale of the learned prediction
-change is chosen after the last step (EgoAgentMetaArch.calibrate_prediction_change, Trainer.calibrate_prediction)."""
+change is chosen after the last step (train/prediction_base.py ResidualPrediction.calibrate, through
+EgoAgentMetaArch.calibrate_prediction_change and Trainer.calibrate_prediction)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from train_helpers import DEMO, make_trainer, tiny_overrides
 
 from internlm.config import ConfigError, load_config
 from internlm.data.build import build_clip_dataset, build_valid_loader
+from internlm.train.losses import prediction_loss
 from internlm.train.meta_arch import EgoAgentMetaArch
 
 SCALES = tuple(i / 10 for i in range(11))
@@ -87,7 +89,7 @@ def test_the_scale_with_the_lowest_held_out_loss_is_kept(tmp_path, processed_wor
     _set_change_gain(meta, 20.0)
     got = meta.calibrate_prediction_change(batches, temp, SCALES)
     assert got["scale"] == 0.0 and got["l_pred"][-1] > got["l_pred"][0] + 1e-3
-    assert float(meta.student.prediction_change_scale) == float(meta.teacher.prediction_change_scale) == 0.0
+    assert meta.prediction.change_scale == 0.0
 
     # a small change pointed down L_pred's slope at the base: part of it helps, all of it overshoots
     _set_change_gain(meta, 0.05)
@@ -98,17 +100,20 @@ def test_the_scale_with_the_lowest_held_out_loss_is_kept(tmp_path, processed_wor
     assert 0.0 < got["scale"] < 1.0 and got["l_pred"][SCALES.index(got["scale"])] == lowest
     assert lowest < got["l_pred"][0] - 1e-4 and lowest < got["l_pred"][-1] - 1e-5
     # the kept scale is what the model now predicts with: base + scale * change
-    b = batches[0]
-    with torch.no_grad():
-        t_out = meta.teacher(views=meta._teacher_frame_views(b))
-        _, base = meta._frame_targets(t_out.views, b["frames"], temp)
-        joint = meta.student.forward_joint(b["frames"], b["poses"], copy_logits=base)
-    torch.testing.assert_close(joint.future_logits, base + got["scale"] * joint.future_change)
+    total, queries = 0.0, 0
+    for t_frames, base, change in meta.prediction_parts(batches, temp):
+        n = t_frames.shape[0] * (t_frames.shape[1] - 1)
+        predicted = meta.prediction.predict(change, base)
+        total += float(prediction_loss(predicted, t_frames, meta.pred_center, temp, cfg.loss.student_temp)) * n
+        queries += n
+    assert total / queries == pytest.approx(got["l_pred"][SCALES.index(got["scale"])], rel=1e-5)
+    assert abs(total / queries - got["l_pred"][-1]) > 1e-5
 
 
 @pytest.mark.slow
 def test_a_run_calibrates_after_its_last_step_and_saves_the_scale(tmp_path, processed_world):
-    from internlm.checkpoint import load_model
+    from internlm.checkpoint import latest_checkpoint, load_model
+    from internlm.checkpoint.weights import read_change_scale
 
     cfg = _cfg(tmp_path, processed_world, steps=3, **{"data.calibration_takes": 1})
     torch.manual_seed(0)
@@ -123,8 +128,8 @@ def test_a_run_calibrates_after_its_last_step_and_saves_the_scale(tmp_path, proc
     assert history[-1]["prediction_change_scale"] == result["scale"]
     # the training clips left the held-out take out (the pose statistics too)
     assert not _takes(held_out) & _takes(build_clip_dataset(cfg.data, "train", train=False))
-    student = load_model(str(tmp_path / "run"), "model", "cpu")[0]
-    assert float(student.prediction_change_scale) == result["scale"]
+    assert read_change_scale(str(latest_checkpoint(str(tmp_path / "run")))) == result["scale"]
+    load_model(str(tmp_path / "run"), "model", "cpu")  # the weights hold no scale (strict load)
     # the retrieval eval records the scale it predicted with and, at the calibrated step, where it came from
     import eval_feature_retrieval
     from internlm.eval.retrieval import load_checkpoint

@@ -11,7 +11,7 @@ representation of every true next frame, minus the checkpoint's L_pred centre):
       shuffled actions (L_pred: true actions), where base is the residual prediction's base: the copy, or with
       model.prediction_reprojection the teacher's view of frame t reprojected by the step's camera rotation (its
       L_pred is then reported too): a = 0 is the base, a = 1 EgoAgent (whose change is already scaled by the
-      checkpoint's prediction_change_scale, data.calibration_takes). A change that improves L_pred but helps
+      checkpoint's calibrated change scale, data.calibration_takes). A change that improves L_pred but helps
       retrieval only when shrunk is a prediction that hedges over the possible next frames (the loss's optimum under
       uncertainty), which a retrieval among near-identical neighbouring frames penalises; one that raises the val
       L_pred over its base has fitted the training takes.
@@ -98,18 +98,18 @@ def measure(ck, dataset, loader, ctx, total: int, loss_cfg) -> dict:
         take = lambda x, last=T - 1: x[:, :last].flatten(0, 1)  # noqa: E731  steps 0..T-2
         rows["copy"].append(copy_prediction(now, ck.center, tt, ts))
         rows["oracle"].append(copy_prediction(nxt, ck.center, tt, ts))
-        # the reprojected frames' logits with the true and with the shuffled actions' camera motion: the residual
-        # bases of the two predictions (computed once, reused by predict)
-        reprojected = shuffled_reprojected = None
-        if ck.reprojection:
-            reprojected = ck.reprojected_logits(frames, motion, focal)
-            shuffled_reprojected = ck.reprojected_logits(frames, other["camera_motion"], focal)
-            rows.setdefault("reprojection", []).append(take(ck.space.minimiser(reprojected, ck.center)))
-            rows.setdefault("shuffled_reprojection", []).append(take(ck.space.minimiser(shuffled_reprojected,
-                                                                                        ck.center)))
-        rows["egoagent"].append(take(ck.predict(frames, batch["poses"], teacher, motion, focal, reprojected)))
-        rows["shuffled_actions"].append(take(ck.predict(frames, other["poses"], teacher, other.get("camera_motion"),
-                                                        focal, shuffled_reprojected)))
+        # the residual prediction's base with the true and with the shuffled actions (their camera motion, with
+        # model.prediction_reprojection), as the eval and training compute it
+        base = shuffled_base = None
+        if ck.prediction is not None:
+            base = ck.prediction_base(frames, teacher, motion, focal)
+            shuffled_base = ck.prediction_base(frames, teacher, other.get("camera_motion"), focal)
+            rows.setdefault("base", []).append(take(base))
+            rows.setdefault("shuffled_base", []).append(take(shuffled_base))
+            if ck.prediction.reprojection:
+                rows.setdefault("reprojection", []).append(take(base))
+        rows["egoagent"].append(take(ck.predict(frames, batch["poses"], teacher, base=base)))
+        rows["shuffled_actions"].append(take(ck.predict(frames, other["poses"], teacher, base=shuffled_base)))
         rows["student_copy"].append(take(ck.student.represent(frames.flatten(0, 1)).logits.unflatten(0, (B, T))))
         rows["target_probs"].append(teacher_probs(nxt, ck.center, tt))
         rows["gallery_logits"].append(nxt)
@@ -139,8 +139,8 @@ def diagnose(ck, got: dict, scales: list[float], loss_cfg) -> dict:
         stats = rank_statistics(retrieval_ranks(space.query(query_logits), gallery, targets, excluded))
         return {"top1": stats["top1"], "mAP": stats["mAP"], "top1_se": stats["top1_se"]}
 
-    base = got.get("reprojection", got["copy"])  # what the residual prediction adds its change to
-    other_base = got.get("shuffled_reprojection", got["copy"])  # ... with the shuffled actions
+    base = got.get("base", got["copy"])  # what the residual prediction adds its change to
+    other_base = got.get("shuffled_base", got["copy"])  # ... with the shuffled actions
     scaled = {}
     for a in scales:
         query = base + a * (got["egoagent"] - base)
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     got = measure(ck, dataset, loader, ctx, len(loader), cfg.loss)
     scales = [float(a) for a in args.scales.split(",")]
     result = dict(diagnose(ck, got, scales, cfg.loss), checkpoint=os.path.abspath(ck.folder), split=split,
-                  residual=ck.copy_net is not None)
+                  residual=ck.prediction is not None)
     lp = result["l_pred"]
     names = {"copy": "copy", "reprojection": "reprojection", "egoagent": "EgoAgent",
              "shuffled_actions": "shuffled actions", "oracle": "oracle", "student_copy": "student copy"}

@@ -30,6 +30,9 @@ META_FILE = "meta.json"
 TRAIN_STATE_DIR = "train_state"
 RNG_DIR = "rng"
 CALIBRATION_FILE = "prediction_calibration.json"
+# meta.json: the share of the learned change the residual state prediction adds (train/prediction_base.py). Older
+# checkpoints hold it as a buffer of this name in both weight files; the readers here take it out of them.
+CHANGE_SCALE_KEY = "prediction_change_scale"
 
 
 def step_folder(save_folder: str, step: int) -> str:

@@ -41,7 +41,7 @@ from .layout import (
 )
 from .provenance import git_commit
 from .storage import DiskFullError, disk_full_error, free_bytes, human_bytes, tensor_bytes
-from .weights import write_weights
+from .weights import take_legacy_change_scale, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ class CheckpointManager:
                 world = dist.get_world_size() if dist.is_initialized() else 1
                 meta = dict(progress, step=step, world_size=world, micro_num=self.cfg.data.micro_num,
                             git_commit=git_commit(), stage=self.cfg.stage,
-                            parallel_mode=self.plan.mode, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                            parallel_mode=self.plan.mode, time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                            **meta_arch.meta_state())
                 write_weights(folder, student_state, teacher_state, self.cfg, meta)
             del student_state, teacher_state
             tensors = _optimizer_tensors(self.plan, meta_arch.student, optimizer, allocate=False)
@@ -334,6 +335,8 @@ class CheckpointManager:
             error = exc
         _raise_on_every_rank(error)
         meta, weights, rng = files
+        take_legacy_change_scale(*weights, meta)
+        meta_arch.load_meta_state(meta)
         for model, state in zip((meta_arch.student, meta_arch.teacher), weights):
             load_full_state_dict(model, state, self.plan, strict=True)
         tensors = _optimizer_tensors(self.plan, meta_arch.student, optimizer, allocate=True)

@@ -13,7 +13,7 @@ import torch
 from internlm.config import TrainConfig, config_from_resolved
 from internlm.model import EgoAgent
 
-from .layout import CONFIG_FILE, STUDENT_FILE, TEACHER_FILE, resolve_checkpoint
+from .layout import CHANGE_SCALE_KEY, CONFIG_FILE, META_FILE, STUDENT_FILE, TEACHER_FILE, read_meta, resolve_checkpoint
 from .provenance import git_commit
 
 WEIGHT_FILES = {"model": STUDENT_FILE, "student": STUDENT_FILE, "teacher": TEACHER_FILE}
@@ -33,7 +33,28 @@ def load_state_dict(path: str, which: str = "teacher") -> tuple[dict[str, torch.
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} is missing from the checkpoint {folder}")
     state = torch.load(file, map_location="cpu", weights_only=True)
+    state.pop(CHANGE_SCALE_KEY, None)  # older checkpoints: the scale is read by read_change_scale
     return state, read_checkpoint_config(folder), folder
+
+
+def take_legacy_change_scale(student_state: dict, teacher_state: dict, meta: dict) -> None:
+    """Older checkpoints hold the residual prediction's change scale as a buffer in both weight files: take it out
+    of them (in place) and into ``meta`` under CHANGE_SCALE_KEY, where newer checkpoints keep it."""
+    legacy = student_state.pop(CHANGE_SCALE_KEY, None)
+    teacher_state.pop(CHANGE_SCALE_KEY, None)
+    if legacy is not None and CHANGE_SCALE_KEY not in meta:
+        meta[CHANGE_SCALE_KEY] = float(legacy)
+
+
+def read_change_scale(folder: str) -> float:
+    """The share of the learned change the residual state prediction of checkpoint ``folder`` adds to its base
+    (train/prediction_base.py): from its meta.json, or from the weights of an older checkpoint; 1 (the change as
+    trained) when it has none."""
+    meta = read_meta(folder) if os.path.isfile(os.path.join(folder, META_FILE)) else {}
+    if CHANGE_SCALE_KEY not in meta:
+        student = torch.load(os.path.join(folder, STUDENT_FILE), map_location="cpu", weights_only=True, mmap=True)
+        take_legacy_change_scale(student, {}, meta)
+    return float(meta.get(CHANGE_SCALE_KEY, 1.0))
 
 
 def load_model(path: str, which: str = "teacher", device: Optional[torch.device] = None,
@@ -73,7 +94,6 @@ def write_weights(folder: str, student_state: dict, teacher_state: dict, cfg: Tr
     from internlm.config import to_dict
 
     from .atomic import atomic_torch_save, atomic_write_json
-    from .layout import META_FILE
 
     os.makedirs(folder, exist_ok=True)
     atomic_torch_save({k: v.detach().cpu() for k, v in student_state.items()}, os.path.join(folder, STUDENT_FILE))

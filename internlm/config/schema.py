@@ -188,8 +188,8 @@ class DataConfig:
     # pinhole focal length (from the undistortion marker): the input of model.prediction_reprojection.
     camera_motion: bool = False
     # Stage 2 with model.prediction_residual: the last N training takes (in take-uid order) are held out of
-    # training; after the last step the scale of the learned prediction change (0..1, EgoAgent.prediction_change_scale)
-    # is the one that minimises L_pred on their clips, i.e. how much of the change holds on takes it was not fitted to.
+    # training; after the last step the scale of the learned prediction change (0..1, train/prediction_base.py) is the
+    # one that minimises L_pred on their clips, i.e. how much of the change holds on takes it was not fitted to.
     calibration_takes: int = 0
     num_workers: int = 2
     seed: int = 0  # data order and augmentation; train.py --seed overrides

@@ -28,9 +28,10 @@ from typing import Hashable, Optional, Sequence
 
 import torch
 
-from internlm.checkpoint.weights import load_model, read_centers
+from internlm.checkpoint.weights import load_model, read_centers, read_change_scale
 from internlm.model.reprojection import reproject_steps
 from internlm.train.losses import copy_prediction
+from internlm.train.prediction_base import ResidualPrediction
 
 
 def retrieval_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor,
@@ -175,33 +176,40 @@ class Checkpoint:
     center: torch.Tensor  # (K,) the centre the checkpoint's loss applies to the gallery network's logits
     center_source: str
     space: LogitSpace
-    # model.prediction_residual: the network whose copy prediction of frame t (with ``center``, the L_pred centre)
-    # the state prediction is added to: the teacher, as in training; None otherwise
-    copy_net: Optional[torch.nn.Module] = None
-    reprojection: bool = False  # model.prediction_reprojection: that base is frame t reprojected by the step's rotation
+    # model.prediction_residual (stage 2): the prediction's base and calibrated change scale (train/prediction_base.py)
+    # and the network whose view of frame t the base is made of (the teacher, as in training); None otherwise
+    prediction: Optional[ResidualPrediction] = None
+    base_net: Optional[torch.nn.Module] = None
 
     def predict(self, frames: torch.Tensor, poses: torch.Tensor, gallery_logits: torch.Tensor,
                 camera_motion: Optional[torch.Tensor] = None, focal: Optional[torch.Tensor] = None,
-                reprojected_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The student's state prediction of every step (B, T, K). camera_motion (B, T, 12) and focal (B,): the
-        clip's (data.camera_motion), needed with model.prediction_reprojection. The gallery network's logits of the
-        frames (gallery_logits) and, when the caller has them, of the reprojected frames (reprojected_logits, same
-        camera motion) are reused as the residual base when the gallery network is the teacher."""
-        copy_logits = None
-        if self.copy_net is not None:
-            reuse = self.copy_net is self.gallery_net
-            if self.reprojection:
-                if camera_motion is None or focal is None:
-                    raise ValueError("model.prediction_reprojection: the residual base needs each step's camera motion "
-                                     "and the focal length (data.camera_motion=True)")
-                if reuse and reprojected_logits is not None:
-                    base = reprojected_logits
-                else:
-                    base = self._represent(self.copy_net, reproject_steps(frames, camera_motion, focal))
+                reprojected_logits: Optional[torch.Tensor] = None, base: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The student's state prediction of every step (B, T, K), built as in training. camera_motion (B, T, 12)
+        and focal (B,): the clip's (data.camera_motion), needed with model.prediction_reprojection. gallery_logits
+        and reprojected_logits: see prediction_base; base: its result, when the caller has it already."""
+        head = self.student.forward_joint(frames, poses).future_logits
+        if self.prediction is None:
+            return head
+        if base is None:
+            base = self.prediction_base(frames, gallery_logits, camera_motion, focal, reprojected_logits)
+        return self.prediction.predict(head, base)
+
+    def prediction_base(self, frames: torch.Tensor, gallery_logits: torch.Tensor,
+                        camera_motion: Optional[torch.Tensor] = None, focal: Optional[torch.Tensor] = None,
+                        reprojected_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, T, K) the residual prediction's base (ResidualPrediction.base with the checkpoint's L_pred centre).
+        When the gallery network is the teacher, its logits of the frames (gallery_logits) and, when the caller has
+        them, of the reprojected frames (reprojected_logits, same camera motion) are reused."""
+        reuse = self.base_net is self.gallery_net
+        if reuse and self.prediction.reprojection and reprojected_logits is not None:
+            logits = reprojected_logits
+        else:
+            images = self.prediction.base_images(frames, camera_motion, focal)
+            if images is None:
+                logits = gallery_logits if reuse else self._represent(self.base_net, frames)
             else:
-                base = gallery_logits if reuse else self._represent(self.copy_net, frames)
-            copy_logits = copy_prediction(base, self.center, self.space.teacher_temp, self.space.student_temp)
-        return self.student.forward_joint(frames, poses, copy_logits=copy_logits).future_logits
+                logits = self._represent(self.base_net, images)
+        return self.prediction.base(logits, self.center, self.space.teacher_temp, self.space.student_temp)
 
     def reprojected_logits(self, frames: torch.Tensor, camera_motion: torch.Tensor,
                            focal: torch.Tensor) -> torch.Tensor:
@@ -231,8 +239,9 @@ def load_checkpoint(path: str, gallery: str, device, attn_backend: str) -> Check
     if residual and gallery_net is not teacher:  # the residual base is in the teacher head's span
         heads.append(teacher.rep_head.last_layer.weight)
     space = LogitSpace(heads, [center], cfg.loss.student_temp, cfg.loss.teacher_temp)
-    return Checkpoint(folder, student, gallery_net, center.to(device), source, space,
-                      teacher if residual else None, bool(residual and cfg.model.prediction_reprojection))
+    prediction = ResidualPrediction(cfg.model, read_change_scale(folder)) if residual else None
+    return Checkpoint(folder, student, gallery_net, center.to(device), source, space, prediction,
+                      teacher if residual else None)
 
 
 def other_clips(sample_ids, n: int) -> list[int]:

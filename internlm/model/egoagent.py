@@ -27,8 +27,7 @@ from .projectors import ActionProjector, ImageProjector
 
 # The joint-branch parts a stage-1 model does not have (they start from their initialisation in stage 2 and are
 # left out of the Hugging Face export of the image encoder).
-JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.",
-                       "prediction_change_scale")
+JOINT_ONLY_PREFIXES = ("action_projector.", "action_query", "future_query", "pred_head.", "action_head.")
 
 
 def check_backend_can_train(cfg: ModelConfig, joint: bool, device: torch.device, dtype: torch.dtype,
@@ -57,10 +56,9 @@ class AgentOutput:
 class JointOutput:
     actions: torch.Tensor  # (B, T, 4, 5, 17) predicted pose block of each step
     future_feature: torch.Tensor  # (B, T, d) final-normed future-state-query output
-    future_logits: Optional[torch.Tensor]  # (B, T, K) state prediction (None when not requested)
-    # (B, T, K) with model.prediction_residual: the head's change, future_logits = base + prediction_change_scale *
-    # change
-    future_change: Optional[torch.Tensor] = None
+    # (B, T, K) the state-prediction head's output (None when not requested): the prediction, or with
+    # model.prediction_residual the change that train/prediction_base.py adds to its base
+    future_logits: Optional[torch.Tensor]
 
 
 class EgoAgent(nn.Module):
@@ -88,14 +86,9 @@ class EgoAgent(nn.Module):
             self.action_query = nn.Parameter(torch.zeros(d))
             self.future_query = nn.Parameter(torch.zeros(d))
             self.pred_head = DINOHead(d, cfg.output_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
-                                      cfg.norm_last_layer, zero_gain=cfg.prediction_residual)
+                                      cfg.norm_last_layer, zero_gain=cfg.prediction_residual)  # a change: 0 at first
             self.action_head = ActionHead(d, cfg.pose_channels, cfg.pose_frames, cfg.num_joints,
                                           zero_init=cfg.action_residual)
-            if cfg.prediction_residual:
-                # how much of the learned change the prediction adds to its base: 1 in training, then chosen on
-                # held-out takes (data.calibration_takes, EgoAgentMetaArch.calibrate_prediction_change); saved with
-                # the weights
-                self.register_buffer("prediction_change_scale", torch.ones(()))
         self.reset_backbone_and_queries()
 
     @torch.no_grad()
@@ -137,19 +130,10 @@ class EgoAgent(nn.Module):
         feature = self.encode(images)
         return RepresentationOutput(feature, self.rep_head(feature))
 
-    def forward_joint(self, frames: torch.Tensor, poses: torch.Tensor, with_logits: bool = True,
-                      copy_logits: Optional[torch.Tensor] = None) -> JointOutput:
-        """frames (B, T, 3, P, P), poses (B, T, 4, 5, 17) -> JointOutput.
-
-        copy_logits (B, T, K): with model.prediction_residual, the base the state-prediction head's change is added
-        to: the L_pred minimiser towards frame t itself under the teacher's representation
-        (losses.copy_prediction); the caller has the teacher, this module does not."""
+    def forward_joint(self, frames: torch.Tensor, poses: torch.Tensor, with_logits: bool = True) -> JointOutput:
+        """frames (B, T, 3, P, P), poses (B, T, 4, 5, 17) -> JointOutput (the heads' outputs)."""
         if not self.joint:
             raise RuntimeError("this is the stage-1 model (joint=False); it has no action or prediction parts")
-        if self.cfg.prediction_residual and with_logits and copy_logits is None:
-            raise ValueError("model.prediction_residual=True: the state prediction is a change added to the teacher's "
-                             "copy prediction of frame t; pass copy_logits (losses.copy_prediction of the teacher's "
-                             "logits of the clip's frames)")
         B, T = frames.shape[:2]
         img = self.image_projector(frames.flatten(0, 1))  # (B*T, N, d)
         N, d = img.shape[1:]
@@ -164,18 +148,7 @@ class EgoAgent(nn.Module):
             actions = self.add_residual_base(actions, poses)
         future = out[:, :, N + 2]  # (B, T, d)
         logits = self.pred_head(future) if with_logits else None
-        change = None
-        if logits is not None and self.cfg.prediction_residual:
-            change = logits
-            logits = copy_logits.to(change.dtype) + self.prediction_change_scale.to(change.dtype) * change
-        return JointOutput(actions, future, logits, change)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints from before the calibration (and stage-1 ones) have no scale: the change as it was trained
-        key = prefix + "prediction_change_scale"
-        if hasattr(self, "prediction_change_scale") and key not in state_dict:
-            state_dict[key] = torch.ones(())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        return JointOutput(actions, future, logits)
 
     def residual_base(self, poses: torch.Tensor) -> torch.Tensor:
         """poses (B, T, 4, F, J) -> (B, T, 3, 1, J): what the residual action head adds to its output at step t,
@@ -196,15 +169,15 @@ class EgoAgent(nn.Module):
         return torch.cat([actions[:, :, :3] + base, actions[:, :, 3:]], dim=2)
 
     def forward(self, views: Sequence[torch.Tensor] = (), frames: Optional[torch.Tensor] = None,
-                poses: Optional[torch.Tensor] = None, copy_logits: Optional[torch.Tensor] = None) -> AgentOutput:
+                poses: Optional[torch.Tensor] = None) -> AgentOutput:
         """Everything one training step needs from this model, in one call (DDP and FSDP only see ``forward``).
 
         views: groups of same-size views, each (B_i, 3, S_i, S_i) -> representation of every view;
-        frames (B, T, 3, P, P) and poses (B, T, 4, 5, 17) -> the joint branch (copy_logits: see forward_joint)."""
+        frames (B, T, 3, P, P) and poses (B, T, 4, 5, 17) -> the joint branch."""
         with self._compute_dtype_weights(frames if frames is not None else views[0]):
             # The joint branch first: the backward runs in reverse, so its pass (the longest) is the last to reach
             # each block, and data parallelism reduces each block's finished gradients while it still runs.
-            joint = self.forward_joint(frames, poses, copy_logits=copy_logits) if frames is not None else None
+            joint = self.forward_joint(frames, poses) if frames is not None else None
             outs = [self.represent(v) for v in views]
         return AgentOutput(outs, joint)
 

@@ -31,6 +31,19 @@ from internlm.solver.optimizer import adamw_kwargs, param_groups
 
 logger = logging.getLogger(__name__)
 
+
+def dist_world_size() -> int:
+    """The number of ranks (1 without torch.distributed)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce_(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all ranks in place (nothing to do on one process); returns it."""
+    if dist_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
 def _fully_shard():
     """FSDP2's fully_shard and MixedPrecisionPolicy."""
     try:

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from internlm.checkpoint.layout import CONFIG_FILE, META_FILE, STUDENT_FILE
 from internlm.checkpoint.train_state import CorruptCheckpointError
+from internlm.checkpoint.weights import take_legacy_change_scale
 from internlm.config import TrainConfig, config_from_resolved, to_dict
 
 NOT_COMPARED = ("source_file", "constants", "ckpt.save_ckpt_folder", "ckpt.save_teacher_ckpt_folder",
@@ -152,6 +153,7 @@ def shape_mismatches(model_state: dict, folder: str, limit: int = 3) -> list[str
 
     saved = _read(os.path.join(folder, STUDENT_FILE),
                   lambda p: torch.load(p, map_location="cpu", weights_only=True, mmap=True))
+    take_legacy_change_scale(saved, {}, {})  # older checkpoints' scale buffer is no parameter of the model
     out = []
     for name in sorted(set(saved) | set(model_state)):
         a = tuple(saved[name].shape) if name in saved else None

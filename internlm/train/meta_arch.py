@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,10 +21,10 @@ from internlm.checkpoint.weights import load_state_dict, read_centers
 from internlm.config.schema import TrainConfig
 from internlm.model import EgoAgent
 from internlm.model.egoagent import JOINT_ONLY_PREFIXES
-from internlm.model.reprojection import reproject_steps
-from internlm.parallel.data_parallel import unwrap
+from internlm.parallel.data_parallel import all_reduce_, dist_world_size, unwrap
 
-from .losses import action_loss, copy_prediction, dino_multicrop_loss, prediction_loss, teacher_probs, visible_elements
+from .losses import action_loss, dino_multicrop_loss, prediction_loss, teacher_probs, visible_elements
+from .prediction_base import CALIBRATION_SCALES, ResidualPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +65,6 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def _all_reduce_(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
 def _add(total: Optional[torch.Tensor], part: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return part if total is None else total + part
 
@@ -93,6 +82,8 @@ class EgoAgentMetaArch(nn.Module):
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        # the state prediction's base and the calibrated share of the learned change (model.prediction_residual)
+        self.prediction = ResidualPrediction(cfg.model)
         K = cfg.model.output_dim
         self.register_buffer("rep_center", torch.zeros(K))
         self.register_buffer("pred_center", torch.zeros(K))
@@ -151,8 +142,8 @@ class EgoAgentMetaArch(nn.Module):
         device = batch["global_crops"].device
         act_normalizer = None
         if self.joint:  # the global number of visible pose elements, so that L_act is the global-batch mean
-            visible = _all_reduce_(visible_elements(batch["poses"]).float().reshape(1))
-            act_normalizer = visible[0] / _world_size()
+            visible = all_reduce_(visible_elements(batch["poses"]).float().reshape(1))
+            act_normalizer = visible[0] / dist_world_size()
         return StepState(act_normalizer, torch.zeros(len(STAT_NAMES), device=device))
 
     def chunk_loss(self, chunk: dict, state: StepState, teacher_temp: float, chunk_weight: float) -> torch.Tensor:
@@ -177,11 +168,11 @@ class EgoAgentMetaArch(nn.Module):
         with torch.no_grad(), self._autocast(self.teacher_dtype, globals_.device):
             t_out = self.teacher(views=[g_views] + (self._teacher_frame_views(chunk) if self.joint else []))
         t_global = t_out.views[0].logits.float()  # (2B, K)
-        t_frames = copy_logits = None
+        t_frames = base = None
         if self.joint:  # (B, T, K) each
-            t_frames, copy_logits = self._frame_targets(t_out.views[1:], frames, teacher_temp)
+            t_frames, base = self._frame_targets(t_out.views[1:], frames, teacher_temp)
         with self._autocast(self.student_dtype, globals_.device):
-            s_out = self.student(views=student_views, frames=frames, poses=poses, copy_logits=copy_logits)
+            s_out = self.student(views=student_views, frames=frames, poses=poses)
 
         s_logits = list(s_out.views[0].logits.chunk(n_global))
         if n_local:
@@ -192,8 +183,8 @@ class EgoAgentMetaArch(nn.Module):
         zero = loss_rep.new_zeros(())
         loss_pred, act_sum = zero, zero
         if self.joint:
-            loss_pred = prediction_loss(s_out.joint.future_logits, t_frames, self.pred_center, teacher_temp,
-                                        lc.student_temp)
+            predicted = self.prediction.predict(s_out.joint.future_logits, base)  # (B, T, K)
+            loss_pred = prediction_loss(predicted, t_frames, self.pred_center, teacher_temp, lc.student_temp)
             loss_act = action_loss(s_out.joint.actions, poses, state.act_normalizer)
             act_sum = loss_act.detach() * state.act_normalizer
             terms.update(loss_pred=loss_pred * chunk_weight, loss_act=loss_act)
@@ -216,12 +207,13 @@ class EgoAgentMetaArch(nn.Module):
         return self.weighted_total(terms)
 
     def _teacher_frame_views(self, chunk: dict) -> list[torch.Tensor]:
-        """Stage 2's teacher inputs besides the global crops: the clip's frames (B*T, 3, P, P) and, with
-        model.prediction_reprojection, the same frames as the camera sees them after each step's rotation."""
+        """Stage 2's teacher inputs besides the global crops: the clip's frames (B*T, 3, P, P) and, where the
+        prediction's base is made of other images (ResidualPrediction.base_images), those."""
         frames = chunk["frames"]
         views = [frames.flatten(0, 1)]
-        if self.cfg.model.prediction_reprojection:
-            views.append(reproject_steps(frames, chunk["camera_motion"], chunk["focal"]).flatten(0, 1))
+        base_images = self.prediction.base_images(frames, chunk.get("camera_motion"), chunk.get("focal"))
+        if base_images is not None:
+            views.append(base_images.flatten(0, 1))
         return views
 
     def _frame_targets(self, views, frames: torch.Tensor,
@@ -229,42 +221,37 @@ class EgoAgentMetaArch(nn.Module):
         """The teacher's outputs on _teacher_frame_views -> its logits of every frame (B, T, K) and, with
         model.prediction_residual, the base the state prediction adds its change to (B, T, K), else None."""
         t_frames = views[0].logits.float().view(*frames.shape[:2], -1)
-        if not self.cfg.model.prediction_residual:
-            return t_frames, None
-        base = views[1].logits.float().view_as(t_frames) if self.cfg.model.prediction_reprojection else t_frames
-        return t_frames, copy_prediction(base, self.pred_center, teacher_temp, self.cfg.loss.student_temp)
+        base_logits = views[1].logits.float().view_as(t_frames) if len(views) > 1 else t_frames
+        return t_frames, self.prediction.base(base_logits, self.pred_center, teacher_temp, self.cfg.loss.student_temp)
 
-    @torch.no_grad()
-    def calibrate_prediction_change(self, batches: Iterable[dict], teacher_temp: float,
-                                    scales: Sequence[float]) -> dict:
-        """L_pred of base + a * change for every a in ``scales`` on ``batches`` (clips of takes the run did not train
-        on, already on the device); sets the student's and the teacher's prediction_change_scale to the a with the
-        lowest one (the smallest a within 1e-5 nats of it). Collective: every rank passes as many batches.
-        Returns {"scales", "l_pred", "scale", "num_queries"}."""
-        lc = self.cfg.loss
-        sums, count = None, 0
+    def prediction_parts(self, batches: Iterable[dict],
+                         teacher_temp: float) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per batch of clips (on the device): the teacher's logits of every frame, the prediction's base and the
+        student's learned change, each (B, T, K) (what ResidualPrediction.calibrate weighs)."""
         for chunk in batches:
             frames = chunk["frames"]
-            with self._autocast(self.teacher_dtype, frames.device):
-                t_out = self.teacher(views=self._teacher_frame_views(chunk))
-            t_frames, base = self._frame_targets(t_out.views, frames, teacher_temp)
-            with self._autocast(self.student_dtype, frames.device):
-                change = self.student(frames=frames, poses=chunk["poses"], copy_logits=base).joint.future_change
-            n = frames.shape[0] * (frames.shape[1] - 1)  # queries: steps 0..T-2
-            losses = torch.stack([prediction_loss(base + a * change.float(), t_frames, self.pred_center, teacher_temp,
-                                                  lc.student_temp).double() * n for a in scales])
-            sums, count = _add(sums, losses), count + n
-        if sums is None:
-            raise ValueError("no calibration batch")
-        totals = _all_reduce_(torch.cat([sums, sums.new_tensor([float(count)])]))
-        l_pred = (totals[:-1] / totals[-1]).tolist()
-        # the smallest scale within float32 noise of the lowest L_pred: a change that does not measurably help stays out
-        lowest = min(l_pred)
-        best = next(i for i in sorted(range(len(scales)), key=lambda i: scales[i]) if l_pred[i] <= lowest + 1e-5)
-        for model in self.unwrapped_models():
-            model.prediction_change_scale.fill_(float(scales[best]))
-        return {"scales": [float(a) for a in scales], "l_pred": l_pred, "scale": float(scales[best]),
-                "num_queries": int(totals[-1])}
+            with torch.no_grad():
+                with self._autocast(self.teacher_dtype, frames.device):
+                    t_out = self.teacher(views=self._teacher_frame_views(chunk))
+                t_frames, base = self._frame_targets(t_out.views, frames, teacher_temp)
+                with self._autocast(self.student_dtype, frames.device):
+                    change = self.student(frames=frames, poses=chunk["poses"]).joint.future_logits
+            yield t_frames, base, change
+
+    def calibrate_prediction_change(self, batches: Iterable[dict], teacher_temp: float,
+                                    scales: Sequence[float] = CALIBRATION_SCALES) -> dict:
+        """data.calibration_takes: the share of the learned change the state prediction keeps, chosen on ``batches``
+        (clips of takes the run did not train on, on the device) by ResidualPrediction.calibrate, which it sets.
+        Collective: every rank passes as many batches."""
+        return self.prediction.calibrate(self.prediction_parts(batches, teacher_temp), self.pred_center, teacher_temp,
+                                         self.cfg.loss.student_temp, scales)
+
+    def meta_state(self) -> dict:
+        """What a checkpoint's meta.json keeps of this module besides the weights and centres."""
+        return self.prediction.meta_state()
+
+    def load_meta_state(self, meta: dict) -> None:
+        self.prediction.load_meta_state(meta)
 
     def cancel_last_layer_gradients(self, step: int) -> None:
         """DINO's freeze_last_layer: the heads' prototype layers are not updated for the first
@@ -286,7 +273,7 @@ class EgoAgentMetaArch(nn.Module):
                 centre_parts += [total, torch.full((1,), float(count), device=device)]
         normalizer = state.act_normalizer if state.act_normalizer is not None else torch.zeros((), device=device)
         parts = centre_parts + [state.stats, normalizer.reshape(1).float()] + [e.reshape(1).float() for e in extras]
-        flat = _all_reduce_(torch.cat([p.float().reshape(-1) for p in parts]))
+        flat = all_reduce_(torch.cat([p.float().reshape(-1) for p in parts]))
         pieces = list(flat.split([p.numel() for p in parts]))
         centres = pieces[:len(centre_parts)] + [None] * (4 - len(centre_parts))
         return StepSums(*centres, torch.cat(pieces[len(centre_parts):]))
@@ -308,7 +295,7 @@ class EgoAgentMetaArch(nn.Module):
     def decode_stats(self, read: list[float], prefix: str) -> dict[str, float]:
         """StepSums.values on the host (statistics and visible pose elements, summed over ranks) -> loss terms,
         weighted total and the collapse monitors."""
-        world = _world_size()
+        world = dist_world_size()
         named = {name: value / world for name, value in zip(STAT_NAMES, read)}
         terms = {"loss_rep": named["loss_rep"]}
         if self.joint:

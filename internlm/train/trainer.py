@@ -69,10 +69,6 @@ class RunawayTrainingError(RuntimeError):
     """Training cannot make progress any more (every update skipped); the message says why and what to change."""
 
 
-# data.calibration_takes: the scales of the learned prediction change tried on the held-out takes
-CALIBRATION_SCALES = tuple(i / 20 for i in range(21))
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -247,8 +243,8 @@ class Trainer:
 
     def calibrate_prediction(self) -> dict:
         """data.calibration_takes: after the last step, the scale of the learned prediction change is chosen on the
-        clips of the held-out training takes (EgoAgentMetaArch.calibrate_prediction_change), saved with the weights
-        and written to {save_ckpt_folder}/prediction_calibration.json."""
+        clips of the held-out training takes (train/prediction_base.py), saved in the checkpoint's meta.json and
+        written to {save_ckpt_folder}/prediction_calibration.json."""
         from internlm.data.build import build_clip_dataset, build_valid_loader
 
         data = self.cfg.data
@@ -256,8 +252,7 @@ class Trainer:
         loader = build_valid_loader(data, self.ctx.rank, self.world, True, dataset)
         temp = self.schedules.at(self.progress.step).teacher_temp
         with running_loader(loader) as batches:
-            result = self.meta.calibrate_prediction_change((self._to_device(b) for b in batches), temp,
-                                                           CALIBRATION_SCALES)
+            result = self.meta.calibrate_prediction_change((self._to_device(b) for b in batches), temp)
         uids = dataset.index.poses.take_uids
         result.update(step=self.progress.step, takes=sorted(str(uids[k]) for k in np.unique(dataset.index.clip_takes)))
         if self.ctx.is_main:
