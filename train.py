@@ -18,11 +18,11 @@ import logging
 import os
 
 from internlm.config import ConfigError, load_config, parse_override
-from internlm.config.follow import follow_device
 from internlm.initialize.arguments import ScriptArgumentParser, add_launch_args
 from internlm.initialize.crash import EXIT_INTERRUPTED, exit_on_failure
 from internlm.initialize.launch import LaunchError, RendezvousError, destroy_distributed, init_distributed
 from internlm.monitor.logging_setup import setup_logging
+from internlm.train.device_config import follow_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -187,7 +187,7 @@ def measure(args, suffix: str = "") -> dict:
         compiled = {"step_s_median": c_step, "samples_per_s": cfg.data.micro_num / c_step,
                     "speedup_vs_eager": step_s / c_step, "compile_and_warmup_s": compile_s,
                     "break_even_steps": compile_s / max(step_s - c_step, 1e-9) if c_step < step_s else None}
-    cost = sample_cost(cfg)
+    cost = sample_cost(cfg.model, cfg.sample_shapes())
     samples_s = cfg.data.micro_num / step_s
     tflops = samples_s * cost.train_flops / 1e12
     peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(), cfg.model.dtype) if cuda else None)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from internlm.config import ConfigError, load_config
-from internlm.config.follow import follow_device
 from internlm.config.schema import MODEL_FLAVORS
 from internlm.model.param_count import count_parameters
+from internlm.train.device_config import follow_device
 
 PAPER = ("configs/dino_pretrain/lr5e-4_tmp004_300m.py", "configs/dino_pretrain/lr5e-4_tmp004_1b.py",
          "configs/joint_train/lr6e-04_tmp004_300m.py", "configs/joint_train/lr6e-04_tmp004_1b.py")
@@ -41,7 +41,8 @@ def test_flavor_on_the_command_line_replaces_the_files_sizes_and_the_teacher_fol
 def test_the_paper_flavors_count_the_paper_sizes(path, flavor, want):
     """The 1B file at flavor 300M is EgoAgent-300M and the 300M file at flavor 1B is EgoAgent-1B (the files
     themselves, unchanged, count 284M / 1.13B: test_model.py)."""
-    assert abs(count_parameters(load_config(path, [("model.flavor", flavor)])).model - want) / want < 0.01
+    cfg = load_config(path, [("model.flavor", flavor)])
+    assert abs(count_parameters(cfg.model, cfg.loss.is_joint).model - want) / want < 0.01
 
 
 def _write(tmp_path, body: str) -> str:

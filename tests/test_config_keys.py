@@ -142,7 +142,7 @@ def effects(cfg, with_model: bool) -> dict:
     out = {
         "schedules": Schedules.from_config(cfg),
         "crops": MultiCropConfig.from_data_config(cfg.data),
-        "flops": sample_cost(cfg),
+        "flops": sample_cost(cfg.model, cfg.sample_shapes()),
         "adamw": adamw_kwargs(cfg.adam, torch.device("cpu")),
         "scaler": scaler_trajectory(cfg),
         "plan": (DataParallelPlan(cfg.parallel, 8, torch.device("cpu")).mode, cfg.parallel.zero1_config),

@@ -259,7 +259,7 @@ def test_rope_is_relative():
     ("configs/dino_pretrain/lr5e-4_tmp004_1b.py", 1.13e9), ("configs/joint_train/lr6e-04_tmp004_1b.py", 1.13e9)])
 def test_parameter_counts_match_the_paper(path, want):
     cfg = load_config(path)
-    c = count_parameters(cfg)
+    c = count_parameters(cfg.model, cfg.loss.is_joint)
     assert abs(c.model - want) / want < 0.01, c
     assert c.backbone == backbone_param_count(cfg.model.hidden_size, 22, 8 / 3)
     assert round(c.backbone / 1e6, 1) == {1024: 282.7, 2048: 1130.6}[cfg.model.hidden_size]

@@ -71,7 +71,7 @@ def test_traced_gemm_flops_are_the_analytic_count(traces):
     trace = by[(0.0, True)]
     gpu = gpu_by_key("h100-sxm")
     plain = estimate(trace, gpu, Settings(compile=True, checkpoint=0.0, parallel="single", world=1))
-    want = sample_cost(cfg).train_flops * cfg.data.micro_num
+    want = sample_cost(cfg.model, cfg.sample_shapes()).train_flops * cfg.data.micro_num
     attention = sum(op.flops for _, op in trace.step2_ops() if op.kind == "attention")
     # attention as executed (tiles, the backward's recompute of P) replaces the analytic 3x mask-aware count
     assert plain.model_tflop * 1e12 == pytest.approx(want)
@@ -91,7 +91,7 @@ def _analytic_attention(cfg) -> float:
     from internlm.model.flops import view_layouts
 
     d, nl = cfg.model.hidden_size, cfg.model.num_layers
-    g, loc, p, joint, *_ = view_layouts(cfg)
+    g, loc, p, joint, *_ = view_layouts(cfg.model, cfg.sample_shapes())
     n_local = cfg.data.local_crops_number
     student = 2 * allowed_pairs(g) + n_local * allowed_pairs(loc) + allowed_pairs(joint)
     teacher = 2 * allowed_pairs(g) + cfg.data.clip_steps * allowed_pairs(p)

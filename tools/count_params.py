@@ -17,7 +17,7 @@ def main(argv=None) -> None:
     cfg = config_from_args(args, notices=notices)
     for notice in notices:
         print(f"config: {notice}")
-    c = count_parameters(cfg)
+    c = count_parameters(cfg.model, cfg.loss.is_joint)
     print(f"config:                  {args.config} (stage {cfg.stage})")
     print(f"backbone + projectors:   {human(c.model)}  ({c.model:,})")
     print(f"  backbone:              {c.backbone:,}")

@@ -199,8 +199,7 @@ class CheckpointManager:
                 write_weights(folder, student_state, teacher_state, self.cfg, meta)
             del student_state, teacher_state
             tensors = _optimizer_tensors(self.plan, meta_arch.student, optimizer, allocate=False)
-            tensors["rep_center"] = meta_arch.rep_center
-            tensors["pred_center"] = meta_arch.pred_center
+            tensors.update(meta_arch.center_tensors())
             atomic_torch_save(rng_state(self.plan.device), os.path.join(folder, RNG_DIR, f"rank{rank}.pt"))
             state_dir = os.path.join(folder, TRAIN_STATE_DIR)
             if self.cfg.ckpt.async_save and dist.is_initialized():
@@ -230,7 +229,7 @@ class CheckpointManager:
         trained = [p for p in unwrap(meta_arch.student).parameters() if p.requires_grad]
         return (tensor_bytes(student) + tensor_bytes(unwrap(meta_arch.teacher).state_dict().values())
                 + 2 * sum(p.numel() * 4 for p in trained)
-                + tensor_bytes([meta_arch.rep_center, meta_arch.pred_center]))
+                + tensor_bytes(list(meta_arch.center_tensors().values())))
 
     def check_room_for_a_checkpoint(self, meta_arch, optimizer) -> None:
         """Before training: stop (DiskFullError, on every rank) when the save folder's file system cannot hold even
@@ -340,8 +339,7 @@ class CheckpointManager:
         for model, state in zip((meta_arch.student, meta_arch.teacher), weights):
             load_full_state_dict(model, state, self.plan, strict=True)
         tensors = _optimizer_tensors(self.plan, meta_arch.student, optimizer, allocate=True)
-        tensors["rep_center"] = meta_arch.rep_center
-        tensors["pred_center"] = meta_arch.pred_center
+        tensors.update(meta_arch.center_tensors())
         state_dir = os.path.join(folder, TRAIN_STATE_DIR)
         try:
             dcp.load(tensors, checkpoint_id=state_dir)

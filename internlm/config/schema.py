@@ -35,6 +35,8 @@ class LVMConfig:
 
 
 DTYPES = ("torch.float32", "torch.tf32", "torch.float16", "torch.half", "torch.bfloat16")
+# model.attn_backend: the attention kernels model/attention.py implements (it reads this list)
+ATTENTION_BACKENDS = ("sdpa", "flex", "flash")
 # model.flavor: one name for width, depth and heads (as torchtitan's flavors). 300M and 1B are the paper's
 # EgoAgent-300M / -1B (284M / 1.13B parameters with the paper configs' heads); tiny trains on a laptop CPU.
 MODEL_FLAVORS = {
@@ -130,6 +132,9 @@ class ModelConfig:
 # ------------------------------------------------------------------------------------------------ data
 
 DATASET_TYPES = ("WTVideos", "WT1Video", "ImgNetDINO", "EgoExoClips", "Generated")
+# Ego-Exo4D processed_data keeps every 5th video frame (data/egoexo_format.py FRAME_STEP): clip strides are
+# multiples of it
+PROCESSED_FRAME_STEP = 5
 # data.pose_frame: the coordinate frame the clip loader delivers poses in. The processed fragments store each
 # frame's own camera frame; the others are computed from the fragments' camera rotation and trajectory.
 POSE_FRAMES = {
@@ -138,6 +143,18 @@ POSE_FRAMES = {
     "take_first_camera": "the camera frame of the take's first posed frame",
     "clip_first_camera": "the camera frame of the clip's first frame: ego-motion shows in the poses",
 }
+
+
+@dataclass(frozen=True)
+class SampleShapes:
+    """The sizes of one training sample that its cost depends on (model/flops.py), from the data config."""
+
+    global_crop: int  # pixels of a global crop (data.vid_crop_size); 2 per sample
+    local_crop: int  # pixels of a local crop (data.local_crop_size)
+    local_crops: int  # local crops per sample (0 without data.use_local_crop)
+    joint: bool  # stage 2: a clip of clip_steps frames of frame pixels besides the crops
+    frame: int  # data.pred_img_size
+    clip_steps: int  # data.clip_steps
 
 
 @dataclass
@@ -462,6 +479,12 @@ class TrainConfig:
     def stage(self) -> int:
         return 2 if self.loss.is_joint else 1
 
+    def sample_shapes(self) -> SampleShapes:
+        data = self.data
+        return SampleShapes(data.vid_crop_size, data.local_crop_size,
+                            data.local_crops_number if data.use_local_crop else 0, self.loss.is_joint,
+                            data.pred_img_size, data.clip_steps)
+
     @property
     def teacher_model(self) -> ModelConfig:
         """The teacher section, or the student's with teacher=True (a config without one)."""
@@ -515,10 +538,8 @@ def _validate_model(m: ModelConfig, section: str) -> None:
             if getattr(m, key) != value:
                 raise ConfigError(f"{section}.{key}={getattr(m, key)} contradicts {section}.flavor={m.flavor!r}, "
                                   f"which gives {key}={value}; set one of them")
-    from internlm.model.attention import BACKENDS  # the kernels' own list (imported here: model imports config)
-
-    if m.attn_backend is not None and m.attn_backend not in BACKENDS:
-        raise ConfigError(f"{section}.attn_backend={m.attn_backend!r}: expected one of {', '.join(BACKENDS)}")
+    if m.attn_backend is not None and m.attn_backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"{section}.attn_backend={m.attn_backend!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
     if m.use_flash_attn and m.attn_backend not in (None, "flash"):
         raise ConfigError(f"{section}.use_flash_attn=True asks for flash-attn but {section}.attn_backend="
                           f"{m.attn_backend!r}; set attn_backend='flash' or use_flash_attn=False")
@@ -596,8 +617,6 @@ def _validate_teacher(cfg: TrainConfig) -> None:
 
 
 def _validate_data(cfg: TrainConfig) -> None:
-    from internlm.data.egoexo_format import FRAME_STEP  # frames between two undistorted images
-
     data, model, loss, joint = cfg.data, cfg.model, cfg.loss, cfg.loss.is_joint
     if data.dataset_type not in DATASET_TYPES:
         raise ConfigError(f"data.dataset_type={data.dataset_type!r}: expected one of {', '.join(DATASET_TYPES)}")
@@ -622,9 +641,9 @@ def _validate_data(cfg: TrainConfig) -> None:
         if data.frames_per_clip not in (None, data.clip_steps):
             raise ConfigError(f"data.frames_per_clip={data.frames_per_clip}: a stage-2 sample holds the "
                               f"data.clip_steps={data.clip_steps} images of a clip")
-        if data.frame_stride(True) % FRAME_STEP or data.frame_stride(True) < 1:
+        if data.frame_stride(True) % PROCESSED_FRAME_STEP or data.frame_stride(True) < 1:
             raise ConfigError(f"data.step_between_clips={data.step_between_clips}: clips start at undistorted images, "
-                              f"every {FRAME_STEP} frames; use a multiple of {FRAME_STEP}")
+                              f"every {PROCESSED_FRAME_STEP} frames; use a multiple of {PROCESSED_FRAME_STEP}")
         if data.use_egoexo is False:
             raise ConfigError("data.use_egoexo=False: stage 2 trains on Ego-Exo4D clips (data.egoexo_*)")
         if data.sample_fps is not None:

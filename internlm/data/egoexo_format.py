@@ -56,6 +56,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from internlm.config.schema import PROCESSED_FRAME_STEP
+
 # The 17 body joints of Ego-Exo4D, in the order used everywhere in this project.
 JOINT_NAMES = (
     "nose", "left-eye", "right-eye", "left-ear", "right-ear",
@@ -68,7 +70,7 @@ MISSING_JOINT_VALUE = -1.0  # a joint no view saw is written as [-1, -1, -1] wit
 
 SPLITS = ("train", "val")
 FPS = 30
-FRAME_STEP = 5  # processed_data keeps every 5th video frame
+FRAME_STEP = PROCESSED_FRAME_STEP  # processed_data keeps every 5th video frame (the config validates strides by it)
 FRAGMENT_LENGTH = 100  # frames per processed pose fragment
 FRAGMENT_OVERLAP = 5  # a fragment's first frames repeat the previous fragment's last frames
 DROPPED_TAKE_KEYWORD = "bouldering"  # takes whose name contains this are left out

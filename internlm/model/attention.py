@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rotary import RotaryEmbedding
+from internlm.config.schema import ATTENTION_BACKENDS as BACKENDS
 
-BACKENDS = ("sdpa", "flex", "flash")
+from .rotary import RotaryEmbedding
 
 
 class AttentionBackendError(RuntimeError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from internlm.config.schema import TrainConfig
+from internlm.config.schema import ModelConfig, SampleShapes
 
 from .attention import MaskLayout, joint_layout, representation_layout
 from .modeling_internlm import swiglu_hidden_size
@@ -50,27 +50,27 @@ class SampleCost:
     teacher_tokens: int
 
 
-def view_layouts(cfg: TrainConfig):
-    m, data = cfg.model, cfg.data
+def view_layouts(m: ModelConfig, shapes: SampleShapes):
     p = m.patch_size
-    n_global = (data.vid_crop_size // p) ** 2
-    n_local = (data.local_crop_size // p) ** 2
-    n_pred = (data.pred_img_size // p) ** 2
+    n_global = (shapes.global_crop // p) ** 2
+    n_local = (shapes.local_crop // p) ** 2
+    n_pred = (shapes.frame // p) ** 2
 
     def rep(n):
         return representation_layout(n, m.causal, m.perframe_atten)
 
-    joint = joint_layout(data.clip_steps, n_pred, m.perframe_atten)
+    joint = joint_layout(shapes.clip_steps, n_pred, m.perframe_atten)
     return rep(n_global), rep(n_local), rep(n_pred), joint, n_global, n_local, n_pred
 
 
-def sample_cost(cfg: TrainConfig, dense_attention: bool = False) -> SampleCost:
-    m, data = cfg.model, cfg.data
+def sample_cost(m: ModelConfig, shapes: SampleShapes, dense_attention: bool = False) -> SampleCost:
+    """The FLOPs of one training sample of model ``m`` (the student's section; the teacher has the same sizes) with
+    the run's ``shapes`` (TrainConfig.sample_shapes())."""
     d, nl, r = m.hidden_size, m.num_layers, m.mlp_ratio
     head = dino_head_flops(d, m.head_hidden_dim, m.head_bottleneck_dim, m.output_dim)
-    g_layout, l_layout, p_layout, joint, n_g, n_l, n_p = view_layouts(cfg)
+    g_layout, l_layout, p_layout, joint, n_g, n_l, n_p = view_layouts(m, shapes)
     conv = 2 * 3 * m.patch_size ** 2 * d  # per image token
-    n_local_views = data.local_crops_number if data.use_local_crop else 0
+    n_local_views = shapes.local_crops
 
     def view(layout, n_tokens):  # one view through projector, backbone and representation head
         return conv * n_tokens + backbone_forward_flops(d, nl, r, layout, dense_attention) + head
@@ -80,8 +80,8 @@ def sample_cost(cfg: TrainConfig, dense_attention: bool = False) -> SampleCost:
     teacher_fwd = 2 * view(g_layout, n_g)
     student_tokens = 2 * g_layout.seq_len + n_local_views * l_layout.seq_len
     teacher_tokens = 2 * g_layout.seq_len
-    if cfg.loss.is_joint:
-        T = data.clip_steps
+    if shapes.joint:
+        T = shapes.clip_steps
         action = 2 * m.pose_channels * m.pose_frames * m.num_joints * d
         student_fwd += (T * (conv * n_p + action + head + action)  # projectors, prediction and action heads
                         + backbone_forward_flops(d, nl, r, joint, dense_attention))

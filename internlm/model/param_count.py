@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from internlm.config.schema import TrainConfig
+from internlm.config.schema import ModelConfig
 
 from .egoagent import EgoAgent
 
@@ -25,9 +25,10 @@ class ParamCount:
         return self.backbone + self.projectors
 
 
-def count_parameters(cfg: TrainConfig) -> ParamCount:
+def count_parameters(model_cfg: ModelConfig, joint: bool) -> ParamCount:
+    """The parameters of EgoAgent(model_cfg, joint) (joint: the stage-2 model)."""
     with torch.device("meta"):
-        model = EgoAgent(cfg.model, joint=cfg.loss.is_joint)
+        model = EgoAgent(model_cfg, joint=joint)
     backbone = projectors = heads = 0
     for name, p in model.named_parameters():
         if name.startswith("backbone."):

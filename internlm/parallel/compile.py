@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from internlm.config import TrainConfig
+from internlm.model.flops import view_layouts
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +30,8 @@ def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:
 def block_call_shapes(cfg: TrainConfig) -> set[tuple]:
     """Every (batch, tokens, attention layout, trains) a run of ``cfg`` feeds the transformer blocks: training
     chunks, validation and calibration batches, for the student and the teacher."""
-    from internlm.model.flops import view_layouts
-
     data, joint = cfg.data, cfg.loss.is_joint
-    g_layout, l_layout, p_layout, joint_layout, *_ = view_layouts(cfg)
+    g_layout, l_layout, p_layout, joint_layout, *_ = view_layouts(cfg.model, cfg.sample_shapes())
     n_local = data.local_crops_number if data.use_local_crop else 0
     teacher_frame_groups = 2 if cfg.model.prediction_reprojection else 1
     shapes = set()

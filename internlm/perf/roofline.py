@@ -460,7 +460,7 @@ def estimate(trace: StepTrace, gpu: GPUSpec, settings: Settings, a: Assumptions 
                    "backward": g_bwd}
         comm_s, exposed_s = _fsdp_comm(trace, phase_s, settings, net)
     step_s += exposed_s
-    model_flops = sample_cost(cfg).train_flops * cfg.data.micro_num
+    model_flops = sample_cost(cfg.model, cfg.sample_shapes()).train_flops * cfg.data.micro_num
     executed = sum(op.flops * repeat[i] for i, op in ops)
     return Estimate(
         settings=settings, gpu=gpu.key, kernels=sum(costed.kernels[i] * repeat[i] for i, _ in ops),

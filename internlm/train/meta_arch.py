@@ -19,11 +19,12 @@ from torch import nn
 
 from internlm.checkpoint.weights import load_state_dict, read_centers
 from internlm.config.schema import TrainConfig
+from internlm.data.build import pose_statistics
 from internlm.model import EgoAgent
 from internlm.model.egoagent import JOINT_ONLY_PREFIXES
 from internlm.parallel.data_parallel import all_reduce_, dist_world_size, unwrap
 
-from .losses import action_loss, dino_multicrop_loss, prediction_loss, teacher_probs, visible_elements
+from .losses import DINOLoss, PredictionLoss, action_loss, visible_elements
 from .prediction_base import CALIBRATION_SCALES, ResidualPrediction
 
 logger = logging.getLogger(__name__)
@@ -85,9 +86,10 @@ class EgoAgentMetaArch(nn.Module):
         # the state prediction's base and the calibrated share of the learned change (model.prediction_residual)
         self.prediction = ResidualPrediction(cfg.model)
         K = cfg.model.output_dim
-        self.register_buffer("rep_center", torch.zeros(K))
-        self.register_buffer("pred_center", torch.zeros(K))
         lc = cfg.loss
+        # the losses own their centres (EMAs of the teacher's logits, updated in end_step)
+        self.rep_loss = DINOLoss(K, lc.student_temp, lc.center_momentum)
+        self.pred_loss = PredictionLoss(K, lc.student_temp, lc.center_momentum)
         self.loss_weights = {"loss_rep": lc.rep_weight}
         if self.joint:
             self.loss_weights.update(loss_pred=lc.pred_weight, loss_act=lc.act_weight)
@@ -177,14 +179,13 @@ class EgoAgentMetaArch(nn.Module):
         s_logits = list(s_out.views[0].logits.chunk(n_global))
         if n_local:
             s_logits += list(s_out.views[1].logits.chunk(n_local))
-        loss_rep = dino_multicrop_loss(s_logits, list(t_global.chunk(n_global)), self.rep_center, teacher_temp,
-                                       lc.student_temp)
+        loss_rep = self.rep_loss(s_logits, list(t_global.chunk(n_global)), teacher_temp)
         terms = {"loss_rep": loss_rep * chunk_weight}
         zero = loss_rep.new_zeros(())
         loss_pred, act_sum = zero, zero
         if self.joint:
             predicted = self.prediction.predict(s_out.joint.future_logits, base)  # (B, T, K)
-            loss_pred = prediction_loss(predicted, t_frames, self.pred_center, teacher_temp, lc.student_temp)
+            loss_pred = self.pred_loss(predicted, t_frames, teacher_temp)
             loss_act = action_loss(s_out.joint.actions, poses, state.act_normalizer)
             act_sum = loss_act.detach() * state.act_normalizer
             terms.update(loss_pred=loss_pred * chunk_weight, loss_act=loss_act)
@@ -193,7 +194,7 @@ class EgoAgentMetaArch(nn.Module):
         state.rep_sum, state.rep_count = _add(state.rep_sum, t_global.sum(0)), state.rep_count + len(t_global)
 
         with torch.no_grad():
-            q = teacher_probs(t_global[:B], self.rep_center, teacher_temp)  # teacher view 0
+            q = self.rep_loss.teacher_probs(t_global[:B], teacher_temp)  # teacher view 0
             entropy = -(q * torch.log(q.clamp_min(1e-12))).sum(-1).mean()
             log_s = F.log_softmax(s_logits[0].float() / lc.student_temp, dim=-1)  # student on the same view
             kl = (q * (torch.log(q.clamp_min(1e-12)) - log_s)).sum(-1).mean()
@@ -335,8 +336,6 @@ class EgoAgentMetaArch(nn.Module):
         """What a run that does not resume computes once before its first step: the training clips' pose statistics
         for model.pose_normalization (saved with the weights; an initialisation from a stage-2 run replaces them)."""
         if self.joint and self.cfg.model.pose_normalization and self.cfg.data.dataset_type != "Generated":
-            from internlm.data.build import pose_statistics
-
             self.set_pose_statistics(*pose_statistics(self.cfg.data))
 
     def unwrapped_models(self) -> tuple[EgoAgent, EgoAgent]:
@@ -362,11 +361,23 @@ class EgoAgentMetaArch(nn.Module):
         s_params = [local_tensor(p.detach()) for p in self.student.parameters()]
         torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)  # one pass over both (mul_ then add_ took two)
 
-    @torch.no_grad()
     def update_centers(self, rep_sum: torch.Tensor, rep_count, pred_sum: Optional[torch.Tensor], pred_count) -> None:
-        """c = m c + (1 - m) batch mean of the teacher logits; sums and counts over all ranks (reduce_step's), counts
-        as numbers or device tensors."""
-        m = self.cfg.loss.center_momentum
-        self.rep_center.mul_(m).add_(rep_sum / rep_count, alpha=1 - m)
+        """Each loss's centre from the teacher logits of the step: sums and counts over all ranks (reduce_step's),
+        counts as numbers or device tensors."""
+        self.rep_loss.update_center(rep_sum, rep_count)
         if pred_sum is not None:
-            self.pred_center.mul_(m).add_(pred_sum / pred_count, alpha=1 - m)
+            self.pred_loss.update_center(pred_sum, pred_count)
+
+    @property
+    def rep_center(self) -> torch.Tensor:
+        """(K,) L_rep's centre (the loss module's buffer itself)."""
+        return self.rep_loss.center
+
+    @property
+    def pred_center(self) -> torch.Tensor:
+        """(K,) L_pred's centre (the loss module's buffer itself)."""
+        return self.pred_loss.center
+
+    def center_tensors(self) -> dict[str, torch.Tensor]:
+        """The centres as the training state saves them (their names there)."""
+        return {"rep_center": self.rep_center, "pred_center": self.pred_center}

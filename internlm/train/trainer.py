@@ -34,6 +34,13 @@ from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.train_state import CheckpointManager, CorruptCheckpointError
 from internlm.config import TrainConfig, to_dict
 from internlm.data.bad_samples import parse_bad_files
+from internlm.data.build import (
+    build_clip_dataset,
+    build_train_dataset,
+    build_train_loader,
+    build_valid_dataset,
+    build_valid_loader,
+)
 from internlm.data.workers import running_loader
 from internlm.initialize.launch import DistContext
 from internlm.initialize.preemption import PreemptionFlag, StopRequest, requeue_slurm_job
@@ -41,6 +48,7 @@ from internlm.model.egoagent import check_backend_can_train
 from internlm.model.flops import sample_cost
 from internlm.monitor.progress import StepTimer
 from internlm.monitor.tensorboard import ScalarWriter
+from internlm.parallel.compile import check_compile_available, compile_blocks, compile_enabled
 from internlm.parallel.data_parallel import DataParallelPlan, unwrap
 from internlm.perf.gpus import peak_tflops
 from internlm.solver.grad_scaler import DynamicLossScaler
@@ -105,10 +113,8 @@ class Trainer:
             if init is not None and "all" not in init.content:
                 self.meta.init_from(init.path)  # ckpt.load_ckpt_info content ("model",): stage 2 from stage 1
         self.meta.to(self.device)
-        from internlm.parallel.compile import compile_enabled
 
         if compile_enabled(cfg, self.device):
-            from internlm.parallel.compile import check_compile_available, compile_blocks
 
             check_compile_available(self.device)
             logger.info("torch.compile: %d transformer blocks (compiled at their first call)",
@@ -132,7 +138,7 @@ class Trainer:
             logger.info("resumed from %s at step %d (%d samples consumed)", resume_folder, self.progress.step,
                         self.progress.consumed_samples)
         self.loader_factory = loader_factory or _default_loader_factory
-        self.cost = sample_cost(cfg)
+        self.cost = sample_cost(cfg.model, cfg.sample_shapes())
         peak = cfg.monitor.peak_tflops
         if peak is None and self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
@@ -228,7 +234,6 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """The losses on the validation set (data.valid_every): val_loss, val_loss_rep, ... (every rank)."""
-        from internlm.data.build import build_valid_dataset, build_valid_loader
 
         if self._valid_dataset is None:
             self._valid_dataset = build_valid_dataset(self.cfg.data, self.meta.joint)
@@ -245,7 +250,6 @@ class Trainer:
         """data.calibration_takes: after the last step, the scale of the learned prediction change is chosen on the
         clips of the held-out training takes (train/prediction_base.py), saved in the checkpoint's meta.json and
         written to {save_ckpt_folder}/prediction_calibration.json."""
-        from internlm.data.build import build_clip_dataset, build_valid_loader
 
         data = self.cfg.data
         dataset = build_clip_dataset(data, data.egoexo_train_split, train=False, calibration=True)
@@ -496,7 +500,6 @@ def _json_numbers(scalars: dict) -> dict:
 
 
 def _default_loader_factory(cfg: TrainConfig, ctx: DistContext, consumed: int) -> Iterator[dict]:
-    from internlm.data.build import build_train_dataset, build_train_loader
 
     dataset = build_train_dataset(cfg.data, joint=cfg.loss.is_joint)
     if hasattr(dataset, "bad_files"):

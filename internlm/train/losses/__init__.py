@@ -1,8 +1,8 @@
 """One small file per loss: L_rep (dino_loss), L_pred (prediction_loss), L_act (action_loss)."""
 
 from .action_loss import action_loss, visible_elements
-from .dino_loss import dino_multicrop_loss, teacher_probs
-from .prediction_loss import copy_prediction, prediction_loss
+from .dino_loss import DINOLoss, dino_multicrop_loss, teacher_probs
+from .prediction_loss import PredictionLoss, copy_prediction, prediction_loss
 
-__all__ = ["action_loss", "copy_prediction", "dino_multicrop_loss", "prediction_loss", "teacher_probs",
-           "visible_elements"]
+__all__ = ["DINOLoss", "PredictionLoss", "action_loss", "copy_prediction", "dino_multicrop_loss", "prediction_loss",
+           "teacher_probs", "visible_elements"]

@@ -1,7 +1,8 @@
-"""L_rep: the DINO multi-crop loss (paper eq. 3; Caron et al. 2021).
+"""L_rep: the DINO multi-crop loss (paper eq. 3; Caron et al. 2021), and DINOLoss, which owns its centre.
 
 Every (teacher view, student view) pair except a view with itself contributes
-H(softmax((t - c) / tau_t), log_softmax(s / tau_s)); the loss is the mean over pairs and batch.
+H(softmax((t - c) / tau_t), log_softmax(s / tau_s)); the loss is the mean over pairs and batch. The centre c is an
+EMA of the teacher's logits (loss.center_momentum), updated after each applied optimizer step.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def teacher_probs(teacher_logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
@@ -35,3 +37,28 @@ def dino_multicrop_loss(student_views: Sequence[torch.Tensor], teacher_views: Se
             total = total + cross_entropy(q, s, student_temp).mean()
             pairs += 1
     return total / pairs
+
+
+class DINOLoss(nn.Module):
+    """L_rep with its centre: ``center`` (K,) is a buffer (saved with the training state), ``update_center`` its EMA
+    step from the teacher logits of one optimizer step."""
+
+    def __init__(self, num_prototypes: int, student_temp: float, center_momentum: float):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(num_prototypes))
+
+    def forward(self, student_views: Sequence[torch.Tensor], teacher_views: Sequence[torch.Tensor],
+                teacher_temp: float) -> torch.Tensor:
+        return dino_multicrop_loss(student_views, teacher_views, self.center, teacher_temp, self.student_temp)
+
+    def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        return teacher_probs(teacher_logits, self.center, teacher_temp)
+
+    @torch.no_grad()
+    def update_center(self, logit_sum: torch.Tensor, count) -> None:
+        """c = m c + (1 - m) mean teacher logits; ``logit_sum`` (K,) and ``count`` (a number or a device tensor)
+        over every rank's share of the step."""
+        m = self.center_momentum
+        self.center.mul_(m).add_(logit_sum / count, alpha=1 - m)

@@ -1,11 +1,11 @@
 """L_pred: the student's state-prediction output at step t against the teacher's representation of frame t+1
-(paper eq. 2), the same cross-entropy as DINO with its own center."""
+(paper eq. 2), the same cross-entropy as DINO with its own centre (PredictionLoss owns it)."""
 
 from __future__ import annotations
 
 import torch
 
-from .dino_loss import cross_entropy, teacher_probs
+from .dino_loss import DINOLoss, cross_entropy, teacher_probs
 
 
 def prediction_loss(student_pred_logits: torch.Tensor, teacher_frame_logits: torch.Tensor, center: torch.Tensor,
@@ -24,3 +24,11 @@ def copy_prediction(teacher_frame_logits: torch.Tensor, center: torch.Tensor, te
     base the residual state-prediction option adds its change to)."""
     logits = teacher_frame_logits.float()
     return (student_temp / teacher_temp) * (logits - center.to(logits.device).float())
+
+
+class PredictionLoss(DINOLoss):
+    """L_pred with its centre (the EMA of the teacher's logits of the target frames; DINOLoss's update)."""
+
+    def forward(self, student_pred_logits: torch.Tensor, teacher_frame_logits: torch.Tensor,
+                teacher_temp: float) -> torch.Tensor:
+        return prediction_loss(student_pred_logits, teacher_frame_logits, self.center, teacher_temp, self.student_temp)
