@@ -399,3 +399,10 @@ def test_the_joint_pass_reaches_each_block_last_in_the_backward():
             loss.backward()
         share[order] = ready["last"] / Count.n
     assert share["forward"] < share["views first"] - 0.1, share
+
+
+def test_the_config_knows_the_attention_backends_the_model_has():
+    from internlm.config.schema import ATTENTION_BACKENDS
+    from internlm.model.attention import BACKENDS
+
+    assert ATTENTION_BACKENDS == BACKENDS

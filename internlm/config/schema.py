@@ -35,7 +35,7 @@ class LVMConfig:
 
 
 DTYPES = ("torch.float32", "torch.tf32", "torch.float16", "torch.half", "torch.bfloat16")
-# model.attn_backend: the attention kernels model/attention.py implements (it reads this list)
+# model.attn_backend: the attention kernels model/attention.py implements (its BACKENDS)
 ATTENTION_BACKENDS = ("sdpa", "flex", "flash")
 # model.flavor: one name for width, depth and heads (as torchtitan's flavors). 300M and 1B are the paper's
 # EgoAgent-300M / -1B (284M / 1.13B parameters with the paper configs' heads); tiny trains on a laptop CPU.
@@ -344,7 +344,9 @@ class KDConfig:
     gt_weight: Optional[float] = None  # weight of a supervised loss: only 0 (no labels)
     kd_weight: Optional[float] = None  # weight of the distillation loss: only 1 (use loss.rep/pred/act_weight)
     type: Optional[str] = None  # = loss.name
-    temperature: Optional[float] = None  # = momentum_scheduler.momentum_teacher (the authors' files repeat it)
+    # The teacher's EMA momentum, which the authors' files restate under this name (it is no temperature): only
+    # momentum_scheduler.momentum_teacher is read; a value given here must equal it.
+    temperature: Optional[float] = None
 
 
 # --------------------------------------------------------------------------------------- parallel
@@ -759,7 +761,8 @@ def _validate_optimisation(cfg: TrainConfig) -> None:
             ("kd_weight", kd.kd_weight, 1.0, "the loss terms are weighted by loss.rep_weight/pred_weight/act_weight"),
             ("type", kd.type, cfg.loss.name, "it restates loss.name"),
             ("temperature", kd.temperature, cfg.momentum_scheduler.momentum_teacher,
-             "the authors' files repeat momentum_scheduler.momentum_teacher here")):
+             "it is the teacher's EMA momentum, which the authors' files restate from "
+             "momentum_scheduler.momentum_teacher")):
         if value is not None:
             _only(f"kd_config.{key}", value, want, why)
 

@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from internlm.config.schema import ATTENTION_BACKENDS as BACKENDS
-
 from .rotary import RotaryEmbedding
+
+# config/schema.py ATTENTION_BACKENDS validates model.attn_backend against the same names (this file travels with the
+# Hugging Face export, which imports nothing of this repository; tests/test_model.py holds the two lists equal)
+BACKENDS = ("sdpa", "flex", "flash")
 
 
 class AttentionBackendError(RuntimeError):
