@@ -309,7 +309,7 @@ def _motion_world(n: int, seed: int):
     random bottleneck h (as a DINO head's), and h_{t+1} = normalize(h_t + A m) for a random linear effect A of the
     12 motion numbers m."""
     from internlm.eval.prediction_probe import ProbeSet
-    from internlm.train.losses import copy_prediction, teacher_probs
+    from internlm.train.losses import prediction_minimiser, teacher_probs
 
     g = torch.Generator().manual_seed(seed)
     K, r, d = 64, 8, 16
@@ -320,7 +320,7 @@ def _motion_world(n: int, seed: int):
     motion = torch.randn(n, 12, generator=g)
     h_next = torch.nn.functional.normalize(h + 0.4 * motion @ A.T / 12 ** 0.5, dim=-1)
     now, nxt = h @ W.T, h_next @ W.T  # (n, K) cosines to the prototypes
-    data = ProbeSet(features=h @ lift, copy=copy_prediction(now, center, 0.04, 0.1),
+    data = ProbeSet(features=h @ lift, copy=prediction_minimiser(now, center, 0.04, 0.1),
                     target_probs=teacher_probs(nxt, center, 0.04), target_logits=nxt, motion=motion,
                     current=[("now", i) for i in range(n)], target=[("next", i) for i in range(n)])
     return data, W, center

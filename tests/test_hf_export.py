@@ -124,11 +124,15 @@ def test_student_weights_vq_weights_and_stage1(tmp_path, caplog):
     tool = converter_module()
     cfg = write_tiny_config(tmp_path / "cfg1.py", 1, tmp_path / "run1")
     make_checkpoint(cfg, step=2, vq_weights=True)  # VQGAN embedding tensors in the teacher file
-    with pytest.raises(SystemExit, match="holds 1 VQGAN embedding tensors .* pass --remove_vq_embed"):
+    with pytest.raises(SystemExit, match="holds 1 VQGAN embedding tensors .* pass --drop_vqgan_weights .*remove_vq"):
         tool.convert(str(tmp_path / "run1"), str(tmp_path / "vq"), check=False)
+    # the authors' flag and ours are one option
+    assert tool.parse_args(["--src_folder", "x", "--remove_vq_embed"]).drop_vqgan_weights
+    assert tool.parse_args(["--src_folder", "x", "--drop_vqgan_weights"]).drop_vqgan_weights
+    assert not tool.parse_args(["--src_folder", "x"]).drop_vqgan_weights
     with caplog.at_level(logging.INFO, logger="convert2hf"):
-        tool.convert(str(tmp_path / "run1"), str(tmp_path / "vq"), remove_vq=True, check=False)
-    assert any("--remove_vq_embed: dropping 1 VQGAN embedding tensors" in m for m in caplog.messages)
+        tool.convert(str(tmp_path / "run1"), str(tmp_path / "vq"), drop_vqgan_weights=True, check=False)
+    assert any("(--remove_vq_embed): dropping 1 VQGAN embedding tensors" in m for m in caplog.messages)
 
     # the student of a stage-1 step folder, without the head (in-process load: the remote-code path is above)
     tgt = tool.convert(str(tmp_path / "run1" / "2"), str(tmp_path / "student"), which="model", keep_head=False,

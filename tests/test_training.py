@@ -244,7 +244,7 @@ def test_stage2_takes_the_representation_centre_of_stage1(tmp_path):
 def test_residual_prediction_starts_at_the_copy_loss(tmp_path):
     """model.prediction_residual (the demo): the first L_pred is exactly that of the copy prediction of the teacher's
     frame t; the paper's fresh predictor is elsewhere."""
-    from internlm.train.losses import copy_prediction, prediction_loss
+    from internlm.train.losses import prediction_loss, prediction_minimiser
     from internlm.train.meta_arch import STAT_NAMES, EgoAgentMetaArch
 
     g = torch.Generator().manual_seed(0)
@@ -269,7 +269,7 @@ def test_residual_prediction_starts_at_the_copy_loss(tmp_path):
         if residual:
             with torch.no_grad():
                 t_frames = meta.teacher.represent(chunk["frames"].flatten(0, 1)).logits.view(B, T, -1)
-                base = copy_prediction(t_frames, meta.pred_center, cfg.loss.teacher_temp, cfg.loss.student_temp)
+                base = prediction_minimiser(t_frames, meta.pred_center, cfg.loss.teacher_temp, cfg.loss.student_temp)
                 want = prediction_loss(base, t_frames, meta.pred_center, cfg.loss.teacher_temp,
                                        cfg.loss.student_temp)
             assert losses[True] == pytest.approx(float(want), rel=1e-5)

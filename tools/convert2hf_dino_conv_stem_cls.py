@@ -3,6 +3,10 @@
   python tools/convert2hf_dino_conv_stem_cls.py --src_folder save_ckpt/${model_name} --remove_vq_embed
       -> hf_models/${model_name}/ (config.json with auto_map, model.safetensors, the python files)
 
+--remove_vq_embed is the authors' flag (their InternLM checkpoints could hold VQGAN embedding weights);
+--drop_vqgan_weights is the same flag under the name of what it does. EgoAgent checkpoints hold no VQGAN weights, so
+on them it is a logged no-op; the authors' command line runs as written.
+
   model = transformers.AutoModel.from_pretrained("hf_models/${model_name}", trust_remote_code=True)
   feature = model(pixel_values).pooler_output   # (B, d), the state-query output after the final norm
 
@@ -37,7 +41,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 MODEL_FILE, CONFIG_FILE, WEIGHTS_FILE = "modeling_egoagent.py", "configuration_egoagent.py", "model.safetensors"
 
 
-def is_vq_key(key: str) -> bool:
+def is_vqgan_key(key: str) -> bool:
     """VQGAN embedding weights (InternLM's lvm_config.enable models): any name component mentioning 'vq'."""
     return any("vq" in part.lower() for part in key.split("."))
 
@@ -47,17 +51,19 @@ def run_name(step_folder: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(step_folder)))
 
 
-def select_encoder_weights(state: dict, remove_vq: bool, keep_head: bool, source: str) -> dict:
+def select_encoder_weights(state: dict, drop_vqgan_weights: bool, keep_head: bool, source: str) -> dict:
     """The weights the HF encoder uses; VQGAN weights dropped on request; anything unknown is an error."""
-    vq = [k for k in state if is_vq_key(k)]
-    if remove_vq:
+    vq = [k for k in state if is_vqgan_key(k)]
+    if drop_vqgan_weights:
         if vq:
-            logger.info("--remove_vq_embed: dropping %d VQGAN embedding tensors (%s ...)", len(vq), vq[0])
+            logger.info("--drop_vqgan_weights (--remove_vq_embed): dropping %d VQGAN embedding tensors (%s ...)",
+                        len(vq), vq[0])
         else:
-            logger.info("--remove_vq_embed: %s has no VQGAN embedding weights; nothing to remove", source)
+            logger.info("--drop_vqgan_weights (--remove_vq_embed): %s has no VQGAN embedding weights; nothing to "
+                        "remove", source)
     elif vq:
         raise SystemExit(f"{source} holds {len(vq)} VQGAN embedding tensors (e.g. {vq[0]}); the exported encoder "
-                         f"uses the conv stem only: pass --remove_vq_embed")
+                         f"uses the conv stem only: pass --drop_vqgan_weights (the authors' --remove_vq_embed)")
     out, unknown = {}, []
     for key, value in state.items():
         if key in vq or key.startswith(JOINT_ONLY_PREFIXES):
@@ -125,14 +131,14 @@ def verify(tgt: str, src_folder: str, which: str, dtype: str) -> float:
     return diff
 
 
-def convert(src_folder: str, tgt_folder: str | None, which: str = "teacher", remove_vq: bool = False,
+def convert(src_folder: str, tgt_folder: str | None, which: str = "teacher", drop_vqgan_weights: bool = False,
             dtype: str = "float32", keep_head: bool = True, check: bool = True) -> str:
     from internlm.hf.modeling_egoagent import EgoAgentModel
 
     state, cfg, step_folder = load_state_dict(src_folder, which)
     source = os.path.join(step_folder, WEIGHT_FILES[which])
     logger.info("read %s weights of %s (%d tensors)", which, step_folder, len(state))
-    weights = select_encoder_weights(state, remove_vq, keep_head, source)
+    weights = select_encoder_weights(state, drop_vqgan_weights, keep_head, source)
     config = hf_config(cfg, keep_head, step_folder, which, dtype)
     model = EgoAgentModel(config)
     model.load_state_dict(weights, strict=True)  # names and shapes must match the HF model exactly
@@ -159,8 +165,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--src_folder", required=True,
                    help="a checkpoint step folder, or a run folder (-> its newest complete step)")
     p.add_argument("--tgt_folder", default=None, help="output folder (default: hf_models/{run name} in the repo)")
-    p.add_argument("--remove_vq_embed", action="store_true",
-                   help="drop VQGAN embedding weights if the checkpoint has any (a logged no-op otherwise)")
+    p.add_argument("--drop_vqgan_weights", "--remove_vq_embed", dest="drop_vqgan_weights", action="store_true",
+                   help="drop VQGAN embedding weights if the checkpoint has any (a logged no-op otherwise); "
+                        "--remove_vq_embed is the authors' name for it")
     p.add_argument("--ckpt", choices=("teacher", "model"), default="teacher",
                    help="which weights: the EMA teacher (default, as DINO evaluates) or the student ('model')")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
@@ -174,7 +181,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     args = parse_args(argv)
-    convert(args.src_folder, args.tgt_folder, args.ckpt, args.remove_vq_embed, args.dtype,
+    convert(args.src_folder, args.tgt_folder, args.ckpt, args.drop_vqgan_weights, args.dtype,
             keep_head=not args.no_rep_head, check=not args.no_verify)
     return 0
 

@@ -57,7 +57,7 @@ from internlm.eval.retrieval import (
 from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.initialize.launch import init_distributed
 from internlm.monitor.logging_setup import setup_logging
-from internlm.train.losses import copy_prediction, teacher_probs
+from internlm.train.losses import prediction_minimiser, teacher_probs
 from internlm.train.losses.dino_loss import cross_entropy
 
 logger = logging.getLogger("diagnose_prediction")
@@ -96,8 +96,8 @@ def measure(ck, dataset, loader, ctx, total: int, loss_cfg) -> dict:
         other = move(other_clip_actions(dataset, batch["sample_id"].tolist()), ctx.device)
         now, nxt = (x.flatten(0, 1) for x in (teacher[:, :T - 1], teacher[:, 1:]))  # (B*(T-1), K)
         take = lambda x, last=T - 1: x[:, :last].flatten(0, 1)  # noqa: E731  steps 0..T-2
-        rows["copy"].append(copy_prediction(now, ck.center, tt, ts))
-        rows["oracle"].append(copy_prediction(nxt, ck.center, tt, ts))
+        rows["copy"].append(prediction_minimiser(now, ck.center, tt, ts))
+        rows["oracle"].append(prediction_minimiser(nxt, ck.center, tt, ts))
         # the residual prediction's base with the true and with the shuffled actions (their camera motion, with
         # model.prediction_reprojection), as the eval and training compute it
         base = shuffled_base = None

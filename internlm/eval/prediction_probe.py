@@ -34,7 +34,7 @@ from internlm.eval.retrieval import (
 )
 from internlm.model.heads import DINOHead
 from internlm.model.reprojection import MOTION_DIM  # EgoExoClips.step_camera_motion: 9 rotation + 3 shift
-from internlm.train.losses import copy_prediction, teacher_probs
+from internlm.train.losses import prediction_minimiser, teacher_probs
 from internlm.train.losses.dino_loss import cross_entropy
 
 
@@ -64,7 +64,7 @@ def collect_probe_set(teacher: nn.Module, dataset, batches, center: torch.Tensor
         feature, logits = (x.unflatten(0, (B, T)).float() for x in (rep.feature, rep.logits))  # (B, T, d|K)
         now, nxt = logits[:, :-1].flatten(0, 1), logits[:, 1:].flatten(0, 1)  # (B*(T-1), K)
         parts["features"].append(feature[:, :-1].flatten(0, 1))
-        parts["copy"].append(copy_prediction(now, center, teacher_temp, student_temp))
+        parts["copy"].append(prediction_minimiser(now, center, teacher_temp, student_temp))
         parts["target_probs"].append(teacher_probs(nxt, center, teacher_temp))
         parts["target_logits"].append(nxt)
         motion = np.stack([dataset.step_camera_motion(int(i)) for i in batch["sample_id"]])  # (B, T-1, 12)

@@ -30,7 +30,7 @@ import torch
 
 from internlm.checkpoint.weights import load_model, read_centers, read_change_scale
 from internlm.model.reprojection import reproject_steps
-from internlm.train.losses import copy_prediction
+from internlm.train.losses import prediction_minimiser
 from internlm.train.prediction_base import ResidualPrediction
 
 
@@ -116,7 +116,7 @@ class LogitSpace:
     def minimiser(self, logits: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
         """(n, K) teacher logits -> the student logits s = (tau_s / tau_t)(l - c) that minimise L_pred towards
         them (what a perfect predictor outputs: the oracle's query; on frame t, the copy baseline's)."""
-        return copy_prediction(logits, center, self.teacher_temp, self.student_temp)
+        return prediction_minimiser(logits, center, self.teacher_temp, self.student_temp)
 
     def query(self, logits: torch.Tensor) -> torch.Tensor:
         """(n, K) student logits s -> (n, m) unit rows."""

@@ -7,8 +7,8 @@ zero at initialisation); the prediction at step t of frame t+1 is
     base + change_scale * change                                                   (B, T, K) student logits
 
 - base: the student logits that minimise L_pred had frame t+1 been the teacher's view of frame t
-  (losses.copy_prediction, "nothing changes"); with model.prediction_reprojection, of frame t reprojected by the
-  step's camera rotation (model/reprojection.py, "only the camera turns").
+  (losses.prediction_minimiser, "nothing changes"); with model.prediction_reprojection, of frame t reprojected by
+  the step's camera rotation (model/reprojection.py, "only the camera turns").
 - change_scale: 1 in training; with data.calibration_takes, the scale in CALIBRATION_SCALES with the lowest L_pred
   on clips of held-out training takes, chosen after the last step (ResidualPrediction.calibrate) and saved in the
   checkpoint's meta.json (older checkpoints: a buffer in the weights, checkpoint/weights.py reads it).
@@ -28,7 +28,7 @@ from internlm.config.schema import ModelConfig
 from internlm.model.reprojection import reproject_steps
 from internlm.parallel.data_parallel import all_reduce_
 
-from .losses import copy_prediction, prediction_loss
+from .losses import prediction_loss, prediction_minimiser
 
 # data.calibration_takes: the scales of the learned change tried on the held-out takes
 CALIBRATION_SCALES = tuple(i / 20 for i in range(21))
@@ -72,7 +72,7 @@ class ResidualPrediction:
         -> the base (B, T, K) fp32; None without model.prediction_residual."""
         if not self.enabled:
             return None
-        return copy_prediction(teacher_logits, center, teacher_temp, student_temp)
+        return prediction_minimiser(teacher_logits, center, teacher_temp, student_temp)
 
     # ------------------------------------------------------------------------------------ the prediction
 

@@ -2,7 +2,7 @@
 
 from .action_loss import action_loss, visible_elements
 from .dino_loss import DINOLoss, dino_multicrop_loss, teacher_probs
-from .prediction_loss import PredictionLoss, copy_prediction, prediction_loss
+from .prediction_loss import PredictionLoss, prediction_loss, prediction_minimiser
 
-__all__ = ["DINOLoss", "PredictionLoss", "action_loss", "copy_prediction", "dino_multicrop_loss", "prediction_loss",
-           "teacher_probs", "visible_elements"]
+__all__ = ["DINOLoss", "PredictionLoss", "action_loss", "dino_multicrop_loss", "prediction_loss",
+           "prediction_minimiser", "teacher_probs", "visible_elements"]

@@ -17,12 +17,13 @@ def prediction_loss(student_pred_logits: torch.Tensor, teacher_frame_logits: tor
     return cross_entropy(targets, student_pred_logits[:, :-1], student_temp).mean()
 
 
-def copy_prediction(teacher_frame_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float,
-                    student_temp: float) -> torch.Tensor:
-    """(..., K) teacher logits of frame t -> the student logits that minimise L_pred had frame t+1 been frame t,
-    (tau_s / tau_t)(l_T - c): the "nothing changes" prediction (the retrieval protocol's copy baseline, and the
-    base the residual state-prediction option adds its change to)."""
-    logits = teacher_frame_logits.float()
+def prediction_minimiser(teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float,
+                         student_temp: float) -> torch.Tensor:
+    """(..., K) the teacher's logits of an image -> the student logits that minimise L_pred had that image been the
+    target, (tau_s / tau_t)(l_T - c). Of frame t it is the "nothing changes" prediction (the copy baseline); of
+    frame t reprojected by the step's rotation, the reprojection baseline; either is the base of the residual state
+    prediction (train/prediction_base.py); of frame t+1, the oracle."""
+    logits = teacher_logits.float()
     return (student_temp / teacher_temp) * (logits - center.to(logits.device).float())
 
 
