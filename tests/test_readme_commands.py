@@ -292,3 +292,23 @@ def test_every_shell_script_a_document_runs_is_executable_and_parses():
 def test_commands_are_read_as_a_shell_reads_them(line, expected):
     found = [script_of(t) for t in split_commands(line)]
     assert found[0] == expected
+
+
+def test_every_relative_link_of_the_documents_resolves():
+    """`[text](docs/x.md#anchor)` and images: the file exists, and the anchor is one of its headings."""
+    broken = []
+    for doc in [*DOCUMENTS, "docs/configs.md", "docs/data_formats.md", "docs/demo_findings.md"]:
+        text = open(os.path.join(REPO, doc)).read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(REPO, os.path.dirname(doc), path)) if path else os.path.join(REPO, doc)
+            if not os.path.exists(full):
+                broken.append(f"{doc}: {target}")
+            elif anchor:
+                headings = re.findall(r"^#+ (.+)$", open(full).read(), re.M)
+                slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+                if anchor not in slugs:
+                    broken.append(f"{doc}: {target} (no such heading)")
+    assert broken == []
