@@ -1,4 +1,4 @@
-"""Extract the frames of WalkingTours videos as JPEGs, like the README's ffmpeg step (docs/data_formats.md).
+"""Extract the frames of WalkingTours videos as JPEGs, like the ffmpeg step of docs/training.md (docs/data_formats.md).
 
   python dataset_preprocess/extract_frames.py data/WTour/Walking_Tour_Venice.mp4 [more.mp4 ...]
          [--out FOLDER] [--every N] [--quality 95] [--workers N]

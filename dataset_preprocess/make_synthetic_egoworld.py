@@ -1,4 +1,4 @@
-"""Generate the synthetic egocentric world (README: "The synthetic egocentric world"): Ego-Exo4D raw layout,
+"""Generate the synthetic egocentric world (docs/synthetic_world.md): Ego-Exo4D raw layout,
 WalkingTours-style walks and an ImageFolder set, deterministic from --seed.
 
   python dataset_preprocess/make_synthetic_egoworld.py --out data --seed 0            # the default size

@@ -1,7 +1,7 @@
 """Gradient communication in the run's low precision (parallel.low_precision_comm) on real gloo processes: the DDP
 hook's arithmetic (one rounding per gradient, an fp32 sum), and training with it and with FSDP2's
 MixedPrecisionPolicy against one process. What only a GPU can check (NCCL's bf16 path, the overlap with the
-backward) is in benchmarks/gpu_check.sh's reach only on several GPUs; see README."""
+backward) is in benchmarks/gpu_check.sh's reach only on several GPUs; see docs/training.md."""
 
 from __future__ import annotations
 

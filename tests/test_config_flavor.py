@@ -103,8 +103,8 @@ def test_copies_follow_their_source(tmp_path):
 
 @pytest.mark.parametrize("path", PAPER)
 def test_each_paper_config_goes_tiny_with_one_override(path):
-    """The README's laptop command: flavor and run length (plus data paths); what must follow follows, with a
-    notice each; on a CPU the attention backend follows too."""
+    """The laptop command of docs/reproduction.md: flavor and run length (plus data paths); what must follow
+    follows, with a notice each; on a CPU the attention backend follows too."""
     notices = []
     data = ([("data.train_folder", ["w/WTour"])] if "dino" in path else []) + [
         ("data.egoexo_frames_folder", "w/frames"), ("data.egoexo_pose_folder", "w/poses")]

@@ -1,7 +1,7 @@
-"""Each paper config trains on a CPU at model.flavor=tiny (README, "Any paper config on a laptop"): stage 1 then stage
-2 from it, as the authors' files chain them (save_ckpt/{JOB} of the working directory), with the data paths and the
-run length given on the command line. What must follow does, with a notice each, and nothing is written outside
-the runs' save folders.
+"""Each paper config trains on a CPU at model.flavor=tiny (docs/reproduction.md, "Any paper config on a laptop"):
+stage 1 then stage 2 from it, as the authors' files chain them (save_ckpt/{JOB} of the working directory), with the
+data paths and the run length given on the command line. What must follow does, with a notice each, and nothing is
+written outside the runs' save folders.
 
 The batch is made small here (``--opt data.micro_num=4``: its copy loss.batch_size follows too) to keep CI short:
 one step of the paper batch (64 frames / 60 clips of 224-px crops) takes one to three minutes on 2 cores;

@@ -78,3 +78,15 @@ def test_demo_and_ablation_end_to_end_on_a_tiny_world(tmp_path):
     no_pred = json.loads((ablation / "no_pred" / "retrieval" / "retrieval.json").read_text())["rows"]
     base = "reprojection" if "reprojection" in no_pred else "copy"
     assert no_pred["egoagent"]["top1"] == no_pred[base]["top1"] and no_pred["egoagent"]["mAP"] == no_pred[base]["mAP"]
+
+
+def test_a_run_stopped_half_way_keeps_the_timings_of_its_finished_steps(tmp_path):
+    run_demo = load_run_demo()
+    args = run_demo.parse_args(["--out", str(tmp_path / "run"), "--data", str(tmp_path / "world")])
+    first = run_demo.Pipeline(args)
+    first.run("stage1", ["-c", "import time; time.sleep(1.5)"])  # the work, then the run is stopped
+    resumed = run_demo.Pipeline(args)
+    resumed.run("stage1", ["-c", "pass"], done=True)
+    assert resumed.timings["stage1"] >= 1.5  # not the resumed no-op's
+    record = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert record["timings_s"]["stage1"] >= 1.5 and record["commands"]["stage1"]

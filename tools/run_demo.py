@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+from internlm.checkpoint.atomic import atomic_write_json
 from internlm.initialize.arguments import ScriptArgumentParser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +117,19 @@ class Pipeline:
             self.timings[step] = kept
         else:
             print(f"[demo] {step} done in {self.timings[step]:.0f}s", flush=True)
+        if step != "report":
+            self.write_record()
+
+    def write_record(self) -> None:
+        """pipeline.json after every step, so that a run stopped half-way and resumed keeps the timings of the steps
+        that did their work before the stop (a resumed step that finds its work done keeps those)."""
+        timings = dict(self.previous.get("timings_s", {}), **self.timings)  # steps not run now keep theirs
+        timings["total_before_report"] = sum(v for k, v in timings.items() if k in STEPS)
+        commands = dict(self.previous.get("commands", {}), **self.commands)
+        os.makedirs(os.path.join(REPO, self.out), exist_ok=True)
+        record = {"seed": self.args.seed, "data": self.data, "out": self.out, "timings_s": timings,
+                  "commands": commands}
+        atomic_write_json(os.path.join(REPO, self.out, "pipeline.json"), record)
 
     def finished(self, ckpt_folder: str) -> bool:
         """A training run whose last step's checkpoint is complete."""
@@ -174,13 +188,6 @@ class Pipeline:
         self.run("retrieval", self.retrieval_command(self.ckpt(2), self.eval_dir("retrieval")))
         self.run("motion", *self.motion_baseline_commands(), self.motion_command(self.ckpt(2), self.eval_dir("motion")),
                  *self.motion_diagnosis_commands(self.ckpt(2), self.eval_dir("motion")))
-        timings = dict(self.previous.get("timings_s", {}), **self.timings)  # steps not run now keep theirs
-        timings["total_before_report"] = sum(v for k, v in timings.items() if k in STEPS)
-        commands = dict(self.previous.get("commands", {}), **self.commands)
-        os.makedirs(os.path.join(REPO, self.out), exist_ok=True)
-        with open(os.path.join(REPO, self.out, "pipeline.json"), "w") as f:
-            json.dump({"seed": a.seed, "data": d, "out": self.out, "timings_s": timings, "commands": commands}, f,
-                      indent=1)
         self.run("report", ["tools/make_demo_report.py", "--run", self.out])
         print(f"\n[demo] finished in {time.perf_counter() - start:.0f}s: {os.path.join(self.out, 'REPORT.md')}")
 

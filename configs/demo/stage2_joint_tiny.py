@@ -45,7 +45,7 @@ MODEL = dict(
     # a fresh predictor at this scale never reproduces the teacher's own view of frame t (the copy baseline)
     prediction_residual=True,
     # ... where "frame t" is frame t as the camera sees it after the step's rotation (the action's ego-motion): the
-    # geometric change a predictor of this size does not learn in the demo's budget (README, "Prediction")
+    # geometric change a predictor of this size does not learn in the demo's budget (docs/demo_findings.md)
     prediction_reprojection=True,
 )
 model_type = "EGOAGENT"
@@ -75,7 +75,7 @@ data = dict(
     pose_frame="clip_first_camera",  # ego-motion shows in the poses (in each frame's own camera it does not)
     camera_motion=True,  # each step's camera motion and the frames' focal length (model.prediction_reprojection)
     # the last 2 training takes are held out of training; after the last step the scale of the learned prediction
-    # change (0..1) is the one with the lowest L_pred on their clips (README, "Prediction")
+    # change (0..1) is the one with the lowest L_pred on their clips (docs/demo_findings.md)
     calibration_takes=2,
     clip_steps=4,
     pred_img_size=IMAGE_SIZE,
