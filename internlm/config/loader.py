@@ -34,7 +34,7 @@ _MODEL_NO_EFFECT = {
     "lvm_config.encoder_cfg": "settings of the VQGAN encoder (not built: lvm_config.enable_encoder must be False)",
 }
 # Keys of the authors' (InternLM's) configs that configure machinery with no counterpart here. They are accepted
-# with any value and have no effect; the README's config section lists them. Any other key takes effect or, set to
+# with any value and have no effect; docs/configs.md lists them. Any other key takes effect or, set to
 # a value that is not implemented, stops with a ConfigError.
 ACCEPTED_NO_EFFECT: dict[str, str] = {
     **{f"{section}.{key}": why for section in ("model", "teacher") for key, why in _MODEL_NO_EFFECT.items()},

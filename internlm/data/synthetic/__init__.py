@@ -1,4 +1,4 @@
-"""The synthetic egocentric world (README: "The synthetic egocentric world"): the project's default data when the
+"""The synthetic egocentric world (docs/synthetic_world.md): the project's default data when the
 real data is absent.
 
 ``generate_world(out_dir, seed, size)`` (or ``dataset_preprocess/make_synthetic_egoworld.py``) writes, under
