@@ -12,6 +12,8 @@ from typing import Iterable, Optional
 
 import torch
 
+from internlm.initialize.crash import disk_full_in
+
 PROBE_BYTES = 4096
 
 
@@ -67,8 +69,6 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
 def disk_full_error(exc: BaseException, folder: str, needed: int, what: str) -> Optional[DiskFullError]:
     """A DiskFullError for ``exc`` when a full disk is behind it (else None): ``what`` (e.g. "checkpoint step 12")
     needed ``needed`` bytes in ``folder``."""
-    from internlm.initialize.crash import disk_full_in
-
     if disk_full_in(exc) is None:
         return None
     return DiskFullError(f"no space left on device: {what} in {folder} needs at least {human_bytes(needed)} and the "

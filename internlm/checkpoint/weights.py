@@ -10,10 +10,21 @@ from typing import Optional
 
 import torch
 
-from internlm.config import TrainConfig, config_from_resolved
+from internlm.config import TrainConfig, config_from_resolved, to_dict
 from internlm.model import EgoAgent
 
-from .layout import CHANGE_SCALE_KEY, CONFIG_FILE, META_FILE, STUDENT_FILE, TEACHER_FILE, read_meta, resolve_checkpoint
+from .atomic import atomic_torch_save, atomic_write_json, mark_complete
+from .layout import (
+    CHANGE_SCALE_KEY,
+    CONFIG_FILE,
+    META_FILE,
+    STUDENT_FILE,
+    TEACHER_FILE,
+    TRAIN_STATE_DIR,
+    read_meta,
+    resolve_checkpoint,
+    step_folder,
+)
 from .provenance import git_commit
 
 WEIGHT_FILES = {"model": STUDENT_FILE, "student": STUDENT_FILE, "teacher": TEACHER_FILE}
@@ -77,8 +88,6 @@ def read_centers(folder: str, num_prototypes: int) -> Optional[dict[str, torch.T
     torch.distributed.checkpoint state; None for a weights-only checkpoint (an untrained export has no centres)."""
     import torch.distributed.checkpoint as dcp
 
-    from .layout import TRAIN_STATE_DIR
-
     state_dir = os.path.join(folder, TRAIN_STATE_DIR)
     if not os.path.isdir(state_dir):
         return None
@@ -91,10 +100,6 @@ def read_centers(folder: str, num_prototypes: int) -> Optional[dict[str, torch.T
 
 def write_weights(folder: str, student_state: dict, teacher_state: dict, cfg: TrainConfig, meta: dict) -> None:
     """The unsharded part of a checkpoint: both weight files, the resolved config and meta.json (no marker)."""
-    from internlm.config import to_dict
-
-    from .atomic import atomic_torch_save, atomic_write_json
-
     os.makedirs(folder, exist_ok=True)
     atomic_torch_save({k: v.detach().cpu() for k, v in student_state.items()}, os.path.join(folder, STUDENT_FILE))
     atomic_torch_save({k: v.detach().cpu() for k, v in teacher_state.items()}, os.path.join(folder, TEACHER_FILE))
@@ -105,9 +110,6 @@ def write_weights(folder: str, student_state: dict, teacher_state: dict, cfg: Tr
 def save_weights_only(save_folder: str, student: torch.nn.Module, teacher: torch.nn.Module, cfg: TrainConfig,
                       step: int) -> str:
     """A complete checkpoint holding only the weights (no training state): for tools, tests and exports."""
-    from .atomic import mark_complete
-    from .layout import step_folder
-
     folder = step_folder(save_folder, step)
     meta = {"step": step, "consumed_samples": 0, "world_size": 1, "git_commit": git_commit(), "stage": cfg.stage,
             "weights_only": True}

@@ -18,14 +18,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from internlm.data.synthetic.privileged import SCENE_TRUTH_FEATURES
+
 ORACLES = ("scene", "view")
 CONDITION_DIMS = {"view": 12}  # rotation (9) + camera centre (3); "scene": len(SCENE_TRUTH_FEATURES)
 
 
 def condition_dim(kind: str) -> int:
     if kind == "scene":
-        from internlm.data.synthetic.privileged import SCENE_TRUTH_FEATURES
-
         return len(SCENE_TRUTH_FEATURES)
     if kind not in CONDITION_DIMS:
         raise ValueError(f"unknown motion oracle {kind!r}; expected one of {', '.join(ORACLES)}")

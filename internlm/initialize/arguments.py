@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from internlm.config import ConfigError, load_config, parse_override
+
 from .launch import DEFAULT_RENDEZVOUS_TIMEOUT_S, LAUNCHERS
 
 
@@ -37,8 +39,6 @@ def add_config_args(p: argparse.ArgumentParser, config_help: str = "a python con
 def config_from_args(args: argparse.Namespace, extra: Sequence[tuple] = (), notices: Optional[list] = None):
     """The config of --config with --opt (and ``extra`` overrides); a config error ends the script with its message.
     What followed the overrides is appended to ``notices``."""
-    from internlm.config import ConfigError, load_config, parse_override
-
     try:
         return load_config(args.config, [parse_override(o) for o in args.opt] + list(extra), notices)
     except ConfigError as exc:

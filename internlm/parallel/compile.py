@@ -17,6 +17,7 @@ from torch import nn
 
 from internlm.config import TrainConfig
 from internlm.model.flops import view_layouts
+from internlm.model.modeling_internlm import InternLMBlock
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ def compile_blocks(model: nn.Module, cfg: TrainConfig | None = None, backend: st
     """Compile every InternLM block of ``model`` in place; returns how many. State-dict keys and parameters are
     unchanged, so checkpoints, the EMA update and the exports do not see it. With ``cfg``, dynamo's cache limit is
     raised to the config's recompile_budget."""
-    from internlm.model.modeling_internlm import InternLMBlock
-
     if cfg is not None:
         limit = set_recompile_limit(recompile_budget(cfg))
         logger.info("torch.compile: %d block shapes in this run, dynamo cache limit %d", len(block_call_shapes(cfg)),

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from internlm.config.schema import AdamConfig, ParallelConfig
+from internlm.parallel.comm_hooks import register_low_precision_reduce
 from internlm.solver.optimizer import adamw_kwargs, param_groups
 
 logger = logging.getLogger(__name__)
@@ -88,8 +89,6 @@ class DataParallelPlan:
                                                    bucket_cap_mb=max(bucket_bytes / 2**20, 1.0),
                                                    gradient_as_bucket_view=True)
             if low is not None:
-                from .comm_hooks import register_low_precision_reduce
-
                 register_low_precision_reduce(meta.student, low)
             if self.mode == "zero1":
                 size = self.cfg.zero1_config.size
