@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source tools/setup_venv.sh test
 python -m ruff check .
-python -m pytest -n 2 -q --timeout 900 "$@"
+python -m pytest -n 2 -q -rs --timeout 900 "$@"  # -rs: every skip prints its reason
