@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import math
 import os
 import sys
 import time
@@ -67,6 +66,7 @@ from internlm.eval.motion import (
     INPUT_FRAMES,
     MotionErrorSums,
     constant_velocity,
+    paired_mpjpe_difference,
     poses_from_blocks,
     zero_velocity,
 )
@@ -190,17 +190,9 @@ def evaluate(predictors: dict, loader, ctx, total: int, num_examples: int, frame
     return sums, {k: torch.cat(v) for k, v in per_clip.items()}, examples, num_clips
 
 
-def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Per-clip MPJPE@30fps a - b over the same clips: the mean difference and its standard error (of the mean of
-    the paired differences)."""
-    d = a - b
-    se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else float("nan")
-    return {"mpjpe_30fps_diff": float(d.mean()), "mpjpe_30fps_diff_se": se, "num_clips": d.numel()}
-
-
 def paired_comparisons(per_clip: dict) -> dict:
     """EgoAgent minus each other predictor (negative = EgoAgent better)."""
-    return {f"model_minus_{other}": paired_difference(per_clip["model"], errors)
+    return {f"model_minus_{other}": paired_mpjpe_difference(per_clip["model"], errors)
             for other, errors in per_clip.items() if other != "model"}
 
 
@@ -210,7 +202,7 @@ def image_controls(per_clip: dict) -> dict:
     out = {}
     for control, row in IMAGE_CONTROLS.items():
         if row in per_clip:
-            d = paired_difference(per_clip[row], per_clip["model"])
+            d = paired_mpjpe_difference(per_clip[row], per_clip["model"])
             out[control] = {**d, "used": d["mpjpe_30fps_diff"] > d["mpjpe_30fps_diff_se"]}
     return out
 
@@ -219,7 +211,7 @@ def oracle_margins(per_clip: dict) -> dict:
     """siMLPe minus each oracle (positive = what the oracle's privileged input adds): the ceilings."""
     if "simlpe" not in per_clip:
         return {}
-    return {row: paired_difference(per_clip["simlpe"], errors) for row, errors in per_clip.items()
+    return {row: paired_mpjpe_difference(per_clip["simlpe"], errors) for row, errors in per_clip.items()
             if row.endswith("_oracle")}
 
 

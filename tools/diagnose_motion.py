@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 import torch
@@ -32,7 +31,7 @@ from internlm.checkpoint.weights import load_model
 from internlm.data.build import build_eval_clip_dataset, build_eval_loader
 from internlm.data.egoexo_format import JOINT_INDEX
 from internlm.eval.cli import add_config_args, eval_checkpoint, format_table, load_eval_config, move, progress
-from internlm.eval.motion import HORIZON, INPUT_FRAMES, M_TO_CM, zero_velocity
+from internlm.eval.motion import HORIZON, INPUT_FRAMES, M_TO_CM, paired_mpjpe_difference, zero_velocity
 from internlm.eval.motion_oracles import batch_condition
 from internlm.eval.retrieval import other_clips
 from internlm.eval.rollout import autoregressive_rollout
@@ -174,12 +173,11 @@ def main(argv=None) -> int:
     for mode in ("autoregressive", "teacher-forced"):
         for control in (" other images", " mean image"):
             d = (errors[f"{mode}{control}"] - errors[mode])[..., -1]  # (N, 3)
-            per_clip = d.mean(dim=1)
-            se = float(per_clip.std()) / math.sqrt(len(per_clip))
+            paired = paired_mpjpe_difference(d.mean(dim=1), torch.zeros(len(d)))
+            diff, se = paired["mpjpe_30fps_diff"], paired["mpjpe_30fps_diff_se"]
             result["image_effect"][f"{mode}{control}"] = {
-                "diff": float(per_clip.mean()), "se": se, "per_step": d.mean(dim=0).tolist(),
-                "used": float(per_clip.mean()) > se}
-            effect_rows.append([f"{mode}:{control}", float(per_clip.mean()), se, *d.mean(dim=0).tolist()])
+                "diff": diff, "se": se, "per_step": d.mean(dim=0).tolist(), "used": diff > se}
+            effect_rows.append([f"{mode}:{control}", diff, se, *d.mean(dim=0).tolist()])
     print(format_table("Image control minus true images (cm; positive = the images help)",
                        ["condition: control", "all", "+-", "step 1", "step 2", "step 3"], effect_rows))
     result["gradient_shares"] = {k: sum(g[k] for g in grads) / len(grads) for k in grads[0]}

@@ -13,7 +13,6 @@ of tools/train_motion_baseline.py.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
@@ -23,7 +22,7 @@ import torch
 from internlm.data.synthetic.body import simulate
 from internlm.data.synthetic.privileged import scene_truth
 from internlm.data.synthetic.scene import random_scene
-from internlm.eval.motion import CLIP_FRAMES, HORIZON, INPUT_FRAMES, MotionErrorSums
+from internlm.eval.motion import CLIP_FRAMES, HORIZON, INPUT_FRAMES, MotionErrorSums, paired_mpjpe_difference
 from internlm.eval.motion_oracles import condition_dim
 from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.model.simlpe import SiMLPeConfig
@@ -73,9 +72,7 @@ def main(argv=None) -> int:
         sums = MotionErrorSums()
         per_clip[name] = sums.add(pred, test_x, test_v)
         result[name] = {"mpjpe_30fps": sums.summary()["mpjpe_30fps"], "final_train_loss": float(np.mean(losses[-50:]))}
-    d = per_clip["simlpe"] - per_clip["scene_oracle"]
-    result["simlpe_minus_scene_oracle"] = {"mpjpe_30fps_diff": float(d.mean()),
-                                           "mpjpe_30fps_diff_se": float(d.std()) / math.sqrt(d.numel())}
+    result["simlpe_minus_scene_oracle"] = paired_mpjpe_difference(per_clip["simlpe"], per_clip["scene_oracle"])
     print(json.dumps(result, indent=1))
     if args.out:
         with open(args.out, "w") as f:

@@ -16,6 +16,8 @@ Errors are kept as sums and counts (``MotionErrorSums``) so ranks can add them u
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from internlm.model.pose_ops import block_xyz, fill_unseen, last_observed_pose, last_two_visible, pose_at
@@ -126,6 +128,14 @@ class MotionErrorSums:
 
 
 # ----------------------------------------------------------------------------------------------- baselines
+
+
+def paired_mpjpe_difference(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Per-clip MPJPE@30fps a - b over the same clips: the mean difference and its standard error (of the mean of
+    the paired differences)."""
+    d = a - b
+    se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else float("nan")
+    return {"mpjpe_30fps_diff": float(d.mean()), "mpjpe_30fps_diff_se": se, "num_clips": d.numel()}
 
 
 def zero_velocity(xyz_in: torch.Tensor, visible_in: torch.Tensor, horizon: int = HORIZON) -> torch.Tensor:
