@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 from rank_helpers import (
     children,
     metric_steps,
@@ -21,11 +22,14 @@ from rank_helpers import (
     wait_group_gone,
     wait_ranks,
 )
+from torch.distributed.checkpoint.api import CheckpointException
 from train_helpers import tiny_config, tiny_overrides
 
 from internlm.checkpoint.layout import complete_steps, resolve_checkpoint
+from internlm.checkpoint.storage import DiskFullError, disk_full_error
 from internlm.data.build import build_valid_loader
 from internlm.data.workers import running_loader, stop_loader_workers
+from internlm.initialize.crash import disk_full_in
 from internlm.initialize.signals import STOP_SIGNALS
 
 EXIT_WITHIN_S = 30  # measured: 1-3 s on 2 busy cores; a hang is forever
@@ -104,6 +108,27 @@ def test_save_onto_a_full_disk_says_so_and_exits_within_seconds(tmp_path):
                 f"{folder}/4 needs at least " in line]
         assert full and " MB and the file system has " in full[0], outputs
         assert complete_steps(str(folder)) == [2] and resolve_checkpoint(str(folder)) == str(folder / "2"), outputs
+
+
+@pytest.mark.parametrize("room", ["full", "roomy"])
+def test_a_short_write_of_torch_save_onto_a_full_disk_is_named_a_full_disk(tmp_path, room):
+    """torch.save onto a full file system raises only ``RuntimeError: ... unexpected pos`` (no OSError in its
+    chain): the free space left decides. The same error where the disk has room is not called a full disk."""
+    with small_tmpfs(tmp_path / "disk", "64k") if room == "full" else contextlib.nullcontext(tmp_path) as disk:
+        if disk is None:
+            pytest.skip("no small file system can be mounted here (needs root)")
+        try:
+            torch.save(torch.zeros(100_000 if room == "full" else 10), disk / "x.pt")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        except RuntimeError as exc:
+            assert disk_full_in(exc) is None  # what makes the free space the only witness
+            # as DCP reports it on every rank: a CheckpointException, which is a BaseException
+            reported = CheckpointException("CheckpointException ranks:dict_keys([0])", {0: exc})
+            full = disk_full_error(reported, str(disk), needed=400_000, what="checkpoint step 4")
+        if room == "full":
+            assert isinstance(full, DiskFullError) and "no space left on device: checkpoint step 4 in " in str(full)
+        else:
+            assert full is None
 
 
 @pytest.mark.slow

@@ -68,10 +68,13 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 def disk_full_error(exc: BaseException, folder: str, needed: int, what: str) -> Optional[DiskFullError]:
     """A DiskFullError for ``exc`` when a full disk is behind it (else None): ``what`` (e.g. "checkpoint step 12")
-    needed ``needed`` bytes in ``folder``."""
-    if disk_full_in(exc) is None:
+    needed ``needed`` bytes in ``folder``. Behind it means an ENOSPC OSError in the exception's chain, or a failed
+    write with less than ``needed`` left on the file system afterwards: torch's zip writer often reports a full disk
+    only as ``RuntimeError: ... unexpected pos`` (a short write it noticed), with no OSError anywhere."""
+    free = free_bytes(folder)
+    if disk_full_in(exc) is None and (free >= needed or isinstance(exc, (KeyboardInterrupt, SystemExit))):
         return None
     return DiskFullError(f"no space left on device: {what} in {folder} needs at least {human_bytes(needed)} and the "
-                         f"file system has {human_bytes(free_bytes(folder))} free; free some space or point "
+                         f"file system has {human_bytes(free)} free; free some space or point "
                          f"ckpt.save_ckpt_folder at a larger file system (the run resumes from its newest complete "
                          f"checkpoint)")
