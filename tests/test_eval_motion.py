@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from train_helpers import tiny_config
 
+from internlm.config.schema import ConfigError
 from internlm.eval.motion import MotionErrorSums, block_from_poses, constant_velocity, poses_from_blocks, zero_velocity
 from internlm.eval.rollout import autoregressive_rollout
 
@@ -152,6 +154,41 @@ def test_rollout_feeds_back_each_predicted_step():
     other = poses.clone()
     other[:, 1:] = 0
     assert torch.equal(autoregressive_rollout(model, frames, other[:, 0]), got)
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_training_rollout_passes_are_the_evaluation_rollout(passes):
+    """loss.act_rollout_passes: k passes fed from the teacher-forced predictions give the evaluation's rollout for
+    steps <= k + 1 (2 passes of a 4-step clip: every step); with 1 pass step 3 still sees a teacher-forced
+    prediction. The fed-back poses are detached: L_act trains each pass, not through the rollout's inputs."""
+    model = tiny_joint_model()
+    with torch.no_grad():  # weights large enough that every output depends visibly on every input it sees
+        for p in model.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    g = torch.Generator().manual_seed(2)
+    frames, poses = torch.randn(2, 4, 3, 16, 16, generator=g), torch.randn(2, 4, 4, 5, 17, generator=g)
+    want = autoregressive_rollout(model, frames, poses[:, 0]).view(2, 3, 5, 17, 3)
+    out = model(frames=frames, poses=poses, rollout_passes=passes)
+    assert len(out.rollout_actions) == passes
+    got = out.rollout_actions[-1][:, 1:, :3].permute(0, 1, 3, 4, 2)  # (2, 3 steps, 5, 17, 3)
+    exact = passes + 1
+    assert torch.allclose(got[:, :exact], want[:, :exact], atol=1e-5)
+    if exact < 3:
+        assert (got[:, exact:] - want[:, exact:]).abs().max() > 1e-3
+    teacher_forced = out.joint.actions[:, 2:, :3].permute(0, 1, 3, 4, 2)
+    assert (teacher_forced - want[:, 1:]).abs().max() > 1e-3  # the true step-1 poses are not the predicted ones
+    out.rollout_actions[-1].sum().backward()
+    assert model.action_head.proj.weight.grad.abs().sum() > 0
+
+
+def test_rollout_passes_beyond_what_changes_anything_are_refused(tmp_path):
+    for passes, ok in ((0, True), (2, True), (3, False), (-1, False)):
+        try:
+            tiny_config(2, tmp_path, **{"loss.act_rollout_passes": passes})
+        except ConfigError as exc:
+            assert not ok and "loss.act_rollout_passes" in str(exc) and "data.clip_steps - 2 = 2" in str(exc)
+        else:
+            assert ok
 
 
 # ------------------------------------------------------------------------------------------- end to end

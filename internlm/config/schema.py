@@ -257,6 +257,10 @@ class LossConfig:
     rep_weight: float = 1.0  # w_rep (paper eq. 4; the values are lost from the text)
     pred_weight: float = 1.0  # w_pred
     act_weight: float = 1.0  # w_act
+    # L_act also on this many rollout passes (the action tokens of steps >= 1 the previous pass's predictions),
+    # averaged with the teacher-forced one: 0 is the paper's teacher-forced training; data.clip_steps - 2 passes
+    # train on exactly the evaluation's autoregressive rollout
+    act_rollout_passes: int = 0
 
     @property
     def is_joint(self) -> bool:
@@ -716,6 +720,10 @@ def _validate_data(cfg: TrainConfig) -> None:
     if model.prediction_reprojection and not data.camera_motion:
         raise ConfigError("model.prediction_reprojection=True reprojects frame t by each step's camera rotation: "
                           "set data.camera_motion=True so the clips carry it")
+    if loss.act_rollout_passes and not (joint and 0 < loss.act_rollout_passes <= data.clip_steps - 2):
+        raise ConfigError(f"loss.act_rollout_passes={loss.act_rollout_passes}: expected 0, or in a stage-2 config 1 "
+                          f"to data.clip_steps - 2 = {data.clip_steps - 2} (after that many passes every step is "
+                          f"already predicted from the model's own earlier predictions)")
     if data.calibration_takes < 0:
         raise ConfigError(f"data.calibration_takes={data.calibration_takes} must be >= 0")
     if data.calibration_takes and not (joint and model.prediction_residual):

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import torch
 
-from .motion import block_from_poses
-
 
 @torch.no_grad()
 def autoregressive_rollout(model, frames: torch.Tensor, first_step: torch.Tensor) -> torch.Tensor:
     """frames (B, T, 3, P, P), first_step (B, 4, F, J) true poses of step 0 -> predicted xyz of steps 1..T-1,
-    (B, (T - 1) * F, J, 3)."""
+    (B, (T - 1) * F, J, 3). T - 1 passes: the first from placeholder tokens (exact for step 1), then
+    EgoAgent.rollout_pass (each exact for one more step), the same function that training's loss.act_rollout_passes
+    runs."""
     B, T = frames.shape[:2]
-    channels, F, J = first_step.shape[1:]
-    action_tokens = torch.zeros(B, T, channels, F, J, dtype=first_step.dtype, device=first_step.device)
-    action_tokens[:, 0] = first_step
-    predicted = []
-    for t in range(1, T):
-        step = model.forward_joint(frames, action_tokens, with_logits=False).actions[:, t]  # (B, 4, F, J)
-        xyz = step[:, :3].movedim(1, -1)  # (B, F, J, 3)
-        predicted.append(xyz)
-        action_tokens[:, t] = block_from_poses(xyz, torch.ones(B, F, J, dtype=torch.bool, device=xyz.device))
-    return torch.cat(predicted, dim=1).float()
+    tokens = torch.zeros(B, T, *first_step.shape[1:], dtype=first_step.dtype, device=first_step.device)
+    tokens[:, 0] = first_step
+    actions = model.forward_joint(frames, tokens, with_logits=False).actions  # (B, T, 4, F, J)
+    for _ in range(T - 2):
+        tokens, actions = model.rollout_pass(frames, tokens, actions)
+    return actions[:, 1:, :3].permute(0, 1, 3, 4, 2).flatten(1, 2).float()  # (B, (T - 1) * F, J, 3)

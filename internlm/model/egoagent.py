@@ -11,7 +11,7 @@ Token layouts (built by attention.representation_layout / joint_layout):
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -50,6 +50,8 @@ class RepresentationOutput:
 class AgentOutput:
     views: list[RepresentationOutput]  # one per group of same-size views, in the order given
     joint: Optional["JointOutput"]
+    # the actions (B, T, 4, 5, 17) of each rollout pass (forward's rollout_passes), the first pass's first
+    rollout_actions: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -150,6 +152,16 @@ class EgoAgent(nn.Module):
         logits = self.pred_head(future) if with_logits else None
         return JointOutput(actions, future, logits)
 
+    def rollout_pass(self, frames: torch.Tensor, poses: torch.Tensor,
+                     actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of the autoregressive rollout: the action tokens of steps >= 1 become ``actions``' predictions of
+        those steps (x, y, z detached, every joint visible), step 0 keeps its poses -> (those tokens, this pass's
+        actions (B, T, 4, 5, 17)). The action query of step t sees tokens < t only (causal), so after k passes from
+        any tokens the predictions of steps <= k are those of the rollout on the model's own predictions."""
+        fed = torch.cat([actions[:, 1:, :3].detach().to(poses.dtype), torch.ones_like(poses[:, 1:, 3:])], dim=2)
+        tokens = torch.cat([poses[:, :1], fed], dim=1)  # (B, T, 4, 5, 17)
+        return tokens, self.forward_joint(frames, tokens, with_logits=False).actions
+
     def residual_base(self, poses: torch.Tensor) -> torch.Tensor:
         """poses (B, T, 4, F, J) -> (B, T, 3, 1, J): what the residual action head adds to its output at step t,
         the last observed pose of step t - 1 (per joint, its last visible frame in that block; the action query
@@ -169,17 +181,22 @@ class EgoAgent(nn.Module):
         return torch.cat([actions[:, :, :3] + base, actions[:, :, 3:]], dim=2)
 
     def forward(self, views: Sequence[torch.Tensor] = (), frames: Optional[torch.Tensor] = None,
-                poses: Optional[torch.Tensor] = None) -> AgentOutput:
+                poses: Optional[torch.Tensor] = None, rollout_passes: int = 0) -> AgentOutput:
         """Everything one training step needs from this model, in one call (DDP and FSDP only see ``forward``).
 
         views: groups of same-size views, each (B_i, 3, S_i, S_i) -> representation of every view;
-        frames (B, T, 3, P, P) and poses (B, T, 4, 5, 17) -> the joint branch."""
+        frames (B, T, 3, P, P) and poses (B, T, 4, 5, 17) -> the joint branch (poses as tokens: teacher-forced),
+        then ``rollout_passes`` more passes, each fed the previous pass's predicted poses (rollout_pass)."""
         with self._compute_dtype_weights(frames if frames is not None else views[0]):
-            # The joint branch first: the backward runs in reverse, so its pass (the longest) is the last to reach
-            # each block, and data parallelism reduces each block's finished gradients while it still runs.
+            # The joint branch first: the backward runs in reverse, so its passes (the longest) are the last to reach
+            # each block, and data parallelism reduces each block's finished gradients while they still run.
             joint = self.forward_joint(frames, poses) if frames is not None else None
+            rollout, tokens = [], poses
+            for _ in range(rollout_passes if joint is not None else 0):
+                tokens, actions = self.rollout_pass(frames, tokens, rollout[-1] if rollout else joint.actions)
+                rollout.append(actions)
             outs = [self.represent(v) for v in views]
-        return AgentOutput(outs, joint)
+        return AgentOutput(outs, joint, rollout)
 
     def _compute_dtype_weights(self, x: torch.Tensor):
         """Under fp16/bf16 autocast, the backbone's linear weights cast once for all the passes of this forward."""

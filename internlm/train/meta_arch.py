@@ -174,7 +174,8 @@ class EgoAgentMetaArch(nn.Module):
         if self.joint:  # (B, T, K) each
             t_frames, base = self._frame_targets(t_out.views[1:], frames, teacher_temp)
         with self._autocast(self.student_dtype, globals_.device):
-            s_out = self.student(views=student_views, frames=frames, poses=poses)
+            s_out = self.student(views=student_views, frames=frames, poses=poses,
+                                 rollout_passes=lc.act_rollout_passes if self.joint else 0)
 
         s_logits = list(s_out.views[0].logits.chunk(n_global))
         if n_local:
@@ -186,7 +187,8 @@ class EgoAgentMetaArch(nn.Module):
         if self.joint:
             predicted = self.prediction.predict(s_out.joint.future_logits, base)  # (B, T, K)
             loss_pred = self.pred_loss(predicted, t_frames, teacher_temp)
-            loss_act = action_loss(s_out.joint.actions, poses, state.act_normalizer)
+            passes = [s_out.joint.actions] + s_out.rollout_actions  # teacher-forced, then rolled out
+            loss_act = sum(action_loss(a, poses, state.act_normalizer) for a in passes) / len(passes)
             act_sum = loss_act.detach() * state.act_normalizer
             terms.update(loss_pred=loss_pred * chunk_weight, loss_act=loss_act)
             targets = t_frames[:, 1:].reshape(-1, t_frames.shape[-1])
