@@ -164,3 +164,16 @@ def test_residual_prediction_excludes_a_copied_prediction_head():
         load_config("configs/demo/stage2_joint_tiny.py", [("model.prediction_init", "representation")])
     cfg = load_config("configs/joint_train/lr6e-04_tmp004_300m.py")
     assert not cfg.model.prediction_residual and cfg.model.prediction_init == "fresh"  # the paper's predictor
+
+
+@pytest.mark.parametrize("config, ok", [("configs/demo/stage2_joint_tiny.py", True),
+                                        ("configs/demo/stage1_dino_tiny.py", False)])
+def test_clip_color_change_needs_the_clips_of_stage_2(config, ok):
+    overrides = {"data.clip_color_change": True}
+    if ok:
+        assert load_config(config, overrides).data.clip_color_change
+    else:
+        with pytest.raises(ConfigError, match="data.clip_color_change=True .* needs a stage-2 config"):
+            load_config(config, overrides)
+    with pytest.raises(ConfigError, match="not 'Generated'"):
+        load_config("configs/demo/stage2_joint_tiny.py", {**overrides, "data.dataset_type": "Generated"})

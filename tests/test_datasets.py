@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import math
@@ -261,6 +262,36 @@ def test_eval_clips_have_no_crops_and_no_randomness(processed_world, cache_dir):
     assert set(a) == {"frames", "poses", "take_uid", "frame_ids", "sample_id", "num_skipped", "bad_files"}
     assert torch.equal(a["frames"], b["frames"]) and a["sample_id"] == 3
     assert torch.equal(val[(3, 99)]["frames"], a["frames"])
+
+
+def test_clip_color_change_gives_the_student_one_colour_change_per_clip(processed_world, cache_dir):
+    """data.clip_color_change: student_frames = the clip's frames with the channels reordered, the contrast scaled
+    and a shift per channel, the same for every frame (so frame differences are the true ones, reordered and scaled);
+    every other key is as without it (it draws last); a new draw, a new change; evaluation clips get none."""
+    plain = build_train_dataset(clip_cfg(processed_world), cache_dir=cache_dir)
+    changed = build_train_dataset(clip_cfg(processed_world, clip_color_change=True), cache_dir=cache_dir)
+    a, b = plain[(5, 11)], changed[(5, 11)]
+    assert "student_frames" not in a and set(b) == set(a) | {"student_frames"}
+    for key in a:
+        assert torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key], key
+    frames, student = b["frames"], b["student_frames"]  # (T, 3, P, P)
+    fitted = []
+    for order in itertools.permutations(range(3)):
+        x = frames[:, list(order)]
+        design = torch.stack([x, torch.ones_like(x)], dim=-1)  # per channel: student = contrast * x + shift
+        for c in range(3):
+            sol = torch.linalg.lstsq(design[:, c].reshape(-1, 2).double(), student[:, c].reshape(-1, 1).double())
+            fitted.append((order, c, sol.solution.flatten(), (design[:, c].reshape(-1, 2).double() @ sol.solution
+                                                               - student[:, c].reshape(-1, 1).double()).abs().max()))
+    exact = [f for f in fitted if f[3] < 1e-5]
+    assert len({f[1] for f in exact}) == 3  # every channel an exact affine map of one input channel, all frames
+    contrasts = {round(float(f[2][0]), 5) for f in exact}
+    assert len(contrasts) == 1 and 0.6 <= contrasts.pop() <= 1.4  # one contrast for the whole clip
+    assert not torch.allclose(student, frames, atol=1e-3)
+    assert not torch.allclose(changed[(5, 12)]["student_frames"], student, atol=1e-3)  # another draw of clip 5
+    assert torch.equal(changed[(5, 11)]["student_frames"], student)  # the draw decides: resumable
+    val = build_eval_clip_dataset(clip_cfg(processed_world, clip_color_change=True), cache_dir=cache_dir)
+    assert "student_frames" not in val[3]
 
 
 def test_pose_index_cache_is_reused_and_refreshed(processed_world, tmp_path):

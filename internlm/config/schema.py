@@ -208,6 +208,11 @@ class DataConfig:
     # training; after the last step the scale of the learned prediction change (0..1, train/prediction_base.py) is the
     # one that minimises L_pred on their clips, i.e. how much of the change holds on takes it was not fitted to.
     calibration_takes: int = 0
+    # Stage 2: the clip frames the student's joint branch sees get one random colour change per clip (channel order,
+    # contrast, shift; the same for every frame of the clip, so the motion between them stays), drawn from the sample's
+    # augmentation generator; the teacher's targets see the frames as they are. Where every take is its own room, an
+    # image's colours name its take and the action pathway memorises how the walker moved there (docs/demo_findings.md)
+    clip_color_change: bool = False
     num_workers: int = 2
     seed: int = 0  # data order and augmentation; train.py --seed overrides
 
@@ -724,6 +729,9 @@ def _validate_data(cfg: TrainConfig) -> None:
         raise ConfigError(f"loss.act_rollout_passes={loss.act_rollout_passes}: expected 0, or in a stage-2 config 1 "
                           f"to data.clip_steps - 2 = {data.clip_steps - 2} (after that many passes every step is "
                           f"already predicted from the model's own earlier predictions)")
+    if data.clip_color_change and not (joint and data.dataset_type == "EgoExoClips"):
+        raise ConfigError("data.clip_color_change=True changes the colours of the Ego-Exo4D clips of stage 2: it needs "
+                          f"a stage-2 config with data.dataset_type='EgoExoClips' (not {data.dataset_type!r})")
     if data.calibration_takes < 0:
         raise ConfigError(f"data.calibration_takes={data.calibration_takes} must be >= 0")
     if data.calibration_takes and not (joint and model.prediction_residual):

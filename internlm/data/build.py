@@ -107,7 +107,8 @@ def build_clip_dataset(data_cfg: DataConfig, split: str, train: bool, cache_dir:
                 len(np.unique(index.clip_takes)), len(poses.frames))
     multicrop = MultiCropTransform(MultiCropConfig.from_data_config(data_cfg)) if train else None
     return EgoExoClips(index, data_cfg.egoexo_frames_folder, data_cfg.pred_img_size, data_cfg.norm_vid,
-                       multicrop, data_cfg.seed, train, data_cfg.pose_frame, data_cfg.camera_motion)
+                       multicrop, data_cfg.seed, train, data_cfg.pose_frame, data_cfg.camera_motion,
+                       data_cfg.clip_color_change)
 
 
 def pose_statistics(data_cfg: DataConfig, max_clips: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from .egoexo_format import (
 )
 from .pose_index import PoseIndex, list_fragments
 from .sampler import sample_rng
-from .transforms import MultiCropTransform, Normalizer, resize_square
+from .transforms import MultiCropTransform, Normalizer, clip_color_change, resize_square
 from .video import largest_reduction, read_image
 from .walking_tours import FrameIndex, FrameSource
 
@@ -152,12 +152,14 @@ def build_clip_index(poses: PoseIndex, frames_folder: str, clip_frames: int = 20
 class EgoExoClips(Dataset):
     """Clip i -> {"frames": (T, 3, P, P), "poses": (T, 4, 5, 17), "take_uid", "frame_ids": (T,), "sample_id",
     "num_skipped", "bad_files"} and, when training, the multi-crop of one step's full-resolution frame ("global_crops",
-    "local_crops"); the step is drawn from the sample's generator. Evaluation (train=False): no crops, no
-    randomness; keys are plain ints. Poses are in ``pose_frame`` (config.schema.POSE_FRAMES)."""
+    "local_crops"; the step is drawn from the sample's generator) and with ``clip_color_change`` the student's copy
+    of the frames under one colour change ("student_frames", transforms.clip_color_change). Evaluation
+    (train=False): no crops, no randomness; keys are plain ints. Poses are in ``pose_frame``
+    (config.schema.POSE_FRAMES)."""
 
     def __init__(self, index: ClipIndex, frames_folder: str, pred_img_size: int, normalize: bool,
                  multicrop: Optional[MultiCropTransform], seed: int, train: bool, pose_frame: str = "camera",
-                 camera_motion: bool = False):
+                 camera_motion: bool = False, clip_color_change: bool = False):
         if len(index) == 0:
             raise ValueError(f"{index.report.what}: no valid clips ({index.report.summary()})")
         if train and multicrop is None:
@@ -174,7 +176,7 @@ class EgoExoClips(Dataset):
                                  + ("" if camera_motion else ", or use data.pose_frame='camera'"))
         self.index, self.frames_folder, self.pred_img_size = index, frames_folder, pred_img_size
         self.normalizer, self.multicrop, self.seed, self.train = Normalizer(normalize), multicrop, seed, train
-        self.pose_frame, self.camera_motion = pose_frame, camera_motion
+        self.pose_frame, self.camera_motion, self.clip_color_change = pose_frame, camera_motion, clip_color_change
         self._focal: dict[str, float] = {}  # take -> focal length (px) at pred_img_size
         if camera_motion:  # every take's marker now, not a failed sample hours into a run
             for take in np.unique(index.clip_takes):
@@ -300,6 +302,8 @@ class EgoExoClips(Dataset):
                           focal=torch.tensor(self.focal_length(take_uid), dtype=torch.float32))
         sample.update(frames=frames, poses=self.clip_poses(i), take_uid=take_uid,
                       frame_ids=torch.from_numpy(frame_ids))
+        if self.train and self.clip_color_change:  # drawn last: the draws above stay those of a run without it
+            sample["student_frames"] = clip_color_change(frames, rng)
         return sample
 
     def image_files(self, i: int) -> list[str]:

@@ -129,6 +129,20 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
+CLIP_CONTRAST = (0.6, 1.4)
+CLIP_SHIFT = 0.4  # in normalised units (the frames' standard deviations)
+
+
+def clip_color_change(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """frames (T, 3, P, P), normalised -> the same clip under one random colour change for all its frames: the
+    channels in a random order, the contrast times U(0.6, 1.4), each channel shifted by U(-0.4, 0.4). Geometry and the
+    motion between the frames are untouched; the colours that tell one room (one take) from another are not."""
+    order = torch.from_numpy(rng.permutation(3))
+    contrast = float(rng.uniform(*CLIP_CONTRAST))
+    shift = torch.from_numpy(rng.uniform(-CLIP_SHIFT, CLIP_SHIFT, size=3)).to(frames.dtype).view(1, 3, 1, 1)
+    return frames[:, order] * contrast + shift
+
+
 @dataclass(frozen=True)
 class ViewAugmentation:
     """Per-view probabilities of DINO's blur and solarisation (flip, jitter, grayscale are shared)."""

@@ -153,7 +153,9 @@ class EgoAgentMetaArch(nn.Module):
         adds the chunk's statistics and centre sums to ``state``.
 
         chunk: global_crops (B, 2, 3, G, G), local_crops (B, n, 3, L, L) and, in stage 2, frames (B, T, 3, P, P),
-        poses (B, T, 4, 5, 17). chunk_weight = B / per-rank batch, so the chunks of a step add up to the mean.
+        poses (B, T, 4, 5, 17) and with data.clip_color_change student_frames (B, T, 3, P, P), the frames the
+        student sees (the teacher sees ``frames``). chunk_weight = B / per-rank batch, so the chunks of a step add up
+        to the mean.
         """
         lc = self.cfg.loss
         globals_ = chunk["global_crops"]
@@ -174,7 +176,7 @@ class EgoAgentMetaArch(nn.Module):
         if self.joint:  # (B, T, K) each
             t_frames, base = self._frame_targets(t_out.views[1:], frames, teacher_temp)
         with self._autocast(self.student_dtype, globals_.device):
-            s_out = self.student(views=student_views, frames=frames, poses=poses,
+            s_out = self.student(views=student_views, frames=chunk.get("student_frames", frames), poses=poses,
                                  rollout_passes=lc.act_rollout_passes if self.joint else 0)
 
         s_logits = list(s_out.views[0].logits.chunk(n_global))
