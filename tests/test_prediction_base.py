@@ -13,7 +13,7 @@ from train_helpers import make_trainer, tiny_config
 
 from internlm.checkpoint import latest_checkpoint, load_model
 from internlm.checkpoint.layout import CHANGE_SCALE_KEY, META_FILE, STUDENT_FILE, TEACHER_FILE, read_meta
-from internlm.checkpoint.weights import read_change_scale
+from internlm.checkpoint.weights import read_change_scale, read_init_source
 from internlm.eval.retrieval import load_checkpoint
 from internlm.model.reprojection import reproject_steps
 from internlm.train.losses import prediction_minimiser
@@ -68,7 +68,8 @@ def test_an_old_checkpoint_resumes_with_its_scale(old_run):
 def test_an_old_checkpoint_initialises_stage_2(old_run, tmp_path):
     cfg, folder = old_run
     meta = EgoAgentMetaArch(tiny_config(2, tmp_path / "new"))
-    meta.init_from(folder)  # the old buffer is neither missing nor unexpected
+    source = read_init_source(folder)  # the old buffer is neither missing nor unexpected
+    meta.init_from(source.folder, source.student_state, source.teacher_state, source.centers)
     assert meta.prediction.change_scale == 1.0  # a new run trains the change at full scale
     saved = torch.load(f"{folder}/{STUDENT_FILE}", weights_only=True)
     assert torch.equal(meta.student.pred_head.last_layer.parametrizations.weight.original0,

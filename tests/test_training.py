@@ -11,9 +11,12 @@ import pytest
 import torch
 from train_helpers import flat_state, make_trainer, tiny_config
 
+from internlm.checkpoint import save_weights_only
 from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
 from internlm.checkpoint.train_state import CorruptCheckpointError
+from internlm.checkpoint.weights import read_init_source
 from internlm.model import AttentionBackendError
+from internlm.train.meta_arch import EgoAgentMetaArch
 from internlm.train.trainer import RunawayTrainingError
 
 
@@ -240,6 +243,26 @@ def test_stage2_takes_the_representation_centre_of_stage1(tmp_path):
     assert torch.equal(s2.meta.rep_center, s1.meta.rep_center)
     assert not s2.meta.pred_center.any()  # the prediction target's centre is new in stage 2
 
+
+
+def test_an_initialisation_that_does_not_fit_names_its_folder(tmp_path, caplog):
+    """ckpt.load_ckpt_info content ("model",): a stage-2 checkpoint has parts a stage-1 model lacks (unexpected
+    keys); the error names the key, the step folder and what was wrong. A weights-only checkpoint has no centres."""
+    s2 = EgoAgentMetaArch(tiny_config(2, tmp_path / "a"))
+    folder = save_weights_only(str(tmp_path / "s2"), s2.student, s2.teacher, s2.cfg, 0)
+    source = read_init_source(str(tmp_path / "s2"))
+    assert source.folder == folder and source.centers is None
+    with pytest.raises(ValueError, match=rf"ckpt.load_ckpt_info: {re.escape(folder)} \(model\) does not fit this "
+                                         r"model: missing \[\], unexpected \['action_query'"):
+        EgoAgentMetaArch(tiny_config(1, tmp_path / "b")).init_from(source.folder, source.student_state,
+                                                                    source.teacher_state, source.centers)
+    fresh = EgoAgentMetaArch(tiny_config(2, tmp_path / "c"))
+    with caplog.at_level(logging.INFO, logger="internlm.train.meta_arch"):
+        fresh.init_from(source.folder, source.student_state, source.teacher_state, source.centers)
+    assert f"{folder} holds weights only: the representation centre starts at 0" in caplog.text
+    assert not fresh.rep_center.any()
+    for (name, p), q in zip(fresh.teacher.state_dict().items(), s2.teacher.state_dict().values()):
+        assert torch.equal(p, q), name
 
 def test_residual_prediction_starts_at_the_copy_loss(tmp_path):
     """model.prediction_residual (the demo): the first L_pred is exactly that of the copy prediction of the teacher's
