@@ -16,7 +16,9 @@ from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
 from internlm.checkpoint.train_state import CorruptCheckpointError
 from internlm.checkpoint.weights import read_init_source
 from internlm.model import AttentionBackendError
-from internlm.train.meta_arch import EgoAgentMetaArch
+from internlm.model.modeling_internlm import InternLMBlock
+from internlm.train.losses import prediction_loss, prediction_minimiser
+from internlm.train.meta_arch import STAT_NAMES, EgoAgentMetaArch
 from internlm.train.trainer import RunawayTrainingError
 
 
@@ -267,9 +269,6 @@ def test_an_initialisation_that_does_not_fit_names_its_folder(tmp_path, caplog):
 def test_residual_prediction_starts_at_the_copy_loss(tmp_path):
     """model.prediction_residual (the demo): the first L_pred is exactly that of the copy prediction of the teacher's
     frame t; the paper's fresh predictor is elsewhere."""
-    from internlm.train.losses import prediction_loss, prediction_minimiser
-    from internlm.train.meta_arch import STAT_NAMES, EgoAgentMetaArch
-
     g = torch.Generator().manual_seed(0)
     B, T = 3, 4
     chunk = {"global_crops": torch.randn(B, 2, 3, 32, 32, generator=g),
@@ -366,8 +365,6 @@ def test_compiled_blocks_train_like_eager(tmp_path):
         trainer = make_trainer(tiny_config(2, tmp_path / str(compiled), steps=3, **{"model.compile": compiled}))
         history = trainer.fit()
         runs[compiled] = ([h["loss"] for h in history], flat_state(trainer))
-    from internlm.model.modeling_internlm import InternLMBlock
-
     blocks = [m for m in trainer.meta.student.modules() if isinstance(m, InternLMBlock)]
     assert blocks and all(hasattr(b, "_compiled_call_impl") and b._compiled_call_impl is not None for b in blocks)
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)

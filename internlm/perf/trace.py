@@ -43,6 +43,8 @@ from internlm.data.generated import GeneratedSamples
 from internlm.initialize.launch import init_distributed
 from internlm.model.attention import MaskLayout, PreparedMask
 from internlm.model.modeling_internlm import InternLMBlock
+from internlm.train.meta_arch import EgoAgentMetaArch
+from internlm.train.trainer import Trainer
 
 # Functions CUDA autocast runs in fp32 that CPU autocast leaves in the input's dtype (torch's autocast_mode.cpp,
 # the CUDA "fp32" and "fp32_set_opt_dtype" lists, restricted to what a model like this one calls).
@@ -417,8 +419,6 @@ def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[
     docstring. ``compiled``: trace the casts torch.compile'd blocks make: a compiled graph casts its weights to the
     autocast dtype at every call (eager autocast casts a trainable weight once per forward and reuses it).
     ``attn_backend``: the kernel to price attention with (default: the config's)."""
-    from internlm.train.trainer import Trainer  # not at module level: trainer imports perf.gpus (perf <-> train cycle)
-
     backends = {"model": attn_backend or cfg.model.resolved_attn_backend,
                 "teacher": attn_backend or cfg.teacher_model.resolved_attn_backend}
     folder = tempfile.mkdtemp(prefix="roofline_")
@@ -485,8 +485,6 @@ def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[
 def _already_on_the_device():
     """The trainer moves the meta-architecture to its device; fake tensors are on it already, and torch cannot swap
     fake parameters (FakeTensorMode holds weak references to them), so the move is skipped while it is built."""
-    from internlm.train.meta_arch import EgoAgentMetaArch  # not at module level: see trace_step
-
     EgoAgentMetaArch.to = lambda self, *args, **kwargs: self
     try:
         yield

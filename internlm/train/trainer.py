@@ -48,11 +48,11 @@ from internlm.initialize.launch import DistContext
 from internlm.initialize.preemption import PreemptionFlag, StopRequest, requeue_slurm_job
 from internlm.model.egoagent import check_backend_can_train
 from internlm.model.flops import sample_cost
+from internlm.monitor.gpus import peak_tflops
 from internlm.monitor.progress import StepTimer
 from internlm.monitor.tensorboard import ScalarWriter
 from internlm.parallel.compile import check_compile_available, compile_blocks, compile_enabled
 from internlm.parallel.data_parallel import DataParallelPlan, unwrap
-from internlm.perf.gpus import peak_tflops
 from internlm.solver.grad_scaler import DynamicLossScaler
 from internlm.solver.optimizer import apply_schedule
 from internlm.solver.schedules import Schedules
@@ -158,7 +158,7 @@ class Trainer:
             name = torch.cuda.get_device_name(self.device)
             peak = peak_tflops(name, cfg.model.dtype)  # the peak of the run's dtype on exactly this GPU
             if peak is None and ctx.is_main:
-                logger.warning("MFU is not logged: %r is not in internlm/perf/gpus.py; set monitor.peak_tflops to "
+                logger.warning("MFU is not logged: %r is not in internlm/monitor/gpus.py; set monitor.peak_tflops to "
                                "its dense peak for model.dtype=%s", name, cfg.model.dtype)
         self.peak_tflops = peak
         self.writer = ScalarWriter(cfg.monitor.tensorboard_folder or os.path.join(cfg.ckpt.save_ckpt_folder,
