@@ -1,5 +1,5 @@
 """Throughput of the training step: samples/s, tokens/s, achieved TFLOP/s (analytic count, internlm/model/flops.py),
-MFU against the peak of the exact GPU and the run's dtype (internlm/perf/gpus.py), and peak memory.
+MFU against the peak of the exact GPU and the run's dtype (internlm/monitor/gpus.py), and peak memory.
 
     python benchmarks/bench_train_step.py --config configs/demo/stage2_joint_tiny.py --steps 10
     python benchmarks/bench_train_step.py --config configs/joint_train/lr6e-04_tmp004_300m.py --recommended --estimate
@@ -37,7 +37,7 @@ from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.initialize.launch import init_distributed
 from internlm.model.attention import BACKENDS
 from internlm.model.flops import sample_cost
-from internlm.perf.gpus import GPUS, gpu_by_device_name, gpu_by_key, peak_tflops
+from internlm.monitor.gpus import GPUS, gpu_by_device_name, gpu_by_key, peak_tflops
 
 DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
 

@@ -60,7 +60,7 @@ try:
     import flash_attn; info['flash_attn'] = flash_attn.__version__
 except ImportError as exc:
     info['flash_attn'] = None
-from internlm.perf.gpus import gpu_by_device_name
+from internlm.monitor.gpus import gpu_by_device_name
 spec = gpu_by_device_name(info.get('name', ''))
 info['spec'] = spec.key if spec else None
 json.dump(info, open('$OUT/environment.json', 'w'), indent=1)

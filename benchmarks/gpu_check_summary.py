@@ -30,7 +30,7 @@ def estimate_steps(out: str) -> dict:
     """The roofline estimate (one GPU, no communication) of each measured step, with the settings it ran with."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from internlm.config import load_config
-    from internlm.perf.gpus import gpu_by_device_name, gpu_by_key
+    from internlm.monitor.gpus import gpu_by_device_name, gpu_by_key
     from internlm.perf.roofline import Settings, estimate
     from internlm.perf.trace import trace_step
 

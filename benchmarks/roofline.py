@@ -31,8 +31,8 @@ from typing import Optional
 
 from internlm.config import TrainConfig, load_config, parse_override, with_overrides
 from internlm.initialize.arguments import ScriptArgumentParser
+from internlm.monitor.gpus import GPUS, gpu_by_key
 from internlm.parallel.data_parallel import resolve_mode
-from internlm.perf.gpus import GPUS, gpu_by_key
 from internlm.perf.roofline import Assumptions, Estimate, Settings, estimate
 from internlm.perf.trace import StepTrace, trace_step
 

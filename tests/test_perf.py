@@ -12,7 +12,7 @@ from internlm.config import with_overrides
 from internlm.model import EgoAgent
 from internlm.model.attention import MaskLayout, joint_layout
 from internlm.model.flops import allowed_pairs, sample_cost
-from internlm.perf.gpus import gpu_by_device_name, gpu_by_key, peak_tflops
+from internlm.monitor.gpus import gpu_by_device_name, gpu_by_key, peak_tflops
 from internlm.perf.roofline import Assumptions, Network, Settings, estimate, fusion_groups
 from internlm.perf.trace import GPUHostSemantics, Tracer, tile_pairs, trace_step
 

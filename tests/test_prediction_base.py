@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from train_helpers import make_trainer, tiny_config
 
 from internlm.checkpoint import latest_checkpoint, load_model
 from internlm.checkpoint.layout import CHANGE_SCALE_KEY, META_FILE, STUDENT_FILE, TEACHER_FILE, read_meta
-from internlm.checkpoint.weights import read_change_scale
+from internlm.checkpoint.weights import read_change_scale, read_init_source
+from internlm.config.schema import ModelConfig
 from internlm.eval.retrieval import load_checkpoint
 from internlm.model.reprojection import reproject_steps
 from internlm.train.losses import prediction_minimiser
@@ -50,8 +52,6 @@ def old_run(tmp_path_factory):
     torch.manual_seed(0)
     make_trainer(cfg).fit(max_iterations=2)
     folder = latest_checkpoint(str(save))
-    from pathlib import Path
-
     _old_format(Path(folder))
     return cfg, folder
 
@@ -68,7 +68,8 @@ def test_an_old_checkpoint_resumes_with_its_scale(old_run):
 def test_an_old_checkpoint_initialises_stage_2(old_run, tmp_path):
     cfg, folder = old_run
     meta = EgoAgentMetaArch(tiny_config(2, tmp_path / "new"))
-    meta.init_from(folder)  # the old buffer is neither missing nor unexpected
+    source = read_init_source(folder)  # the old buffer is neither missing nor unexpected
+    meta.init_from(source.folder, source.student_state, source.teacher_state, source.centers)
     assert meta.prediction.change_scale == 1.0  # a new run trains the change at full scale
     saved = torch.load(f"{folder}/{STUDENT_FILE}", weights_only=True)
     assert torch.equal(meta.student.pred_head.last_layer.parametrizations.weight.original0,
@@ -102,8 +103,6 @@ def test_the_eval_predicts_with_the_base_and_scale_of_training(old_run):
 
 
 def test_without_the_residual_option_the_head_output_is_the_prediction():
-    from internlm.config.schema import ModelConfig
-
     off = ResidualPrediction(ModelConfig(prediction_residual=False))
     head = torch.randn(2, 3, 8)
     assert off.predict(head, None) is head and off.base(head, torch.zeros(8), 0.04, 0.1) is None

@@ -14,6 +14,7 @@ from internlm.config import ConfigError, load_config
 from internlm.data.build import build_clip_dataset, build_valid_loader
 from internlm.train.losses import prediction_loss
 from internlm.train.meta_arch import EgoAgentMetaArch
+from internlm.train.trainer import new_run_pose_statistics
 
 SCALES = tuple(i / 10 for i in range(11))
 
@@ -76,7 +77,7 @@ def test_the_scale_with_the_lowest_held_out_loss_is_kept(tmp_path, processed_wor
     cfg = _cfg(tmp_path, processed_world, **{"data.calibration_takes": 1})
     torch.manual_seed(0)
     meta = EgoAgentMetaArch(cfg)
-    meta.prepare_new_run()
+    meta.set_pose_statistics(*new_run_pose_statistics(cfg))  # as the trainer does (model.pose_normalization)
     batches = _calibration_batches(cfg, meta)
     temp = cfg.loss.teacher_temp
 

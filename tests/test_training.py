@@ -11,9 +11,14 @@ import pytest
 import torch
 from train_helpers import flat_state, make_trainer, tiny_config
 
+from internlm.checkpoint import save_weights_only
 from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
 from internlm.checkpoint.train_state import CorruptCheckpointError
+from internlm.checkpoint.weights import read_init_source
 from internlm.model import AttentionBackendError
+from internlm.model.modeling_internlm import InternLMBlock
+from internlm.train.losses import prediction_loss, prediction_minimiser
+from internlm.train.meta_arch import STAT_NAMES, EgoAgentMetaArch
 from internlm.train.trainer import RunawayTrainingError
 
 
@@ -241,12 +246,29 @@ def test_stage2_takes_the_representation_centre_of_stage1(tmp_path):
     assert not s2.meta.pred_center.any()  # the prediction target's centre is new in stage 2
 
 
+
+def test_an_initialisation_that_does_not_fit_names_its_folder(tmp_path, caplog):
+    """ckpt.load_ckpt_info content ("model",): a stage-2 checkpoint has parts a stage-1 model lacks (unexpected
+    keys); the error names the key, the step folder and what was wrong. A weights-only checkpoint has no centres."""
+    s2 = EgoAgentMetaArch(tiny_config(2, tmp_path / "a"))
+    folder = save_weights_only(str(tmp_path / "s2"), s2.student, s2.teacher, s2.cfg, 0)
+    source = read_init_source(str(tmp_path / "s2"))
+    assert source.folder == folder and source.centers is None
+    with pytest.raises(ValueError, match=rf"ckpt.load_ckpt_info: {re.escape(folder)} \(model\) does not fit this "
+                                         r"model: missing \[\], unexpected \['action_query'"):
+        EgoAgentMetaArch(tiny_config(1, tmp_path / "b")).init_from(source.folder, source.student_state,
+                                                                    source.teacher_state, source.centers)
+    fresh = EgoAgentMetaArch(tiny_config(2, tmp_path / "c"))
+    with caplog.at_level(logging.INFO, logger="internlm.train.meta_arch"):
+        fresh.init_from(source.folder, source.student_state, source.teacher_state, source.centers)
+    assert f"{folder} holds weights only: the representation centre starts at 0" in caplog.text
+    assert not fresh.rep_center.any()
+    for (name, p), q in zip(fresh.teacher.state_dict().items(), s2.teacher.state_dict().values()):
+        assert torch.equal(p, q), name
+
 def test_residual_prediction_starts_at_the_copy_loss(tmp_path):
     """model.prediction_residual (the demo): the first L_pred is exactly that of the copy prediction of the teacher's
     frame t; the paper's fresh predictor is elsewhere."""
-    from internlm.train.losses import prediction_loss, prediction_minimiser
-    from internlm.train.meta_arch import STAT_NAMES, EgoAgentMetaArch
-
     g = torch.Generator().manual_seed(0)
     B, T = 3, 4
     chunk = {"global_crops": torch.randn(B, 2, 3, 32, 32, generator=g),
@@ -343,8 +365,6 @@ def test_compiled_blocks_train_like_eager(tmp_path):
         trainer = make_trainer(tiny_config(2, tmp_path / str(compiled), steps=3, **{"model.compile": compiled}))
         history = trainer.fit()
         runs[compiled] = ([h["loss"] for h in history], flat_state(trainer))
-    from internlm.model.modeling_internlm import InternLMBlock
-
     blocks = [m for m in trainer.meta.student.modules() if isinstance(m, InternLMBlock)]
     assert blocks and all(hasattr(b, "_compiled_call_impl") and b._compiled_call_impl is not None for b in blocks)
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)

@@ -1,11 +1,12 @@
-"""The unsharded weight files of a checkpoint: write them (with the resolved config) and load them into a ready
-EgoAgent (what every eval tool does first)."""
+"""The unsharded weight files of a checkpoint: write them (with the resolved config), load them into a ready
+EgoAgent (what every eval tool does first), and read what a new run starts from (read_init_source)."""
 
 from __future__ import annotations
 
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -96,6 +97,25 @@ def read_centers(folder: str, num_prototypes: int) -> Optional[dict[str, torch.T
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(centers, checkpoint_id=state_dir)
     return centers
+
+
+@dataclass
+class InitSource:
+    """What a new run takes from another run's checkpoint (ckpt.load_ckpt_info with content ("model",)):
+    EgoAgentMetaArch.init_from's arguments."""
+
+    folder: str  # the step folder read
+    student_state: dict[str, torch.Tensor]
+    teacher_state: dict[str, torch.Tensor]
+    centers: Optional[dict[str, torch.Tensor]]  # {"rep_center": (K,), "pred_center": (K,)}; None: weights only
+
+
+def read_init_source(path: str) -> InitSource:
+    """Student and teacher weights and the DINO centres of a checkpoint step folder, or of a run folder's newest
+    complete step."""
+    student_state, cfg, folder = load_state_dict(path, "model")
+    teacher_state, _, _ = load_state_dict(folder, "teacher")
+    return InitSource(folder, student_state, teacher_state, read_centers(folder, cfg.model.output_dim))
 
 
 def write_weights(folder: str, student_state: dict, teacher_state: dict, cfg: TrainConfig, meta: dict) -> None:

@@ -1,1 +1,2 @@
-"""Logging, TensorBoard scalars and progress/ETA for long loops."""
+"""Run measurements: logging, TensorBoard scalars, progress/ETA for long loops, and the GPU data sheets whose peaks
+are MFU's denominator (gpus.py)."""

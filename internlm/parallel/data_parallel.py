@@ -153,6 +153,15 @@ class DataParallelPlan:
         return contextlib.nullcontext()
 
 
+def local_parameters(module: nn.Module) -> list[torch.Tensor]:
+    """The parameters of ``module`` as this rank holds them, detached: its own shards under FSDP2 (the root's
+    parameters, which FSDP2 keeps gathered after a forward, are resharded first), the whole tensors otherwise. In
+    ``parameters()`` order, so two models wrapped alike (student and teacher) pair up shard by shard."""
+    if hasattr(module, "reshard"):  # fully_shard'ed
+        module.reshard()
+    return [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in module.parameters()]
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (FSDP2 modifies the module in place, nothing to unwrap)."""
     return module.module if isinstance(module, DistributedDataParallel) else module

@@ -1,2 +1,2 @@
-"""Performance accounting: GPU specifications (MFU peaks), and the roofline estimate of a training step on fake
-tensors (benchmarks/roofline.py)."""
+"""Performance accounting: the roofline estimate of a training step on fake tensors (benchmarks/roofline.py),
+priced with the GPU data sheets of internlm/monitor/gpus.py."""

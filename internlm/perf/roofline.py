@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from internlm.config import TrainConfig
 from internlm.model.flops import sample_cost
+from internlm.monitor.gpus import GPUSpec
 
-from .gpus import GPUSpec
 from .trace import Op, StepTrace
 
 GIB = 2**30

@@ -30,14 +30,21 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.data import default_collate
 from torch.utils.flop_counter import flop_registry
 
-from internlm.config import TrainConfig
+from internlm.config import TrainConfig, with_overrides
+from internlm.data.generated import GeneratedSamples
+from internlm.initialize.launch import init_distributed
 from internlm.model.attention import MaskLayout, PreparedMask
+from internlm.model.modeling_internlm import InternLMBlock
+from internlm.train.meta_arch import EgoAgentMetaArch
+from internlm.train.trainer import Trainer
 
 # Functions CUDA autocast runs in fp32 that CPU autocast leaves in the input's dtype (torch's autocast_mode.cpp,
 # the CUDA "fp32" and "fp32_set_opt_dtype" lists, restricted to what a model like this one calls).
@@ -401,10 +408,6 @@ def trace_config_overrides(cfg: TrainConfig, folder: str) -> list[tuple[str, obj
 
 
 def _fake_batch(cfg: TrainConfig, n: int) -> dict:
-    from torch.utils.data import default_collate
-
-    from internlm.data.generated import GeneratedSamples
-
     with torch._subclasses.fake_tensor.unset_fake_temporarily():
         one = default_collate([GeneratedSamples(cfg.data, joint=cfg.loss.is_joint)[0]])
     return {k: torch.empty((n,) + v.shape[1:], dtype=v.dtype) if torch.is_tensor(v) else v * n
@@ -416,13 +419,6 @@ def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[
     docstring. ``compiled``: trace the casts torch.compile'd blocks make: a compiled graph casts its weights to the
     autocast dtype at every call (eager autocast casts a trainable weight once per forward and reuses it).
     ``attn_backend``: the kernel to price attention with (default: the config's)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from internlm.config import with_overrides
-    from internlm.initialize.launch import init_distributed
-    from internlm.model.modeling_internlm import InternLMBlock
-    from internlm.train.trainer import Trainer
-
     backends = {"model": attn_backend or cfg.model.resolved_attn_backend,
                 "teacher": attn_backend or cfg.teacher_model.resolved_attn_backend}
     folder = tempfile.mkdtemp(prefix="roofline_")
@@ -489,8 +485,6 @@ def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[
 def _already_on_the_device():
     """The trainer moves the meta-architecture to its device; fake tensors are on it already, and torch cannot swap
     fake parameters (FakeTensorMode holds weak references to them), so the move is skipped while it is built."""
-    from internlm.train.meta_arch import EgoAgentMetaArch
-
     EgoAgentMetaArch.to = lambda self, *args, **kwargs: self
     try:
         yield

@@ -3,7 +3,8 @@ teacher update and the per-step bookkeeping (sums over accumulation chunks and r
 scalars). The trainer only sees ``begin_step`` / ``chunk_loss`` / ``end_step``.
 
 Parallel wrappers (DDP, FSDP2) are applied to ``student``/``teacher`` from outside (internlm/parallel); this class
-only calls their ``forward``, so it works the same wrapped or not.
+only calls their ``forward``, so it works the same wrapped or not. What it starts from (another run's weights, the
+training clips' pose statistics) is read by the run's setup and handed in (``init_from``, ``set_pose_statistics``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from internlm.checkpoint.weights import load_state_dict, read_centers
 from internlm.config.schema import TrainConfig
-from internlm.data.build import pose_statistics
 from internlm.model import EgoAgent
 from internlm.model.egoagent import JOINT_ONLY_PREFIXES
-from internlm.parallel.data_parallel import all_reduce_, dist_world_size, unwrap
+from internlm.parallel.data_parallel import all_reduce_, dist_world_size, local_parameters, unwrap
 
 from .losses import DINOLoss, PredictionLoss, action_loss, visible_elements
 from .prediction_base import CALIBRATION_SCALES, ResidualPrediction
@@ -59,11 +58,6 @@ class StepSums:
     @property
     def extras(self) -> torch.Tensor:
         return self.values[len(STAT_NAMES) + 1:]
-
-
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _add(total: Optional[torch.Tensor], part: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -107,11 +101,12 @@ class EgoAgentMetaArch(nn.Module):
 
     # ---------------------------------------------------------------------------------- initialisation
 
-    def init_from(self, path: str) -> None:
-        """Student and teacher weights and the representation centre of another run (stage 2 from stage 1); the
-        joint-only parts start from their initialisation."""
-        for which, model in (("model", self.student), ("teacher", self.teacher)):
-            state, _, folder = load_state_dict(path, which)
+    def init_from(self, folder: str, student_state: dict[str, torch.Tensor], teacher_state: dict[str, torch.Tensor],
+                  centers: Optional[dict[str, torch.Tensor]]) -> None:
+        """Student and teacher weights and the representation centre of another run (stage 2 from stage 1), as
+        internlm.checkpoint.weights.read_init_source read them from its step ``folder``; the joint-only parts start
+        from their initialisation. ``centers``: None for a weights-only checkpoint."""
+        for which, model, state in (("model", self.student, student_state), ("teacher", self.teacher, teacher_state)):
             result = model.load_state_dict(state, strict=False)
             bad_missing = [k for k in result.missing_keys if not k.startswith(JOINT_ONLY_PREFIXES)]
             if bad_missing or result.unexpected_keys:
@@ -127,7 +122,6 @@ class EgoAgentMetaArch(nn.Module):
                 model.init_prediction_from_representation()
                 logger.info("%s: the state-prediction head and future-state query start as copies of the "
                             "representation head and the state query (model.prediction_init)", which)
-        centers = read_centers(folder, self.rep_center.numel())
         if centers is not None:
             self.rep_center.copy_(centers["rep_center"])
             logger.info("representation centre from %s (|c| = %.3g)", folder, float(self.rep_center.norm()))
@@ -336,12 +330,6 @@ class EgoAgentMetaArch(nn.Module):
         total.stats /= divisor
         return self.decode_stats(self.reduce_step(total).values.tolist(), prefix="val_")
 
-    def prepare_new_run(self) -> None:
-        """What a run that does not resume computes once before its first step: the training clips' pose statistics
-        for model.pose_normalization (saved with the weights; an initialisation from a stage-2 run replaces them)."""
-        if self.joint and self.cfg.model.pose_normalization and self.cfg.data.dataset_type != "Generated":
-            self.set_pose_statistics(*pose_statistics(self.cfg.data))
-
     def unwrapped_models(self) -> tuple[EgoAgent, EgoAgent]:
         """Student and teacher without their data-parallel wrapper: where buffers set outside training live."""
         return unwrap(self.student), unwrap(self.teacher)
@@ -357,13 +345,9 @@ class EgoAgentMetaArch(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """p_t = m p_t + (1 - m) p_s for every parameter (local shards under FSDP2)."""
-        for model in (self.teacher, self.student):
-            if hasattr(model, "reshard"):  # FSDP2 keeps the root's parameters gathered after a forward
-                model.reshard()
-        t_params = [local_tensor(p) for p in self.teacher.parameters()]
-        s_params = [local_tensor(p.detach()) for p in self.student.parameters()]
-        torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)  # one pass over both (mul_ then add_ took two)
+        """p_t = m p_t + (1 - m) p_s for every parameter (each rank its own shards when they are sharded)."""
+        teacher, student = local_parameters(self.teacher), local_parameters(self.student)
+        torch._foreach_lerp_(teacher, student, 1.0 - momentum)  # one pass over both (mul_ then add_ took two)
 
     def update_centers(self, rep_sum: torch.Tensor, rep_count, pred_sum: Optional[torch.Tensor], pred_count) -> None:
         """Each loss's centre from the teacher logits of the step: sums and counts over all ranks (reduce_step's),

@@ -32,6 +32,7 @@ from internlm.checkpoint.layout import (
 )
 from internlm.checkpoint.provenance import git_commit
 from internlm.checkpoint.train_state import CheckpointManager, CorruptCheckpointError
+from internlm.checkpoint.weights import read_init_source
 from internlm.config import TrainConfig, to_dict
 from internlm.data.bad_samples import parse_bad_files
 from internlm.data.build import (
@@ -40,17 +41,18 @@ from internlm.data.build import (
     build_train_loader,
     build_valid_dataset,
     build_valid_loader,
+    pose_statistics,
 )
 from internlm.data.workers import running_loader
 from internlm.initialize.launch import DistContext
 from internlm.initialize.preemption import PreemptionFlag, StopRequest, requeue_slurm_job
 from internlm.model.egoagent import check_backend_can_train
 from internlm.model.flops import sample_cost
+from internlm.monitor.gpus import peak_tflops
 from internlm.monitor.progress import StepTimer
 from internlm.monitor.tensorboard import ScalarWriter
 from internlm.parallel.compile import check_compile_available, compile_blocks, compile_enabled
 from internlm.parallel.data_parallel import DataParallelPlan, unwrap
-from internlm.perf.gpus import peak_tflops
 from internlm.solver.grad_scaler import DynamicLossScaler
 from internlm.solver.optimizer import apply_schedule
 from internlm.solver.schedules import Schedules
@@ -75,6 +77,15 @@ class Progress:
 
 class RunawayTrainingError(RuntimeError):
     """Training cannot make progress any more (every update skipped); the message says why and what to change."""
+
+
+def new_run_pose_statistics(cfg: TrainConfig) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """What a run that does not resume computes once before its first step: the training clips' pose statistics
+    (mean, std) for model.pose_normalization (saved with the weights; an initialisation from a stage-2 run replaces
+    them). None where nothing is normalised, or on generated data."""
+    if cfg.loss.is_joint and cfg.model.pose_normalization and cfg.data.dataset_type != "Generated":
+        return pose_statistics(cfg.data)
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -109,9 +120,12 @@ class Trainer:
         self.meta = EgoAgentMetaArch(cfg)
         init = cfg.ckpt.init_source()
         if not resume_candidates:
-            self.meta.prepare_new_run()
-            if init is not None and "all" not in init.content:
-                self.meta.init_from(init.path)  # ckpt.load_ckpt_info content ("model",): stage 2 from stage 1
+            statistics = new_run_pose_statistics(cfg)
+            if statistics is not None:
+                self.meta.set_pose_statistics(*statistics)
+            if init is not None and "all" not in init.content:  # ckpt.load_ckpt_info content ("model",)
+                source = read_init_source(init.path)  # e.g. stage 2 from stage 1
+                self.meta.init_from(source.folder, source.student_state, source.teacher_state, source.centers)
         self.meta.to(self.device)
 
         if compile_enabled(cfg, self.device):
@@ -144,7 +158,7 @@ class Trainer:
             name = torch.cuda.get_device_name(self.device)
             peak = peak_tflops(name, cfg.model.dtype)  # the peak of the run's dtype on exactly this GPU
             if peak is None and ctx.is_main:
-                logger.warning("MFU is not logged: %r is not in internlm/perf/gpus.py; set monitor.peak_tflops to "
+                logger.warning("MFU is not logged: %r is not in internlm/monitor/gpus.py; set monitor.peak_tflops to "
                                "its dense peak for model.dtype=%s", name, cfg.model.dtype)
         self.peak_tflops = peak
         self.writer = ScalarWriter(cfg.monitor.tensorboard_folder or os.path.join(cfg.ckpt.save_ckpt_folder,
