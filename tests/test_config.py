@@ -175,5 +175,3 @@ def test_clip_color_change_needs_the_clips_of_stage_2(config, ok):
     else:
         with pytest.raises(ConfigError, match="data.clip_color_change=True .* needs a stage-2 config"):
             load_config(config, overrides)
-    with pytest.raises(ConfigError, match="not 'Generated'"):
-        load_config("configs/demo/stage2_joint_tiny.py", {**overrides, "data.dataset_type": "Generated"})

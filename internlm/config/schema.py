@@ -729,9 +729,9 @@ def _validate_data(cfg: TrainConfig) -> None:
         raise ConfigError(f"loss.act_rollout_passes={loss.act_rollout_passes}: expected 0, or in a stage-2 config 1 "
                           f"to data.clip_steps - 2 = {data.clip_steps - 2} (after that many passes every step is "
                           f"already predicted from the model's own earlier predictions)")
-    if data.clip_color_change and not (joint and data.dataset_type == "EgoExoClips"):
-        raise ConfigError("data.clip_color_change=True changes the colours of the Ego-Exo4D clips of stage 2: it needs "
-                          f"a stage-2 config with data.dataset_type='EgoExoClips' (not {data.dataset_type!r})")
+    if data.clip_color_change and not joint:
+        raise ConfigError("data.clip_color_change=True changes the colours of the clips of stage 2: it needs a stage-2 "
+                          "config (loss.name='joint')")
     if data.calibration_takes < 0:
         raise ConfigError(f"data.calibration_takes={data.calibration_takes} must be >= 0")
     if data.calibration_takes and not (joint and model.prediction_residual):
