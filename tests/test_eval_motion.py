@@ -11,8 +11,9 @@ import torch
 from train_helpers import tiny_config
 
 from internlm.config.schema import ConfigError
-from internlm.eval.motion import MotionErrorSums, block_from_poses, constant_velocity, poses_from_blocks, zero_velocity
+from internlm.eval.motion import MotionErrorSums, constant_velocity, poses_from_blocks, zero_velocity
 from internlm.eval.rollout import autoregressive_rollout
+from internlm.model.pose_ops import block_from_poses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -38,11 +38,6 @@ def poses_from_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return xyz.flatten(-4, -3), visible.flatten(-3, -2)
 
 
-def block_from_poses(xyz: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    """xyz (..., F, J, 3), visible (..., F, J) -> one step block (..., 4, F, J)."""
-    return torch.cat([xyz.movedim(-1, -3), visible.to(xyz.dtype).unsqueeze(-3)], dim=-3)
-
-
 def _velocity_errors(full_pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor, frames, lag: int,
                      fps_of_lag: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per listed frame i: (sum of |v_pred - v_true| in cm/s over valid joints, count); v_i = (p_i - p_{i-lag})."""

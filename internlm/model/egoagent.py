@@ -22,7 +22,7 @@ from internlm.config.schema import ModelConfig
 from .attention import TOKENS_PER_STEP_EXTRA, MaskLayout, check_backend, joint_layout, representation_layout
 from .heads import ActionHead, DINOHead
 from .modeling_internlm import InternLMBackbone, init_internlm_weights
-from .pose_ops import block_xyz, last_observed_pose
+from .pose_ops import block_from_poses, block_xyz, last_observed_pose
 from .projectors import ActionProjector, ImageProjector
 
 # The joint-branch parts a stage-1 model does not have (they start from their initialisation in stage 2 and are
@@ -158,7 +158,8 @@ class EgoAgent(nn.Module):
         those steps (x, y, z detached, every joint visible), step 0 keeps its poses -> (those tokens, this pass's
         actions (B, T, 4, 5, 17)). The action query of step t sees tokens < t only (causal), so after k passes from
         any tokens the predictions of steps <= k are those of the rollout on the model's own predictions."""
-        fed = torch.cat([actions[:, 1:, :3].detach().to(poses.dtype), torch.ones_like(poses[:, 1:, 3:])], dim=2)
+        xyz = actions[:, 1:, :3].detach().to(poses.dtype).movedim(2, -1)  # (B, T-1, 5, 17, 3)
+        fed = block_from_poses(xyz, torch.ones(xyz.shape[:-1], dtype=torch.bool, device=xyz.device))
         tokens = torch.cat([poses[:, :1], fed], dim=1)  # (B, T, 4, 5, 17)
         return tokens, self.forward_joint(frames, tokens, with_logits=False).actions
 

@@ -8,6 +8,11 @@ from __future__ import annotations
 import torch
 
 
+def block_from_poses(xyz: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """xyz (..., F, J, 3), visible (..., F, J) -> one step block (..., 4, F, J)."""
+    return torch.cat([xyz.movedim(-1, -3), visible.to(xyz.dtype).unsqueeze(-3)], dim=-3)
+
+
 def last_two_visible(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """visible (N, F, J) -> frame index of the last and the second-to-last visible observation (N, J), -1 if none."""
     F = visible.shape[1]
