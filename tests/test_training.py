@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 
 import pytest
 import torch
@@ -15,11 +16,12 @@ from internlm.checkpoint import save_weights_only
 from internlm.checkpoint.layout import MARKER, complete_steps, latest_checkpoint
 from internlm.checkpoint.train_state import CorruptCheckpointError
 from internlm.checkpoint.weights import read_init_source
+from internlm.initialize.preemption import StopRequest
 from internlm.model import AttentionBackendError
 from internlm.model.modeling_internlm import InternLMBlock
 from internlm.train.losses import prediction_loss, prediction_minimiser
 from internlm.train.meta_arch import STAT_NAMES, EgoAgentMetaArch
-from internlm.train.trainer import RunawayTrainingError
+from internlm.train.trainer import RunawayTrainingError, _default_loader_factory
 
 
 def test_teacher_is_the_ema_of_the_student(tmp_path):
@@ -392,3 +394,24 @@ def test_gradient_accumulation_splits_the_step_and_keeps_its_update(tmp_path, st
         assert loss == pytest.approx(runs[1][1], rel=1e-5, abs=1e-6)
         for a, b in zip(weights, runs[1][2]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_train_step_after_a_preempted_fit_does_not_stop_again(tmp_path, monkeypatch):
+    """fit's pre-emption flag belongs to fit: once it has saved and stopped, a later train_step (a user's own loop,
+    an evaluation script) no longer reads the old signal as a stop request."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # no requeue
+    trainer = make_trainer(tiny_config(1, tmp_path, steps=50))
+    kept = []
+
+    def signalling_loader(cfg, ctx, consumed):
+        for i, batch in enumerate(_default_loader_factory(cfg, ctx, consumed)):
+            kept.append(batch)
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)  # what slurm sends before the end of a job's time
+            yield batch
+
+    trainer.loader_factory = signalling_loader
+    trainer.fit()
+    assert trainer.stop_reason is StopRequest.PREEMPTION and complete_steps(str(tmp_path)) == [2]
+    trainer.train_step(kept[0])
+    assert trainer._stop_agreed is None

@@ -397,42 +397,45 @@ class Trainer:
         every = cfg.monitor.log_every
         self.meta.train()
         with PreemptionFlag(announce=self.ctx.is_main) as preempt, running_loader(loader) as batches:
-            self._preemption = preempt
-            while self.progress.step < total:
-                if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
-                    break
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    logger.info("data exhausted after %d samples (train_one_epoch)", self.progress.consumed_samples)
-                    break
-                self._record_samples(batch)
-                scalars = self.train_step(batch)
-                dt = timer.tick()
-                step = self.progress.step
-                valid_every = cfg.data.valid_every
-                if valid_every and scalars["update_applied"] and (step % valid_every == 0 or step == total):
-                    scalars.update(self.validate())
-                    timer.resume()  # the validation is not a training step's time
-                if step == total and scalars["update_applied"] and cfg.data.calibration_takes:
-                    scalars["prediction_change_scale"] = self.calibrate_prediction()["scale"]
-                    timer.resume()
-                self._account(scalars, dt)
-                self._stop_if_runaway()
-                if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
-                    logger.info(self._log_line(scalars, timer))
-                if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
-                        step % cfg.ckpt.checkpoint_every == 0 or step == total):
-                    self.save()
-                stop = self._stop_agreed  # every rank's flags, summed with the step's statistics
-                if stop is not None:
-                    logger.warning("%s: saving step %d and stopping", stop.value, step)
-                    self.save()
-                    self.manager.wait()
-                    self.stop_reason = stop
-                    if stop is StopRequest.PREEMPTION:
-                        requeue_slurm_job(self.ctx.is_main)
-                    break
+            self._preemption = preempt  # train_step sums it over ranks while fit runs
+            try:
+                while self.progress.step < total:
+                    if max_iterations is not None and self.progress.iteration - start_iteration >= max_iterations:
+                        break
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        logger.info("data exhausted after %d samples (train_one_epoch)", self.progress.consumed_samples)
+                        break
+                    self._record_samples(batch)
+                    scalars = self.train_step(batch)
+                    dt = timer.tick()
+                    step = self.progress.step
+                    valid_every = cfg.data.valid_every
+                    if valid_every and scalars["update_applied"] and (step % valid_every == 0 or step == total):
+                        scalars.update(self.validate())
+                        timer.resume()  # the validation is not a training step's time
+                    if step == total and scalars["update_applied"] and cfg.data.calibration_takes:
+                        scalars["prediction_change_scale"] = self.calibrate_prediction()["scale"]
+                        timer.resume()
+                    self._account(scalars, dt)
+                    self._stop_if_runaway()
+                    if self.ctx.is_main and (step % every == 0 or step == total or step == 1):
+                        logger.info(self._log_line(scalars, timer))
+                    if scalars["update_applied"] and cfg.ckpt.enable_save_ckpt and (
+                            step % cfg.ckpt.checkpoint_every == 0 or step == total):
+                        self.save()
+                    stop = self._stop_agreed  # every rank's flags, summed with the step's statistics
+                    if stop is not None:
+                        logger.warning("%s: saving step %d and stopping", stop.value, step)
+                        self.save()
+                        self.manager.wait()
+                        self.stop_reason = stop
+                        if stop is StopRequest.PREEMPTION:
+                            requeue_slurm_job(self.ctx.is_main)
+                        break
+            finally:
+                self._preemption = None  # its signal handlers leave with the with-block: no stale flag
         self.manager.wait()
         self.writer.close()
         return self.history
