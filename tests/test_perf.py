@@ -158,3 +158,23 @@ def test_one_host_sync_per_training_step(traces):
     _, by = traces
     syncs = [(what, chunk) for _, what, step, chunk in by[(0.0, True)].syncs if step == 2]
     assert syncs == [("item", -1)], syncs
+
+
+def test_in_place_and_foreach_ops_write_each_tensor_once():
+    """Traffic of the ops outside the compiled blocks (gradient accumulation, optimizer, EMA): an in-place op
+    returns the tensor it writes, which is one write; a foreach op over views of one bucket writes each view."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    tracer = Tracer()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        grad, new = torch.empty(1000), torch.empty(1000)
+        bucket = torch.empty(3000)
+        views = [bucket[i * 1000:(i + 1) * 1000] for i in range(3)]
+        with tracer:
+            grad.add_(new)  # gradient accumulation: reads both, writes one
+            torch._foreach_mul_(views, 0.5)  # three views of one storage, each written once
+            out = grad + new  # out of place: one new buffer
+    add, mul, plus = [op for op in tracer.ops if op.kind == "pointwise"]
+    assert sum(add.reads.values()) == 8000 and sum(add.writes.values()) == 4000
+    assert sum(mul.writes.values()) == 12000 and len(mul.writes) == 1
+    assert sum(plus.writes.values()) == 4000 and out.shape == (1000,)

@@ -364,8 +364,13 @@ class Tracer(TorchDispatchMode):
         writes = {}
         if kind not in ("view", "alloc"):
             targets = outs + [t for t in tree_flatten(written_args)[0] if isinstance(t, torch.Tensor)]
+            seen = set()  # an in-place op returns the tensor it writes: one write, not two
             for t in targets:
                 key = self._id(t, index)
+                view = (key, t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+                if view in seen:
+                    continue
+                seen.add(view)
                 writes[key] = writes.get(key, 0) + t.numel() * t.element_size()
                 if self.buffers[key].producer is None:
                     self.buffers[key].producer = index
