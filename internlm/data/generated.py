@@ -3,12 +3,12 @@ training step without any data on disk. Deterministic per draw, like the real da
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from internlm.config.schema import DataConfig
 from internlm.model.reprojection import STILL_STEP
 
+from .sampler import sample_rng
 from .transforms import clip_color_change
 
 
@@ -38,8 +38,7 @@ class GeneratedSamples(torch.utils.data.Dataset):
             visible = (torch.rand(T, 1, F, 17, generator=g) > 0.1).float()
             sample["frames"] = torch.randn(T, 3, c.pred_img_size, c.pred_img_size, generator=g)
             if c.clip_color_change:
-                change_rng = np.random.default_rng([c.seed, int(draw_id)])
-                sample["student_frames"] = clip_color_change(sample["frames"], change_rng)
+                sample["student_frames"] = clip_color_change(sample["frames"], sample_rng(c.seed, int(draw_id)))
             sample["poses"] = torch.cat([torch.where(visible.bool(), xyz, torch.full_like(xyz, -1.0)), visible], 1)
             sample["take_uid"] = f"generated_{index % 7}"
             sample["frame_ids"] = torch.arange(T, dtype=torch.long) * F + 5 * int(index)

@@ -22,5 +22,5 @@ def autoregressive_rollout(model, frames: torch.Tensor, first_step: torch.Tensor
     tokens[:, 0] = first_step
     actions = model.forward_joint(frames, tokens, with_logits=False).actions  # (B, T, 4, F, J)
     for _ in range(T - 2):
-        tokens, actions = model.rollout_pass(frames, tokens, actions)
+        actions = model.rollout_pass(frames, tokens, actions)
     return actions[:, 1:, :3].permute(0, 1, 3, 4, 2).flatten(1, 2).float()  # (B, (T - 1) * F, J, 3)

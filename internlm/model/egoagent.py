@@ -50,7 +50,7 @@ class RepresentationOutput:
 class AgentOutput:
     views: list[RepresentationOutput]  # one per group of same-size views, in the order given
     joint: Optional["JointOutput"]
-    # the actions (B, T, 4, 5, 17) of each rollout pass (forward's rollout_passes), the first pass's first
+    # the actions (B, T, 4, 5, 17) of each rollout pass (forward's rollout_passes), in the order they ran
     rollout_actions: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -152,16 +152,15 @@ class EgoAgent(nn.Module):
         logits = self.pred_head(future) if with_logits else None
         return JointOutput(actions, future, logits)
 
-    def rollout_pass(self, frames: torch.Tensor, poses: torch.Tensor,
-                     actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rollout_pass(self, frames: torch.Tensor, poses: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """One pass of the autoregressive rollout: the action tokens of steps >= 1 become ``actions``' predictions of
-        those steps (x, y, z detached, every joint visible), step 0 keeps its poses -> (those tokens, this pass's
-        actions (B, T, 4, 5, 17)). The action query of step t sees tokens < t only (causal), so after k passes from
-        any tokens the predictions of steps <= k are those of the rollout on the model's own predictions."""
+        those steps (x, y, z detached, every joint visible), step 0 keeps its true poses ``poses[:, 0]`` -> this
+        pass's actions (B, T, 4, 5, 17). The action query of step t sees tokens < t only (causal), so after k passes
+        from any tokens the predictions of steps <= k are those of the rollout on the model's own predictions."""
         xyz = actions[:, 1:, :3].detach().to(poses.dtype).movedim(2, -1)  # (B, T-1, 5, 17, 3)
         fed = block_from_poses(xyz, torch.ones(xyz.shape[:-1], dtype=torch.bool, device=xyz.device))
         tokens = torch.cat([poses[:, :1], fed], dim=1)  # (B, T, 4, 5, 17)
-        return tokens, self.forward_joint(frames, tokens, with_logits=False).actions
+        return self.forward_joint(frames, tokens, with_logits=False).actions
 
     def residual_base(self, poses: torch.Tensor) -> torch.Tensor:
         """poses (B, T, 4, F, J) -> (B, T, 3, 1, J): what the residual action head adds to its output at step t,
@@ -192,10 +191,9 @@ class EgoAgent(nn.Module):
             # The joint branch first: the backward runs in reverse, so its passes (the longest) are the last to reach
             # each block, and data parallelism reduces each block's finished gradients while they still run.
             joint = self.forward_joint(frames, poses) if frames is not None else None
-            rollout, tokens = [], poses
+            rollout = []
             for _ in range(rollout_passes if joint is not None else 0):
-                tokens, actions = self.rollout_pass(frames, tokens, rollout[-1] if rollout else joint.actions)
-                rollout.append(actions)
+                rollout.append(self.rollout_pass(frames, poses, rollout[-1] if rollout else joint.actions))
             outs = [self.represent(v) for v in views]
         return AgentOutput(outs, joint, rollout)
 
