@@ -128,9 +128,14 @@ def roofline(cfg, args, cuda: bool):
     if args.recommended:
         settings, est = recommended(tracer, spec, 1, Assumptions())
     else:
+        from internlm.parallel.grad_accumulation import fusion_wanted
+        from internlm.train.meta_arch import AUTOCAST_DTYPES
+
+        fused = fusion_wanted(cfg.parallel.grad_accumulation_fusion, torch.device("cuda" if cuda else "cpu"),
+                              AUTOCAST_DTYPES.get(cfg.model.dtype), "single")
         settings = Settings(compile=cfg.model.compile is not False if cuda else bool(cfg.model.compile),
-                            checkpoint=cfg.model.checkpoint_fraction, parallel="single", world=1)
-        est = estimate(tracer.get(settings.checkpoint, settings.compile), spec, settings)
+                            checkpoint=cfg.model.checkpoint_fraction, parallel="single", world=1, fused_grads=fused)
+        est = estimate(tracer.of(settings), spec, settings)
     return settings, est
 
 
@@ -201,6 +206,7 @@ def measure(args, suffix: str = "") -> dict:
         "attn": cfg.model.resolved_attn_backend, "dtype": cfg.model.dtype, "batch": cfg.data.micro_num,
         "accum": cfg.data.gradient_accumulation, "checkpoint": cfg.model.checkpoint_fraction,
         "compiled_blocks": compile_enabled(cfg, ctx.device) and not args.compile,
+        "fused_grads": trainer.plan.fusion is not None,
         "step_s_median": step_s, "step_s_min": times[0], "warmup_s": warmup_s, "samples_per_s": samples_s,
         "tokens_per_s": samples_s * (cost.student_tokens + cost.teacher_tokens),
         "train_gflop_per_sample": cost.train_flops / 1e9, "tflops": tflops,

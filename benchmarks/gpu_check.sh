@@ -6,6 +6,8 @@
 # 1. environment: GPU name, memory, torch / CUDA / flash-attn versions            (20 s box)
 # 2. attention: every backend in fp16 and bf16 at the paper's sequence lengths, forward and gradients, against an
 #    fp32 reference, flex's gradients against sdpa's (benchmarks/check_attention.py)   (70 s box)
+# 2b. gradient accumulation fusion: the fused weight-gradient GEMMs (fp16/bf16 into fp32) against autograd and an
+#    fp32 run, and their time (benchmarks/check_grad_fusion.py)                    (25 s box)
 # 3. the 300M and the 1B stage-2 step as recommended for an 80 GB card (compiled blocks, no recompute, the paper's
 #    micro batch and accumulation, the config's fp16): step time, MFU, peak memory (bench_train_step.py)
 #                                                                                   (165 s and 185 s boxes)
@@ -67,12 +69,14 @@ json.dump(info, open('$OUT/environment.json', 'w'), indent=1)
 print(info)
 "
 part attention 70 "$PY" benchmarks/check_attention.py --device "$DEVICE" $ATTN_TINY --json "$OUT/attention.json"
-# 80 GB recommendation (benchmarks/RESULTS.md, README): compiled blocks, no recompute; the config's micro batch
+part grad_fusion 25 "$PY" benchmarks/check_grad_fusion.py --device "$DEVICE" $ATTN_TINY --json "$OUT/grad_fusion.json"
+# 80 GB recommendation (benchmarks/RESULTS.md, README): compiled blocks, no recompute; the config's micro batch;
+# gradient accumulation fusion on by default (CUDA, fp16)
 part step_300m 165 "$PY" benchmarks/bench_train_step.py --config "$STAGE2_300M" --checkpoint 0 \
   --opt model.compile=$COMPILE --device "$DEVICE" $STEPS $MICRO --json "$OUT/step_300m.json"
 part step_1b 185 "$PY" benchmarks/bench_train_step.py --config "$STAGE2_1B" --checkpoint 0 \
   --opt model.compile=$COMPILE --device "$DEVICE" $STEPS $MICRO --json "$OUT/step_1b.json"
-LEFT=$(( 470 - ($(date +%s) - START) ))
+LEFT=$(( 470 - ($(date +%s) - START) ))  # the estimates only in what is left of 8 minutes
 if [ "$LEFT" -gt 25 ]; then
   part estimates $(( LEFT < 30 ? LEFT : 30 )) "$PY" benchmarks/gpu_check_summary.py "$OUT" --estimate
 fi

@@ -15,7 +15,7 @@ import time
 
 from internlm.initialize.arguments import ScriptArgumentParser
 
-PARTS = ("environment", "attention", "step_300m", "step_1b", "estimates")
+PARTS = ("environment", "attention", "grad_fusion", "step_300m", "step_1b", "estimates")
 
 
 def read(path: str):
@@ -46,8 +46,8 @@ def estimate_steps(out: str) -> dict:
                                                ("loss.grad_accum", measured["accum"]), ("loss.batch_size", None),
                                                ("model.checkpoint", measured["checkpoint"])])
         settings = Settings(compile=measured["compiled_blocks"], checkpoint=measured["checkpoint"],
-                            parallel="single", world=1)
-        e = estimate(trace_step(cfg, compiled=settings.compile), gpu, settings)
+                            parallel="single", world=1, fused_grads=measured.get("fused_grads", False))
+        e = estimate(trace_step(cfg, compiled=settings.compile, fused_grads=settings.fused_grads), gpu, settings)
         estimates[part] = {"gpu": gpu.key, "step_s": e.step_ms / 1e3, "mfu_ceiling": e.mfu,
                            "memory_gib": e.memory["total_gib"], "kernels": e.kernels,
                            "measured_over_estimated_step": measured["step_s_median"] / (e.step_ms / 1e3),
@@ -77,6 +77,8 @@ def summarize(out: str) -> dict:
                                                      "peak_memory_gib", "compiled_blocks", "checkpoint")}
     attention = summary["parts"]["attention"].get("result") or {}
     headline["attention"] = {k: attention.get(k) for k in ("ok", "wrong", "cannot_run")}
+    fusion = summary["parts"]["grad_fusion"].get("result") or {}
+    headline["grad_fusion"] = {k: fusion.get(k) for k in ("ok", "fused_gemm", "fp16", "bf16")}
     summary["headline"] = headline
     with open(os.path.join(out, "gpu_check.json"), "w") as f:
         json.dump(summary, f, indent=1, default=str)

@@ -10,14 +10,17 @@ dispatch time, the step time, the MFU ceiling (model FLOPs / (step time x the dt
 GPU (model state by parallel mode + the traced buffers at their worst moment). THESE ARE ESTIMATES, NOT
 MEASUREMENTS: every kernel at fixed shares of the data-sheet peaks (internlm/perf/roofline.py, Assumptions). What the
 settings change is the traced work itself (internlm/perf/trace.py): compiled blocks fuse their element-wise ops,
-recomputation re-runs the checkpointed blocks' forward, the parallel mode moves bytes and holds state.
+recomputation re-runs the checkpointed blocks' forward, gradient accumulation fusion adds the weight gradients into
+fp32 inside their GEMMs, the parallel mode moves bytes and holds state.
 
 Settings ("as written" = what the config gives on a GPU; "recommended" = what the README tells a user of that card):
-- as written: the config's model.checkpoint, parallel.zero1 and bucket size, model.compile as it resolves on CUDA
-  (default on); ``--no_compile`` shows the eager step.
-- recommended: compiled blocks; the smallest recompute fraction whose memory fits the card; plain DDP when the
-  replicated optimizer state fits (ZeRO-1's parameter broadcast cannot overlap anything), else ZeRO-1; gradients
-  across nodes in the run's dtype (parallel.low_precision_comm).
+- as written: the config's model.checkpoint, parallel.zero1 and bucket size, model.compile and
+  parallel.grad_accumulation_fusion as they resolve on CUDA (default on); ``--no_compile`` shows the step without
+  both (eager blocks, autograd's gradient accumulation).
+- recommended: compiled blocks and gradient accumulation fusion (unless the config turns it off); the smallest
+  recompute fraction whose memory fits the card; plain DDP when the replicated optimizer state fits (ZeRO-1's
+  parameter broadcast cannot overlap anything), else ZeRO-1; gradients across nodes in the run's dtype
+  (parallel.low_precision_comm).
 """
 
 from __future__ import annotations
@@ -29,12 +32,16 @@ import sys
 import time
 from typing import Optional
 
+import torch
+
 from internlm.config import TrainConfig, load_config, parse_override, with_overrides
 from internlm.initialize.arguments import ScriptArgumentParser
 from internlm.monitor.gpus import GPUS, gpu_by_key
 from internlm.parallel.data_parallel import resolve_mode
+from internlm.parallel.grad_accumulation import fusion_wanted
 from internlm.perf.roofline import Assumptions, Estimate, Settings, estimate
 from internlm.perf.trace import StepTrace, trace_step
+from internlm.train.meta_arch import AUTOCAST_DTYPES
 
 PAPER_CONFIGS = ("configs/dino_pretrain/lr5e-4_tmp004_300m.py", "configs/dino_pretrain/lr5e-4_tmp004_1b.py",
                  "configs/joint_train/lr6e-04_tmp004_300m.py", "configs/joint_train/lr6e-04_tmp004_1b.py")
@@ -42,23 +49,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Tracer:
-    """Traces of one config, by (recompute fraction, compiled), made once."""
+    """Traces of one config, by (recompute fraction, compiled, gradient accumulation fusion), made once."""
 
     def __init__(self, cfg: TrainConfig, verbose: bool = True):
         self.cfg = cfg
         self.verbose = verbose
-        self._traces: dict[tuple[float, bool], StepTrace] = {}
+        self._traces: dict[tuple[float, bool, bool], StepTrace] = {}
 
-    def get(self, checkpoint: float, compiled: bool) -> StepTrace:
-        key = (round(checkpoint, 6), compiled)
+    def get(self, checkpoint: float, compiled: bool, fused_grads: bool = False) -> StepTrace:
+        key = (round(checkpoint, 6), compiled, fused_grads)
         if key not in self._traces:
             t0 = time.time()
             cfg = with_overrides(self.cfg, [("model.checkpoint", float(checkpoint))])
-            self._traces[key] = trace_step(cfg, compiled=compiled)
+            self._traces[key] = trace_step(cfg, compiled=compiled, fused_grads=fused_grads)
             if self.verbose:
                 print(f"  traced {os.path.relpath(self.cfg.source_file or '?', REPO)} checkpoint={checkpoint:g} "
-                      f"{'compiled' if compiled else 'eager'} in {time.time() - t0:.0f} s", file=sys.stderr)
+                      f"{'compiled' if compiled else 'eager'}{', fused gradients' if fused_grads else ''} in "
+                      f"{time.time() - t0:.0f} s", file=sys.stderr)
         return self._traces[key]
+
+    def of(self, s: Settings) -> StepTrace:
+        return self.get(s.checkpoint, s.compile, s.fused_grads)
 
 
 def world_of(cfg: TrainConfig) -> int:
@@ -66,12 +77,21 @@ def world_of(cfg: TrainConfig) -> int:
     return int(cfg.constants.get("N_GPUS", 8))
 
 
+def fused_on_cuda(cfg: TrainConfig, mode: str) -> bool:
+    """parallel.grad_accumulation_fusion as it resolves on a GPU with this torch."""
+    return fusion_wanted(cfg.parallel.grad_accumulation_fusion, torch.device("cuda"),
+                         AUTOCAST_DTYPES.get(cfg.model.dtype), mode)
+
+
 def as_written(cfg: TrainConfig, world: int, compile_blocks: Optional[bool] = None) -> Settings:
+    """The config on a GPU; ``compile_blocks=False``: the step before this code's CUDA defaults (eager blocks, no
+    gradient accumulation fusion)."""
     mode = resolve_mode(cfg.parallel, world)
     return Settings(compile=cfg.model.compile is not False if compile_blocks is None else compile_blocks,
                     checkpoint=cfg.model.checkpoint_fraction, parallel=mode, world=world,
                     bucket_mb=cfg.hybrid_zero_optimizer.reduce_bucket_size / 2**20,
-                    low_precision_comm=cfg.parallel.low_precision_comm, bucket_view=True)
+                    low_precision_comm=cfg.parallel.low_precision_comm, bucket_view=True,
+                    fused_grads=compile_blocks is not False and fused_on_cuda(cfg, mode))
 
 
 def smallest_fitting(tracer: Tracer, gpu, base: Settings, modes: list[str],
@@ -84,7 +104,8 @@ def smallest_fitting(tracer: Tracer, gpu, base: Settings, modes: list[str],
     def try_fraction(k: int) -> Optional[tuple[Settings, Estimate]]:
         for mode in modes:
             s = Settings(**{**base.__dict__, "checkpoint": k / layers, "parallel": mode})
-            e = estimate(tracer.get(k / layers, base.compile), gpu, s, a)
+            s = Settings(**{**s.__dict__, "fused_grads": base.fused_grads and mode != "fsdp"})
+            e = estimate(tracer.of(s), gpu, s, a)
             if e.memory["fits"]:
                 return s, e
         return None
@@ -95,9 +116,10 @@ def smallest_fitting(tracer: Tracer, gpu, base: Settings, modes: list[str],
     all_blocks = try_fraction(layers)
     if all_blocks is None:
         s = Settings(**{**base.__dict__, "checkpoint": 1.0, "parallel": modes[-1]})
-        return s, estimate(tracer.get(1.0, base.compile), gpu, s, a)
-    mode_all = Settings(**{**base.__dict__, "checkpoint": 0.0, "parallel": all_blocks[0].parallel})
-    mem0 = estimate(tracer.get(0.0, base.compile), gpu, mode_all, a).memory["total_gib"]
+        s = Settings(**{**s.__dict__, "fused_grads": base.fused_grads and s.parallel != "fsdp"})
+        return s, estimate(tracer.of(s), gpu, s, a)
+    mode_all = Settings(**{**all_blocks[0].__dict__, "checkpoint": 0.0})
+    mem0 = estimate(tracer.of(mode_all), gpu, mode_all, a).memory["total_gib"]
     mem1, usable = all_blocks[1].memory["total_gib"], all_blocks[1].memory["usable_gib"]
     k = max(1, min(layers, math.ceil((mem0 - usable) / max(mem0 - mem1, 1e-9) * layers)))
     while k < layers:
@@ -109,11 +131,13 @@ def smallest_fitting(tracer: Tracer, gpu, base: Settings, modes: list[str],
 
 
 def recommended(tracer: Tracer, gpu, world: int, a: Assumptions) -> tuple[Settings, Estimate]:
-    """Compiled blocks; the smallest recompute fraction that fits, with plain DDP if its replicated optimizer state
-    fits, else ZeRO-1, else FSDP2; gradients across nodes in the run's dtype."""
+    """Compiled blocks, gradient accumulation fusion (not with FSDP2, nor where the config turns it off); the
+    smallest recompute fraction that fits, with plain DDP if its replicated optimizer state fits, else ZeRO-1, else
+    FSDP2; gradients across nodes in the run's dtype."""
     cfg = tracer.cfg
+    fused = cfg.model.dtype != "torch.float32" and cfg.parallel.grad_accumulation_fusion is not False
     base = Settings(compile=True, world=world, bucket_mb=cfg.hybrid_zero_optimizer.reduce_bucket_size / 2**20,
-                    low_precision_comm=True, bucket_view=True)
+                    low_precision_comm=True, bucket_view=True, fused_grads=fused)
     return smallest_fitting(tracer, gpu, base, ["ddp", "zero1", "fsdp"] if world > 1 else ["single"], a)
 
 
@@ -128,7 +152,7 @@ COLUMNS = (("kernels", "kernels", "{:,.0f}"), ("gemm_ms", "GEMM ms", "{:.0f}"), 
 def describe(s: Settings) -> str:
     low = "low-precision comm" if s.low_precision_comm else "fp32 comm"
     return (f"{'compiled' if s.compile else 'eager'}, recompute {s.checkpoint:.2f}, {s.parallel} x{s.world}, "
-            f"{s.bucket_mb:g} MB buckets, {low}")
+            f"{s.bucket_mb:g} MB buckets, {low}{', fused gradient accumulation' if s.fused_grads else ''}")
 
 
 def print_rows(rows: list[tuple[str, Estimate]]) -> None:
@@ -182,7 +206,7 @@ def estimate_config(cfg: TrainConfig, gpu_key: str, with_recommended: bool, eage
     settings = [("as written, eager", as_written(cfg, world, False))] if eager_too else []
     settings.append(("as written", as_written(cfg, world)))
     for name, s in settings:
-        rows.append((name, estimate(tracer.get(s.checkpoint, s.compile), gpu, s, a)))
+        rows.append((name, estimate(tracer.of(s), gpu, s, a)))
     if with_recommended:
         rows.append(("recommended", recommended(tracer, gpu, world, a)[1]))
     return rows

@@ -67,18 +67,22 @@ def one_rank_bf16(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "ddp-fused"])
 def test_low_precision_comm_trains_like_one_process(tmp_path, one_rank_bf16, mode):
     """bf16 training on 2 gloo ranks, each its own node (so DDP's gradients take the low-precision hook; FSDP2
-    gathers bf16 parameters and reduces fp32 gradients): the losses of the first steps are one process's within
-    bf16 rounding."""
+    gathers bf16 parameters and reduces fp32 gradients; with gradient accumulation fusion the blocks' buckets take
+    the same low-precision reduction): the losses of the first steps are one process's within bf16 rounding."""
     if not gloo_supports(torch.bfloat16):
         pytest.skip("this torch's gloo has no bf16 collectives; a GPU run (NCCL) checks it")
     folder = str(tmp_path / mode)
-    check_exit_codes(folder, wait(launch(folder, 2, mode=mode, stop_after=2, extra=BF16, local_world_size=1)))
+    extra = dict(BF16, **{"parallel.grad_accumulation_fusion": True} if mode == "ddp-fused" else {})
+    check_exit_codes(folder, wait(launch(folder, 2, mode=mode.split("-")[0], stop_after=2, extra=extra,
+                                         local_world_size=1)))
     log = open(os.path.join(folder, "logs", "rank0.log")).read()
-    if mode == "ddp":
+    if mode.startswith("ddp"):
         assert "DDP gradients: fp32 inside each node of 1 ranks, bfloat16 between the 2 nodes" in log
+    if mode == "ddp-fused":
+        assert "gradient accumulation fusion: 14 block weights" in log
     reference, got = metrics(one_rank_bf16), metrics(folder)
     for step in range(1, 3):
         for key in ("loss", "loss_rep", "loss_pred", "loss_act"):

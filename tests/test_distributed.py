@@ -121,6 +121,16 @@ def test_two_ranks_equal_one_rank(tmp_path, one_rank, mode):
     assert_same_losses(metrics(one_rank), metrics(folder), range(1, 4))
 
 
+@pytest.mark.parametrize("mode", ["ddp", "zero1"])
+def test_two_ranks_with_fused_gradient_accumulation_equal_one_rank(tmp_path, one_rank, mode):
+    """parallel.grad_accumulation_fusion on 2 ranks: the blocks' weight gradients, reduced by the fusion's own
+    buckets during the backward (DDP reduces the other parameters), give one process's losses."""
+    folder = str(tmp_path / mode)
+    run(folder, 2, mode=mode, stop_after=3, extra={"parallel.grad_accumulation_fusion": True})
+    assert "gradient accumulation fusion: 14 block weights" in open(os.path.join(folder, "logs", "rank0.log")).read()
+    assert_same_losses(metrics(one_rank), metrics(folder), range(1, 4))
+
+
 @pytest.mark.parametrize("first, second", [((2, "fsdp"), (1, "ddp")), ((1, "ddp"), (2, "zero1"))])
 def test_resume_on_another_world_size(tmp_path, one_rank, first, second):
     """Save on N ranks (one parallel mode), resume on M (another): the losses continue as in the uninterrupted

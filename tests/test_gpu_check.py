@@ -65,6 +65,7 @@ def test_gpu_check_script_runs_every_part_and_survives_a_failing_one(tmp_path):
     assert parts["environment"]["status"] == "ok"
     assert parts["attention"]["status"] == "failed" and parts["attention"]["rc"] == 1
     assert "planted failure" in (out / "attention.log").read_text()
+    assert parts["grad_fusion"]["status"] == "ok" and parts["grad_fusion"]["result"]["ok"]
     for step in ("step_300m", "step_1b"):
         assert parts[step]["status"] == "ok"
         result = parts[step]["result"]

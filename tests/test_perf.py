@@ -174,7 +174,34 @@ def test_in_place_and_foreach_ops_write_each_tensor_once():
             grad.add_(new)  # gradient accumulation: reads both, writes one
             torch._foreach_mul_(views, 0.5)  # three views of one storage, each written once
             out = grad + new  # out of place: one new buffer
-    add, mul, plus = [op for op in tracer.ops if op.kind == "pointwise"]
+            qk = views[0] * views[1]  # two views of one storage (the q and k of one qkv output): both read
+            square = views[2] * views[2]  # one view read twice by the kernel: read once
+            bucket.zero_()  # a fill: written, not read
+    add, mul, plus, prod, sq, zero = [op for op in tracer.ops if op.kind == "pointwise"]
+    assert sum(zero.reads.values()) == 0 and sum(zero.writes.values()) == 12000
     assert sum(add.reads.values()) == 8000 and sum(add.writes.values()) == 4000
     assert sum(mul.writes.values()) == 12000 and len(mul.writes) == 1
+    assert sum(mul.reads.values()) == 12000
     assert sum(plus.writes.values()) == 4000 and out.shape == (1000,)
+    assert sum(prod.reads.values()) == 8000 and sum(sq.reads.values()) == 4000 and qk.shape == square.shape
+
+
+def test_fused_gradient_accumulation_in_the_trace(tmp_path):
+    """With parallel.grad_accumulation_fusion the trace prices the fused weight-gradient GEMMs as the same FLOPs
+    (the product is added into the fp32 buffer inside the GEMM) and drops the gradient casts and additions: less
+    element-wise time, the same GEMM time, every trainable parameter still ready for DDP's buckets."""
+    cfg = tiny_config(2, tmp_path, **{"model.dtype": "torch.bfloat16", "teacher.dtype": "torch.bfloat16"})
+    plain, fused = trace_step(cfg, compiled=True), trace_step(cfg, compiled=True, fused_grads=True)
+    flops = [sum(op.flops for _, op in t.step2_ops() if op.kind == "gemm") for t in (plain, fused)]
+    assert flops[1] == pytest.approx(flops[0], rel=1e-9)
+    assert {op.name for _, op in fused.step2_ops()} >= {"egoagent.linear_accumulating_grad.default",
+                                                        "egoagent.accumulate_weight_grad_.default"}
+    assert fused.param_ready.keys() == plain.param_ready.keys()
+    gpu = gpu_by_key("h100-sxm")
+    s = dict(compile=True, checkpoint=0.0, parallel="ddp", world=16, bucket_view=True)
+    e_plain = estimate(plain, gpu, Settings(**s))
+    e_fused = estimate(fused, gpu, Settings(**s, fused_grads=True))
+    assert e_fused.elementwise_ms < e_plain.elementwise_ms and e_fused.gemm_ms == pytest.approx(e_plain.gemm_ms)
+    casts = [sum(1 for _, op in t.step2_ops() if op.name == "aten._to_copy.default" and op.phase == "backward"
+                 and op.region is None) for t in (plain, fused)]
+    assert casts[1] < casts[0]  # the weight gradients' fp16 -> fp32 casts are gone

@@ -389,6 +389,10 @@ class ParallelConfig:
     # (internlm/parallel/comm_hooks.py); FSDP2 gathers parameters in model.dtype and reduces gradients in fp32.
     # False: all in fp32. No effect in fp32 runs.
     low_precision_comm: bool = True
+    # fp16/bf16 runs: the blocks' weight-gradient GEMMs add into fp32 buffers across passes and accumulation chunks,
+    # the weights are cast once per step (internlm/parallel/grad_accumulation.py). None: on where it pays (CUDA, a
+    # torch with the fused GEMM, not FSDP2); True / False: forced.
+    grad_accumulation_fusion: Optional[bool] = None
 
     @property
     def zero1_config(self) -> Zero1Config:

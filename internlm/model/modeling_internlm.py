@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,10 @@ class InternLMBackbone(nn.Module):
         self._cast: Optional[dict[int, dict[str, torch.Tensor]]] = None
         self._cast_dtype = torch.float32
         self._kept_casts: dict[int, tuple] = {}
+        # set from outside (internlm/parallel/grad_accumulation.py): called before block i runs with gradients, it
+        # returns tensors the block's modules read for that call (the fp32 buffers its linear layers add their weight
+        # gradients into), or None; with them the block's weights are cast detached, once per optimizer step
+        self.block_call_tensors: Optional[Callable[[int, torch.Tensor], Optional[dict[str, torch.Tensor]]]] = None
 
     @contextlib.contextmanager
     def weights_cast_once(self, dtype: torch.dtype):
@@ -92,22 +96,28 @@ class InternLMBackbone(nn.Module):
         finally:
             self._cast = None
 
-    def _cast_weights(self, i: int) -> dict[str, torch.Tensor]:
+    def forget_weight_casts(self) -> None:
+        """Drop the casts kept across forwards: the weights changed in a way their version counters do not show
+        (a fused AdamW updates them in place without bumping the counters)."""
+        self._kept_casts.clear()
+
+    def _cast_weights(self, i: int, detached: bool) -> dict[str, torch.Tensor]:
         # made at the block's first call: the casts' backward then runs (and the gradient is ready) as soon as the
         # block's last backward pass is through, not after the whole backward
         if i not in self._cast:
             block = self.blocks[i]
             params = [(name, p) for name, p in block.named_parameters()
                       if isinstance(block.get_submodule(name.rpartition(".")[0]), nn.Linear)]
-            # weights without gradient (the EMA teacher) keep their casts across forwards until they change (an
-            # in-place update bumps a tensor's version): one cast per optimizer step instead of one per forward
-            frozen = not any(p.requires_grad for _, p in params)
+            # weights without gradient (the EMA teacher), or whose gradients do not come through the cast, keep
+            # their casts across forwards until they change (an in-place update bumps a tensor's version): one cast
+            # per optimizer step instead of one per forward
+            frozen = detached or not any(p.requires_grad for _, p in params)
             key = (self._cast_dtype, tuple((p._version, p.untyped_storage()._cdata) for _, p in params))
             kept = self._kept_casts.get(i)
             if frozen and kept is not None and kept[0] == key:
                 self._cast[i] = kept[1]
             else:
-                self._cast[i] = {name: p.to(self._cast_dtype) for name, p in params}
+                self._cast[i] = {name: (p.detach() if frozen else p).to(self._cast_dtype) for name, p in params}
                 if frozen:
                     self._kept_casts[i] = (key, self._cast[i])
         return self._cast[i]
@@ -119,7 +129,11 @@ class InternLMBackbone(nn.Module):
         mask = self.kernel.prepare(layout, x.device, compute_dtype)
         rope = self.rotary.cos_sin(layout.seq_len, x.device)
         for i, block in enumerate(self.blocks):
-            call = block if self._cast is None else _with_parameters(block, self._cast_weights(i))
+            extra = self.block_call_tensors(i, x) if self.block_call_tensors is not None and \
+                torch.is_grad_enabled() else None
+            tensors = dict(self._cast_weights(i, detached=extra is not None)) if self._cast is not None else {}
+            tensors.update(extra or {})
+            call = _with_parameters(block, tensors) if tensors else block
             if self.training and i < self.num_checkpointed and torch.is_grad_enabled():
                 x = checkpoint(call, x, rope, mask, self.kernel, use_reentrant=False)
             else:

@@ -86,31 +86,34 @@ class LowPrecisionGradReduce:
                 self.inter = group
 
     def reduce(self, bucket: dist.GradBucket) -> torch.futures.Future:
-        buffer = bucket.buffer()  # fp32, flat
+        return self.reduce_flat(bucket.buffer())
+
+    def reduce_flat(self, buffer: torch.Tensor) -> torch.futures.Future:
+        """The mean over the ranks of a flat fp32 ``buffer``, written into it; a future of ``buffer``."""
         g, nodes, world = self.layout.size, self.layout.nodes, self.layout.world
         pad = (-buffer.numel()) % (g * nodes)
         flat = F.pad(buffer, (0, pad)) if pad else buffer
         shard = torch.empty(flat.numel() // g, dtype=flat.dtype, device=flat.device)
         if g > 1:
-            first = _future(dist.reduce_scatter_tensor(shard, flat, group=self.intra, async_op=True), shard)
+            first = work_future(dist.reduce_scatter_tensor(shard, flat, group=self.intra, async_op=True), shard)
         else:
             shard = flat
-            first = _future(None, shard)
+            first = work_future(None, shard)
 
         def across_nodes(_) -> torch.Tensor:
             sent = shard.div(world).to(self.dtype)  # (N pieces) one rounding per gradient
             received = torch.empty_like(sent)
-            _future(dist.all_to_all_single(received, sent, group=self.inter, async_op=True), received).wait()
+            work_future(dist.all_to_all_single(received, sent, group=self.inter, async_op=True), received).wait()
             summed = received.view(nodes, -1).float().sum(0).to(self.dtype)  # fp32 sum, one rounding
             gathered = torch.empty_like(sent)
-            _future(dist.all_gather_into_tensor(gathered, summed, group=self.inter, async_op=True), gathered).wait()
+            work_future(dist.all_gather_into_tensor(gathered, summed, group=self.inter, async_op=True), gathered).wait()
             return gathered.float()
 
         def within_node(fut) -> torch.Tensor:
             reduced = fut.value()
             if g > 1:
                 full = torch.empty_like(flat)
-                _future(dist.all_gather_into_tensor(full, reduced, group=self.intra, async_op=True), full).wait()
+                work_future(dist.all_gather_into_tensor(full, reduced, group=self.intra, async_op=True), full).wait()
             else:
                 full = reduced
             buffer.copy_(full[:buffer.numel()])
@@ -119,7 +122,7 @@ class LowPrecisionGradReduce:
         return first.then(across_nodes).then(within_node)
 
 
-def _future(work, result: torch.Tensor) -> torch.futures.Future:
+def work_future(work, result: torch.Tensor) -> torch.futures.Future:
     """A future of ``result`` once ``work`` is done: the work's own future (NCCL: stream-ordered, the CPU does not
     wait), or, where the backend has none (gloo's reduce-scatter), after waiting for it."""
     if work is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from internlm.config.schema import AdamConfig, ParallelConfig
-from internlm.parallel.comm_hooks import register_low_precision_reduce
+from internlm.parallel.comm_hooks import LowPrecisionGradReduce, node_layout, register_low_precision_reduce
+from internlm.parallel.grad_accumulation import GradAccumulationFusion, fusion_wanted
 from internlm.solver.optimizer import adamw_kwargs, param_groups
 
 logger = logging.getLogger(__name__)
@@ -72,16 +73,28 @@ class DataParallelPlan:
         self.device = device
         self.mode = resolve_mode(cfg, world_size)
         self.zero_group = None
+        self.fusion: Optional[GradAccumulationFusion] = None  # the student's block gradients, when fused
 
     # -------------------------------------------------------------------------------------- wrapping
 
     def apply(self, meta: nn.Module, bucket_bytes: int) -> None:
         """Wrap meta.student / meta.teacher in place. Before this, every rank must hold the same weights."""
+        fuse = fusion_wanted(self.cfg.grad_accumulation_fusion, self.device, meta.student_dtype, self.mode)
         if self.mode == "single":
+            if fuse:
+                self.fusion = GradAccumulationFusion(meta.student.backbone, "backbone.", bucket_bytes)
             return
         self._broadcast_from_rank0(meta)
         low = meta.student_dtype if self.cfg.low_precision_comm else None  # fp16 / bf16, or None
         if self.mode in ("ddp", "zero1"):
+            if fuse:
+                # the blocks' weights are reduced by the fusion's own buckets, in a process group of their own
+                group = dist.new_group(list(range(self.world_size)))
+                layout = node_layout(self.world_size)
+                reducer = LowPrecisionGradReduce(low, layout) if low is not None and layout.nodes > 1 else None
+                self.fusion = GradAccumulationFusion(meta.student.backbone, "backbone.", bucket_bytes, group,
+                                                     reducer)
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(meta.student, self.fusion.names)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # (the student has no buffers, so DDP's buffer syncing has nothing to do); the gradients are views into
             # DDP's buckets instead of a second copy
@@ -144,8 +157,20 @@ class DataParallelPlan:
 
     # --------------------------------------------------------------------------- gradient accumulation
 
+    def begin_step(self) -> None:
+        """Before the first accumulation chunk of an optimizer step."""
+        if self.fusion is not None:
+            self.fusion.begin_step()
+
+    def finish_step(self) -> None:
+        """After the last chunk's backward: every trainable parameter has its reduced .grad."""
+        if self.fusion is not None:
+            self.fusion.finish_step()
+
     def grad_sync(self, student: nn.Module, enabled: bool):
         """Context for one accumulation chunk: gradients are reduced across ranks only when ``enabled``."""
+        if self.fusion is not None:
+            self.fusion.set_sync(enabled)
         if self.mode in ("ddp", "zero1") and not enabled:
             return student.no_sync()
         if self.mode == "fsdp":

@@ -62,6 +62,7 @@ class Settings:
     bucket_mb: float = 512.0  # DDP bucket (fp32 gradient MB)
     low_precision_comm: bool = False  # DDP hook / FSDP2 MixedPrecisionPolicy in the run's dtype
     bucket_view: bool = False  # DDP gradient_as_bucket_view (no second copy of the gradients)
+    fused_grads: bool = False  # parallel.grad_accumulation_fusion (traced: part of the trace)
 
 
 @dataclass
@@ -228,12 +229,17 @@ def _cost_ops(trace: StepTrace, ops: list[tuple[int, Op]], gpu: GPUSpec, compile
     for g in sorted(groups, key=lambda g: g.phase != "forward"):  # forward groups first: they decide the remat
         members = set(g.ops)
         produced = {b for i in g.ops for b in trace.ops[i].writes if trace.buffers[b].producer in members}
+        views: dict[int, dict] = {}  # what the fused kernel reads: each distinct view of a buffer once
         for i in g.ops:
             for b, nbytes in trace.ops[i].reads.items():
                 if b in produced:
                     continue
                 for src in remat.get(b, {b}):
-                    g.reads[src] = max(g.reads.get(src, 0), nbytes if src == b else trace.buffers[src].nbytes)
+                    if src == b:
+                        views.setdefault(src, {}).update(trace.ops[i].read_views.get(b) or {(): nbytes})
+                    else:  # recomputed from a forward input: read whole
+                        views.setdefault(src, {})[None] = trace.buffers[src].nbytes
+        g.reads = {src: min(sum(v.values()), trace.buffers[src].nbytes) for src, v in views.items()}
         for i in g.ops:
             for b, nbytes in trace.ops[i].writes.items():
                 outside = [r for r in readers.get(b, []) if r not in members]

@@ -25,7 +25,7 @@ import gc
 import math
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -61,7 +61,15 @@ HOST_READS = {torch.Tensor.item: 1.0, torch.Tensor.__float__: 1.0, torch.Tensor.
               torch.Tensor.__bool__: False, torch.Tensor.__index__: 1}
 LOW = (torch.float16, torch.bfloat16)
 GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "convolution", "convolution_backward", "_convolution"}
-ALLOC_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted"}
+# the GEMMs of gradient accumulation fusion (internlm/parallel/grad_accumulation.py): (FLOPs, the arguments the
+# kernel reads) from the arguments; the linear's gradient buffers are passed along for its backward, not read
+FUSED_GEMMS = {
+    "linear_accumulating_grad": (lambda x, w, *_: 2.0 * x.numel() * w.shape[0], (0, 1, 2)),
+    "accumulate_weight_grad_": (lambda g, x, *_: 2.0 * g.numel() * x.shape[-1], (0, 1, 2, 3)),
+}
+ALLOC_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted",
+             "set_"}  # set_: an alias of existing memory (metadata only)
+WRITE_ONLY_OPS = {"zero_", "fill_"}
 ATTENTION_TILE = 128  # the query x key tile the mask-aware kernels skip or compute whole (flex's default block size)
 
 
@@ -78,6 +86,9 @@ class Op:
     step: int  # 1 or 2
     chunk: int  # accumulation chunk (0, 1) whose forward or backward it belongs to; -1: the step's own ops
     tensors: int = 1  # tensors in a foreach op's lists (kernel launches)
+    # buffer id -> {(offset, shape, stride): bytes} of each distinct view read (several views of one buffer, e.g.
+    # the q and k of one qkv output or a foreach over a flat gradient buffer, are each read)
+    read_views: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -355,7 +366,7 @@ class Tracer(TorchDispatchMode):
         elif not mutates and outs and all(StorageWeakRef(t.untyped_storage()).cdata in self._live
                                           and self._id(t) in in_ids for t in outs):
             kind = "view"
-        elif name in GEMM_OPS:
+        elif name in GEMM_OPS or name in FUSED_GEMMS:
             kind = "gemm"
         else:
             kind = "pointwise"
@@ -374,20 +385,28 @@ class Tracer(TorchDispatchMode):
                 writes[key] = writes.get(key, 0) + t.numel() * t.element_size()
                 if self.buffers[key].producer is None:
                     self.buffers[key].producer = index
-        reads = {}
+        reads, read_views = {}, {}
+        fused = FUSED_GEMMS.get(name) if func.namespace == "egoagent" else None
+        if fused is not None:
+            ins = [args[i] for i in fused[1] if args[i].numel()]
+        elif name in WRITE_ONLY_OPS:  # a fill writes its tensor without reading it
+            ins = [t for t in ins if all(t is not a for a in written_args)]
         if kind not in ("view", "alloc"):
             for t in ins:
-                key = self._id(t)
-                reads[key] = max(reads.get(key, 0), _read_bytes(t))
+                views = read_views.setdefault(self._id(t), {})
+                views[(t.storage_offset(), tuple(t.shape), tuple(t.stride()))] = _read_bytes(t)
+            reads = {key: min(sum(v.values()), self.buffers[key].nbytes) for key, v in read_views.items()}
         flops = 0.0
-        if func.overloadpacket in flop_registry:
+        if fused is not None:
+            flops = fused[0](*args)
+        elif func.overloadpacket in flop_registry:
             flops = float(flop_registry[func.overloadpacket](*args, **kwargs, out_val=out))
         floating = [t.dtype for t in ins if t.is_floating_point()]
         phase, region = self._context()
         lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
         self.ops.append(Op(str(func), kind, flops, reads, writes, floating[0] if floating else torch.float32,
                            phase, region, self.step, self._chunk(phase),
-                           tensors=max((len(a) for a in lists), default=1)))
+                           tensors=max((len(a) for a in lists), default=1), read_views=read_views))
         return out
 
 
@@ -419,15 +438,18 @@ def _fake_batch(cfg: TrainConfig, n: int) -> dict:
             for k, v in one.items()}
 
 
-def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[str] = None) -> StepTrace:
+def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[str] = None,
+               fused_grads: bool = False) -> StepTrace:
     """Trace two optimizer steps of ``cfg`` (micro batch = one accumulation chunk) on fake tensors; see the module
     docstring. ``compiled``: trace the casts torch.compile'd blocks make: a compiled graph casts its weights to the
     autocast dtype at every call (eager autocast casts a trainable weight once per forward and reuses it).
-    ``attn_backend``: the kernel to price attention with (default: the config's)."""
+    ``attn_backend``: the kernel to price attention with (default: the config's). ``fused_grads``: with gradient
+    accumulation fusion (parallel.grad_accumulation_fusion)."""
     backends = {"model": attn_backend or cfg.model.resolved_attn_backend,
                 "teacher": attn_backend or cfg.teacher_model.resolved_attn_backend}
     folder = tempfile.mkdtemp(prefix="roofline_")
-    traced = with_overrides(cfg, trace_config_overrides(cfg, folder))
+    traced = with_overrides(cfg, trace_config_overrides(cfg, folder)
+                            + [("parallel.grad_accumulation_fusion", fused_grads)])
     tracer = Tracer()
     ctx = init_distributed(None, device="cpu")
     with FakeTensorMode(allow_non_fake_inputs=True):
@@ -452,6 +474,8 @@ def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[
         for pname, p in meta.student.named_parameters():
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(lambda p, pname=pname: grad_ready(p, pname))
+        if trainer.plan.fusion is not None:  # the blocks' weights: ready with their bucket
+            trainer.plan.fusion.ready_callback = lambda names: [grad_ready(None, n) for n in names]
         chunk_loss = meta.chunk_loss
 
         def traced_chunk_loss(*args, **kwargs):

@@ -134,6 +134,9 @@ class Trainer:
             logger.info("torch.compile: %d transformer blocks (compiled at their first call)",
                         compile_blocks(self.meta, cfg))
         self.plan.apply(self.meta, cfg.hybrid_zero_optimizer.reduce_bucket_size)
+        if self.plan.fusion is not None:
+            logger.info("gradient accumulation fusion: %d block weights add their gradients into fp32 buffers "
+                        "(%d buckets), cast once per step", len(self.plan.fusion.params), len(self.plan.fusion.buckets))
         self.optimizer = self.plan.build_optimizer(unwrap(self.meta.student), cfg.adam)
         self.scaler = DynamicLossScaler(cfg.grad_scaler, enabled=self.meta.student_dtype == torch.float16)
         self.schedules = Schedules.from_config(cfg)
@@ -238,7 +241,8 @@ class Trainer:
         atomic_write_json(os.path.join(folder, "config.json"), to_dict(self.cfg))
         atomic_write_json(os.path.join(folder, "run.json"), {
             "git_commit": git_commit(), "command": sys.argv, "world_size": self.world,
-            "device": str(self.device), "parallel_mode": self.plan.mode, "torch": torch.__version__,
+            "device": str(self.device), "parallel_mode": self.plan.mode,
+            "grad_accumulation_fusion": self.plan.fusion is not None, "torch": torch.__version__,
             "start_step": self.progress.step, "config_changes": self._resume_changes})
 
     # ------------------------------------------------------------------------------------------ a step
@@ -292,11 +296,13 @@ class Trainer:
         chunks = cfg.data.gradient_accumulation
         chunk_size = n // chunks
         state = self.meta.begin_step(batch)
+        self.plan.begin_step()
         for c in range(chunks):
             part = {k: v[c * chunk_size:(c + 1) * chunk_size] for k, v in batch.items() if torch.is_tensor(v)}
             with self.plan.grad_sync(self.meta.student, enabled=c == chunks - 1):
                 loss = self.meta.chunk_loss(part, state, values.teacher_temp, chunk_size / n)
                 (loss * self.scaler.scale).backward()
+        self.plan.finish_step()
 
         norm = self._unscale_and_clip()
         # The step's one host sync: the gradient norm (its finiteness decides the update) read together with the
@@ -360,14 +366,29 @@ class Trainer:
     def _unscale_and_clip(self) -> torch.Tensor:
         """Undo the loss scale, clip to clip_grad_norm; returns the norm before clipping, on the device (inf/nan
         when some gradient is not finite). Every rank gets the same norm: DDP and ZeRO-1 hold the same all-reduced
-        gradients, FSDP2's norm is that of the whole gradient."""
+        gradients, FSDP2's norm is that of the whole gradient.
+
+        The loss scale and the clip factor are one factor applied in one place: a fused AdamW divides each gradient
+        by it as it reads it (its grad_scale), else one multiply of every gradient (two passes over the gradients
+        fewer than unscaling then clipping)."""
         params = [p for p in unwrap(self.meta.student).parameters() if p.grad is not None]
-        if self.scaler.scale != 1.0:
-            torch._foreach_mul_([p.grad for p in params], 1.0 / self.scaler.scale)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.hybrid_zero_optimizer.clip_grad_norm,
-                                              error_if_nonfinite=False, foreach=True)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
+        max_norm = self.cfg.hybrid_zero_optimizer.clip_grad_norm
+        if self.plan.mode == "fsdp" or not hasattr(torch.nn.utils, "get_total_norm"):  # torch < 2.6; DTensors
+            if self.scaler.scale != 1.0:
+                torch._foreach_mul_([p.grad for p in params], 1.0 / self.scaler.scale)
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False, foreach=True)
+            if hasattr(norm, "full_tensor"):
+                norm = norm.full_tensor()
+            return norm.detach()
+        grads = [p.grad for p in params]
+        norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False, foreach=True) / self.scaler.scale
+        # the gradients are divided by scale / clip factor (clip factor <= 1: clip_grad_norm_'s formula)
+        divisor = self.scaler.scale / torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        inner = self.plan.inner_optimizer(self.optimizer)
+        if inner.defaults.get("fused"):
+            inner.grad_scale = divisor.float().reshape(())
+        else:
+            torch._foreach_div_(grads, divisor)
         return norm.detach()
 
     # ------------------------------------------------------------------------------------------ the loop
