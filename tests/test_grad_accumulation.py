@@ -164,3 +164,24 @@ def test_weights_are_cast_once_per_step_from_the_updated_weights(tmp_path, fused
     assert max(stale) == 0.0
     for step in range(3):  # one cast per block per step, whatever the chunks and passes
         assert len({cast_id for s, cast_id in made if s == step}) == cfg.model.num_layers
+
+
+@pytest.mark.parametrize("setting", [None, True])
+def test_a_fused_gemm_that_fails_on_the_device_turns_fusion_off_or_stops(tmp_path, monkeypatch, caplog, setting):
+    """Where torch has the fused GEMM but it fails on the GPU (probed at start-up), the default goes without fusion
+    and says why; a forced fusion stops with the reason."""
+    from internlm.parallel import data_parallel
+
+    cfg = tiny_config(2, tmp_path, **BF16, **{"parallel.grad_accumulation_fusion": setting})
+    trainer = make_trainer(cfg)  # CPU: no fusion by default; the plan is re-applied below as on a GPU
+    plan = data_parallel.DataParallelPlan(cfg.parallel, 1, torch.device("cuda"))
+    monkeypatch.setattr(data_parallel, "fusion_wanted", lambda *args: True)
+    monkeypatch.setattr(data_parallel, "fused_wgrad_problem", lambda device: "planted: no such kernel")
+    if setting:
+        with pytest.raises(RuntimeError, match="planted: no such kernel; set it to False"):
+            plan.apply(trainer.meta, 2**20)
+        return
+    with caplog.at_level("WARNING"):
+        plan.apply(trainer.meta, 2**20)
+    assert plan.fusion is None and "gradient accumulation fusion off" in caplog.text
+    assert "planted: no such kernel" in caplog.text

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from internlm.config.schema import AdamConfig, ParallelConfig
 from internlm.parallel.comm_hooks import LowPrecisionGradReduce, node_layout, register_low_precision_reduce
-from internlm.parallel.grad_accumulation import GradAccumulationFusion, fusion_wanted
+from internlm.parallel.grad_accumulation import GradAccumulationFusion, fused_wgrad_problem, fusion_wanted
 from internlm.solver.optimizer import adamw_kwargs, param_groups
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,14 @@ class DataParallelPlan:
     def apply(self, meta: nn.Module, bucket_bytes: int) -> None:
         """Wrap meta.student / meta.teacher in place. Before this, every rank must hold the same weights."""
         fuse = fusion_wanted(self.cfg.grad_accumulation_fusion, self.device, meta.student_dtype, self.mode)
+        problem = fused_wgrad_problem(self.device) if fuse else None
+        if problem is not None:  # the fused GEMM exists but fails here: say so, and do without it
+            if self.cfg.grad_accumulation_fusion:
+                raise RuntimeError(f"parallel.grad_accumulation_fusion=True, but the fp16 -> fp32 weight-gradient GEMM "
+                                   f"fails on {self.device}: {problem}; set it to False")
+            logger.warning("gradient accumulation fusion off: the fp16 -> fp32 weight-gradient GEMM fails on %s: %s",
+                           self.device, problem)
+            fuse = False
         if self.mode == "single":
             if fuse:
                 self.fusion = GradAccumulationFusion(meta.student.backbone, "backbone.", bucket_bytes)

@@ -270,6 +270,24 @@ def _alias(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
 
 
+def fused_wgrad_problem(device: torch.device) -> Optional[str]:
+    """Why the fused weight-gradient GEMM cannot run on ``device`` (None: it can, or the fallback runs there): a
+    small fp16 product added into an fp32 matrix on the device, against the fp32 product."""
+    if device.type != "cuda" or not fused_wgrad_available():
+        return None
+    try:
+        g = torch.randn(64, 32, device=device, dtype=torch.float16)
+        x = torch.randn(64, 48, device=device, dtype=torch.float16)
+        acc = torch.ones(32, 48, device=device)
+        torch.ops.egoagent.accumulate_weight_grad_(g, x, acc, acc.new_empty(0))
+        want = 1 + g.float().t() @ x.float()
+        if not torch.allclose(acc, want, rtol=1e-3, atol=1e-2):
+            return f"its result is off by up to {(acc - want).abs().max().item():.3g} from fp32's"
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the reason goes to the user
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
 def fusion_wanted(setting: Optional[bool], device: torch.device, dtype: Optional[torch.dtype], mode: str) -> bool:
     """parallel.grad_accumulation_fusion resolved: None (default) = on for fp16/bf16 runs on CUDA where torch has
     the fused GEMM, without FSDP2; True = on (an error with FSDP2), False = off."""
