@@ -101,10 +101,13 @@ def smallest_fitting(tracer: Tracer, gpu, base: Settings, modes: list[str],
     interpolated between none and all, then checked. Everything recomputed in the last mode if nothing fits."""
     layers = tracer.cfg.model.num_layers
 
+    def settings(fraction: float, mode: str) -> Settings:  # FSDP2 runs without gradient accumulation fusion
+        return Settings(**{**base.__dict__, "checkpoint": fraction, "parallel": mode,
+                           "fused_grads": base.fused_grads and mode != "fsdp"})
+
     def try_fraction(k: int) -> Optional[tuple[Settings, Estimate]]:
         for mode in modes:
-            s = Settings(**{**base.__dict__, "checkpoint": k / layers, "parallel": mode})
-            s = Settings(**{**s.__dict__, "fused_grads": base.fused_grads and mode != "fsdp"})
+            s = settings(k / layers, mode)
             e = estimate(tracer.of(s), gpu, s, a)
             if e.memory["fits"]:
                 return s, e
@@ -115,10 +118,9 @@ def smallest_fitting(tracer: Tracer, gpu, base: Settings, modes: list[str],
         return found
     all_blocks = try_fraction(layers)
     if all_blocks is None:
-        s = Settings(**{**base.__dict__, "checkpoint": 1.0, "parallel": modes[-1]})
-        s = Settings(**{**s.__dict__, "fused_grads": base.fused_grads and s.parallel != "fsdp"})
+        s = settings(1.0, modes[-1])
         return s, estimate(tracer.of(s), gpu, s, a)
-    mode_all = Settings(**{**all_blocks[0].__dict__, "checkpoint": 0.0})
+    mode_all = settings(0.0, all_blocks[0].parallel)
     mem0 = estimate(tracer.of(mode_all), gpu, mode_all, a).memory["total_gib"]
     mem1, usable = all_blocks[1].memory["total_gib"], all_blocks[1].memory["usable_gib"]
     k = max(1, min(layers, math.ceil((mem0 - usable) / max(mem0 - mem1, 1e-9) * layers)))
@@ -135,9 +137,8 @@ def recommended(tracer: Tracer, gpu, world: int, a: Assumptions) -> tuple[Settin
     smallest recompute fraction that fits, with plain DDP if its replicated optimizer state fits, else ZeRO-1, else
     FSDP2; gradients across nodes in the run's dtype."""
     cfg = tracer.cfg
-    fused = cfg.model.dtype != "torch.float32" and cfg.parallel.grad_accumulation_fusion is not False
     base = Settings(compile=True, world=world, bucket_mb=cfg.hybrid_zero_optimizer.reduce_bucket_size / 2**20,
-                    low_precision_comm=True, bucket_view=True, fused_grads=fused)
+                    low_precision_comm=True, bucket_view=True, fused_grads=fused_on_cuda(cfg, "ddp"))
     return smallest_fitting(tracer, gpu, base, ["ddp", "zero1", "fsdp"] if world > 1 else ["single"], a)
 
 

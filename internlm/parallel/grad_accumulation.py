@@ -23,6 +23,7 @@ and tested on CPU (tests/test_grad_accumulation.py); not with FSDP2, whose gradi
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, Optional
 
@@ -37,6 +38,7 @@ from internlm.parallel.comm_hooks import work_future
 logger = logging.getLogger(__name__)
 
 
+@functools.cache
 def fused_wgrad_available() -> bool:
     """Whether this torch has the GEMM that accumulates fp16/bf16 products into an fp32 C in place (CUDA): the
     out_dtype overload of addmm appeared in torch 2.8; its in-place use into an fp32 C is taken from 2.12 on, as
@@ -114,9 +116,8 @@ class AccumulatingLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_grad is None or not torch.is_grad_enabled():
             return super().forward(x)
-        none = self.weight.new_empty(0)
-        bias_grad = self.bias_grad if self.bias_grad is not None else none
-        bias = self.bias if self.bias is not None else none
+        bias = self.bias if self.bias is not None else self.weight.new_empty(0)  # the op's "none"
+        bias_grad = self.bias_grad if self.bias_grad is not None else self.weight.new_empty(0)
         return torch.ops.egoagent.linear_accumulating_grad(x.to(self.weight.dtype), self.weight, bias,
                                                            self.weight_grad, bias_grad)
 
@@ -171,14 +172,14 @@ class GradAccumulationFusion:
                 current, size = [], 0
         if current:
             self.buckets.append(current)
-        self._slots = block_slots
-        self.bucket_names = [[name for i in blocks for _, _, name in block_slots[i]] for blocks in self.buckets]
-        self.names = [name for names in self.bucket_names for name in names]
-        self.params = [p for blocks in self.buckets for i in blocks for _, p, _ in block_slots[i]]
+        # (block, slot, parameter, name) of each bucket, in the order of its flat buffer
+        self._entries = [[(i, slot, p, name) for i in blocks for slot, p, name in block_slots[i]]
+                         for blocks in self.buckets]
+        self.names = [e[3] for entries in self._entries for e in entries]
+        self.params = [e[2] for entries in self._entries for e in entries]
         # allocated at the first step (a run's memory shows them where its gradients would be)
         self.flat: list[torch.Tensor] = []
         self.block_tensors: list[dict[str, torch.Tensor]] = [{} for _ in block_slots]
-        self.views: list[tuple[nn.Parameter, torch.Tensor]] = []
         self._pending = [0] * len(block_slots)
         self._active = False
         self._sync = False
@@ -188,15 +189,13 @@ class GradAccumulationFusion:
     # ----------------------------------------------------------------------------------------- the step
 
     def _allocate(self) -> None:
-        for blocks in self.buckets:
-            slots = [(i, slot, p) for i in blocks for slot, p, _ in self._slots[i]]
-            flat = torch.empty(sum(p.numel() for _, _, p in slots), dtype=torch.float32, device=slots[0][2].device)
+        for entries in self._entries:
+            flat = torch.empty(sum(p.numel() for _, _, p, _ in entries), dtype=torch.float32,
+                               device=entries[0][2].device)
             offset = 0
-            for i, slot, p in slots:
-                view = flat[offset:offset + p.numel()].view_as(p)
+            for i, slot, p, _ in entries:
+                self.block_tensors[i][slot] = flat[offset:offset + p.numel()].view_as(p)
                 offset += p.numel()
-                self.block_tensors[i][slot] = view
-                self.views.append((p, view))
             self.flat.append(flat)
 
     def begin_step(self) -> None:
@@ -220,11 +219,11 @@ class GradAccumulationFusion:
         self._launch_ready(force=True)
         for future in self._launched:
             future.wait()
-        for (p, view), name in zip(self.views, self.names):
+        for i, slot, p, name in (e for entries in self._entries for e in entries):
             if p.grad is not None:  # autograd's, never reduced over the ranks: a forward outside begin/finish
                 raise RuntimeError(f"gradient accumulation fusion: {name} also has a gradient from autograd (a "
                                    "forward of the student with gradients outside Trainer.train_step?)")
-            p.grad = view
+            p.grad = self.block_tensors[i][slot]
         self._active = self._sync = False
 
     # ----------------------------------------------------------------------------------- block calls
@@ -253,7 +252,7 @@ class GradAccumulationFusion:
                 return
             self._launched[b] = self._reduce(self.flat[b])
             if self.ready_callback is not None:
-                self.ready_callback(self.bucket_names[b])
+                self.ready_callback([name for _, _, _, name in self._entries[b]])
 
     def _reduce(self, flat: torch.Tensor) -> torch.futures.Future:
         """The mean of ``flat`` over the ranks, in place: a future of it."""

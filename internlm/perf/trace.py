@@ -360,13 +360,14 @@ class Tracer(TorchDispatchMode):
         written_args = [a for a, arg in zip(args, func._schema.arguments)
                         if arg.alias_info is not None and arg.alias_info.is_write]
         name = func.overloadpacket.__name__
+        fused = FUSED_GEMMS.get(name) if func.namespace == "egoagent" else None
         mutates = bool(written_args)
         if name in ALLOC_OPS:
             kind = "alloc"
         elif not mutates and outs and all(StorageWeakRef(t.untyped_storage()).cdata in self._live
                                           and self._id(t) in in_ids for t in outs):
             kind = "view"
-        elif name in GEMM_OPS or name in FUSED_GEMMS:
+        elif name in GEMM_OPS or fused is not None:
             kind = "gemm"
         else:
             kind = "pointwise"
@@ -386,7 +387,6 @@ class Tracer(TorchDispatchMode):
                 if self.buffers[key].producer is None:
                     self.buffers[key].producer = index
         reads, read_views = {}, {}
-        fused = FUSED_GEMMS.get(name) if func.namespace == "egoagent" else None
         if fused is not None:
             ins = [args[i] for i in fused[1] if args[i].numel()]
         elif name in WRITE_ONLY_OPS:  # a fill writes its tensor without reading it
@@ -474,8 +474,12 @@ def trace_step(cfg: TrainConfig, compiled: bool = False, attn_backend: Optional[
         for pname, p in meta.student.named_parameters():
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(lambda p, pname=pname: grad_ready(p, pname))
+        def bucket_ready(names):
+            for pname in names:
+                grad_ready(None, pname)
+
         if trainer.plan.fusion is not None:  # the blocks' weights: ready with their bucket
-            trainer.plan.fusion.ready_callback = lambda names: [grad_ready(None, n) for n in names]
+            trainer.plan.fusion.ready_callback = bucket_ready
         chunk_loss = meta.chunk_loss
 
         def traced_chunk_loss(*args, **kwargs):
