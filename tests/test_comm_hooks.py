@@ -16,13 +16,17 @@ from test_distributed import REPO, check_exit_codes, free_port, launch, metrics,
 
 
 def gloo_supports(dtype: torch.dtype) -> bool:
-    """gloo's low-precision collectives (bf16 needs a recent torch)."""
-    code = ("import torch, torch.distributed as dist\n"
-            "dist.init_process_group('gloo', init_method='tcp://127.0.0.1:%d', rank=0, world_size=1)\n"
-            f"t = torch.ones(4, dtype=torch.{str(dtype).split('.')[-1]})\n"
-            "dist.all_to_all_single(torch.empty_like(t), t)\n"
-            "dist.all_gather_into_tensor(torch.empty_like(t), t)\n" % free_port())
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
+    """gloo's low-precision collectives (bf16 needs a recent torch); three tries, each on a fresh port (another
+    test may take the port between free_port and the probe)."""
+    for _ in range(3):
+        code = ("import torch, torch.distributed as dist\n"
+                "dist.init_process_group('gloo', init_method='tcp://127.0.0.1:%d', rank=0, world_size=1)\n"
+                f"t = torch.ones(4, dtype=torch.{str(dtype).split('.')[-1]})\n"
+                "dist.all_to_all_single(torch.empty_like(t), t)\n"
+                "dist.all_gather_into_tensor(torch.empty_like(t), t)\n" % free_port())
+        if subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0:
+            return True
+    return False
 
 
 def expected(world: int, per_node: int, dtype: torch.dtype, n: int = 1001) -> torch.Tensor:

@@ -56,12 +56,17 @@ def small_tmpfs(path, size: str, read_only: bool = False):
 
 def run_until_exit(tmp_path, folder, opts, fault=None, world=2, after_step=None, **kw):
     """Start the ranks; once ``after_step`` is in the metrics, time how long until every rank has exited. ->
-    (exit codes, seconds, leftover processes of the group)."""
+    (exit codes, seconds, leftover processes of the group). With ``after_step`` every rank waits before its next
+    step until the loader workers are counted (a tiny step would otherwise reach the fault before the count)."""
+    release = tmp_path / "release"
+    if after_step is not None:
+        fault = ",".join(f for f in (fault, f"pause:{after_step}:{release}") if f)
     procs = start_ranks(tmp_path / "out", world, opts, fault=fault, **kw)
     try:
         if after_step is not None:
             wait_for_step(folder, procs, after_step)
             assert len([c for p in procs for c in children(p.pid)]) >= world  # the loader workers run
+            release.touch()
         t0 = time.time()
         codes = wait_ranks(procs, 120)
         seconds = time.time() - t0
